@@ -1,0 +1,2 @@
+//! pvirq host backend.
+#![deny(missing_docs)]

@@ -1,0 +1,3 @@
+//! pvirq wire format.
+#![no_std]
+#![deny(missing_docs)]

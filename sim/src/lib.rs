@@ -1,0 +1,2 @@
+//! pvirq simulator library.
+#![deny(missing_docs)]
