@@ -1,3 +1,69 @@
-//! pvirq wire format.
+//! Wire format of **pvirq**, the paravirtual interrupt-allocation protocol.
+//!
+//! A guest driver asks a pvirq device for MSI, MSI-X or IMS vectors for a device it owns;
+//! the host reserves everything delivery needs before it answers, and answers either with
+//! the message to program for each vector or with a typed reason. The protocol is written
+//! down in `spec/pvirq-v1.md` in this repository; section numbers in these docs refer to it.
+//!
+//! This crate is `no_std` and never allocates. It gives:
+//! - the byte-exact wire structs ([`wire`]), all alignment 1, little-endian, no padding;
+//! - validated, typed requests and responses ([`Request`], [`Response`]) with `decode`
+//!   (never panics, never reads out of bounds, each rejection an [`Error`] naming the field)
+//!   and `encode`;
+//! - MSI messages in remappable and compatibility format ([`RemappableMsi`], [`CompatMsi`]);
+//! - the device's identity, features and configuration layout ([`Config`], [`feature`]).
+//!
+//! ```
+//! use pvirq_proto::{Alloc, IndexSpec, Kind, Operation, Request, Target};
+//!
+//! let targets = [Target::new(0, 0x30), Target::new(1, 0x31)];
+//! let request = Request {
+//!     device: 7,
+//!     tag: 42,
+//!     op: Operation::Alloc(Alloc {
+//!         kind: Kind::MsiX,
+//!         index: IndexSpec::Any,
+//!         min: 1,
+//!         max: 2,
+//!         pasid: None,
+//!         targets: &targets,
+//!     }),
+//! };
+//! let mut buf = [0u8; 64];
+//! let len = request.encode(&mut buf).unwrap();
+//! assert_eq!(Request::decode(&buf[..len], 256), Ok(request));
+//! ```
 #![no_std]
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+#[cfg(test)]
+#[macro_use]
+extern crate std;
+
+mod device;
+mod error;
+mod le;
+mod msi;
+mod request;
+mod response;
+mod types;
+pub mod wire;
+
+pub use device::{
+    Config, MAX_BATCH_LIMIT, NUM_QUEUES, PROTOCOL_VERSION, REQUEST_QUEUE, VIRTIO_ID_PVIRQ, feature,
+};
+pub use error::Error;
+pub use le::{Le16, Le32, Le64};
+pub use msi::{CompatMsi, DeliveryMode, MSI_ADDRESS_BASE, MsiMessage, RemappableMsi};
+pub use request::{
+    Alloc, IndexRange, IndexSpec, MAX_MSI_VECTORS, MAX_PASID, MIN_GUEST_VECTOR, Operation, Request,
+    Retarget, Target,
+};
+pub use response::{DeviceInfo, Grant, Outcome, Response};
+pub use types::{Field, Kind, KindSet, Opcode, Refusal, Resource, Status};
+
+/// Size of the request header.
+pub const HEADER_LEN: usize = core::mem::size_of::<wire::RequestHeader>();
+/// Size of the response header.
+pub const RESPONSE_HEADER_LEN: usize = core::mem::size_of::<wire::ResponseHeader>();
