@@ -1,0 +1,32 @@
+//! Compiles only if `pvirq-proto` works without `std`.
+//!
+//! This crate is `no_std` and defines the panic handler itself. If `pvirq-proto` (or any of
+//! its dependencies) linked `std`, the build would fail with a duplicate `panic_impl` lang
+//! item. CI runs `cargo build --manifest-path proto/no-std-check/Cargo.toml`.
+#![no_std]
+#![deny(missing_docs)]
+
+use pvirq_proto::{Kind, KindSet, Request, Response};
+
+/// Decodes a request and answers whether it is an ALLOC, with no allocator and no std.
+pub fn is_alloc(bytes: &[u8]) -> bool {
+    matches!(Request::decode(bytes, 256), Ok(r) if r.op.opcode() == pvirq_proto::Opcode::Alloc)
+}
+
+/// Whether a QUERY reply offers MSI-X.
+pub fn offers_msix(bytes: &[u8]) -> bool {
+    match Response::decode(bytes) {
+        Ok(Response {
+            outcome: pvirq_proto::Outcome::Queried { info, .. },
+            ..
+        }) => info.kinds.contains(Kind::MsiX) && info.kinds != KindSet::EMPTY,
+        _ => false,
+    }
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}
