@@ -1,0 +1,26 @@
+//! KVM delivery plumbing: a VM's MSI routes, committed in batches, and their irqfds.
+//!
+//! [`KvmRouteTable`] keeps one VM's routes as its own list, because `KVM_SET_GSI_ROUTING`
+//! only replaces the whole table (about 75 µs even for one route). Changes are staged in a
+//! [`RouteBatch`] — typically everything one guest request needs — and committed with a
+//! single ioctl; a failed or abandoned batch leaves the table exactly as it was.
+
+mod availability;
+mod batch;
+mod error;
+mod irqchip;
+mod irqfd;
+mod msi;
+mod table;
+
+#[cfg(test)]
+mod test_vm;
+#[cfg(test)]
+mod tests;
+
+pub use availability::{KVM_DEVICE, REQUIRE_KVM_ENV, require_kvm_or_skip};
+pub use batch::RouteBatch;
+pub use error::KvmRouteError;
+pub use irqchip::IrqchipRoutes;
+pub use msi::{Gsi, MsiMessage};
+pub use table::{KvmRouteTable, RouteTableConfig};
