@@ -4,6 +4,8 @@ use std::fmt::Display;
 
 /// The device KVM tests need.
 pub const KVM_DEVICE: &str = "/dev/kvm";
+/// The only KVM API version there has ever been.
+const KVM_API_VERSION: i32 = 12;
 /// Set this environment variable to `1` to make KVM tests fail, not skip, without KVM.
 pub const REQUIRE_KVM_ENV: &str = "PVIRQ_REQUIRE_KVM";
 
@@ -27,14 +29,23 @@ fn decide<E: Display>(opened: Result<(), E>, require: Option<&str>) -> Decision 
 
 /// Test support: whether a test that needs KVM should run.
 ///
-/// Returns `true` if `/dev/kvm` opens. Otherwise prints `SKIPPED: /dev/kvm not available
+/// Returns `true` if `/dev/kvm` opens and answers `KVM_GET_API_VERSION`. Otherwise prints `SKIPPED: /dev/kvm not available
 /// (reason)` and returns `false`, so the test can return early.
 ///
 /// # Panics
 ///
 /// If `/dev/kvm` does not open and `PVIRQ_REQUIRE_KVM=1` is set: the test must fail.
 pub fn require_kvm_or_skip() -> bool {
-    let opened = kvm_ioctls::Kvm::new().map(drop);
+    // Opening is not enough: anything can sit at that path (a bind mount, a stale node).
+    let opened = kvm_ioctls::Kvm::new()
+        .map_err(|err| err.to_string())
+        .and_then(|kvm| match kvm.get_api_version() {
+            KVM_API_VERSION => Ok(()),
+            -1 => Err(kvm_ioctls::Error::last().to_string()),
+            other => Err(format!(
+                "KVM API version {other}, expected {KVM_API_VERSION}"
+            )),
+        });
     let require = std::env::var(REQUIRE_KVM_ENV).ok();
     match decide(opened, require.as_deref()) {
         Decision::Run => true,

@@ -360,10 +360,7 @@ impl Drop for KvmGuest {
             if !deleted {
                 // KVM may still reach the mapping (the VM fd can outlive us through
                 // `vm_fd()`), so it must never be unmapped and reused.
-                mem::forget(mem::replace(
-                    &mut self.mem,
-                    GuestMemoryMmap::<()>::default(),
-                ));
+                mem::forget(mem::take(&mut self.mem));
             }
         }
     }
