@@ -1,7 +1,8 @@
 //! KVM delivery plumbing: a VM's MSI routes, committed in batches, and their irqfds.
 //!
 //! [`KvmRouteTable`] keeps one VM's routes as its own list, because `KVM_SET_GSI_ROUTING`
-//! only replaces the whole table (about 75 µs even for one route). Changes are staged in a
+//! only replaces the whole table, at a cost that grows with its size (measured on nested
+//! KVM: ~10–80 µs for up to 64 routes, ~1 ms for 4000). Changes are staged in a
 //! [`RouteBatch`] — typically everything one guest request needs — and committed with a
 //! single ioctl; a failed or abandoned batch leaves the table exactly as it was.
 
