@@ -1,2 +1,3 @@
 //! pvirq host backend.
 #![deny(missing_docs)]
+pub mod kvm;

@@ -1,2 +1,3 @@
 //! pvirq simulator library.
 #![deny(missing_docs)]
+pub mod kvm;

@@ -1,0 +1,70 @@
+//! The one error type of the KVM routing layer.
+
+use super::msi::Gsi;
+
+/// What went wrong while staging, committing or releasing KVM GSI routes.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmRouteError {
+    /// The configured GSI range is empty, reaches into the irqchip's GSIs 0–23, or ends past
+    /// KVM's last GSI (4095).
+    #[error("invalid GSI range {start}..{end}: it must be non-empty and inside 24..4096")]
+    InvalidGsiRange {
+        /// First GSI of the rejected range.
+        start: u32,
+        /// One past the last GSI of the rejected range.
+        end: u32,
+    },
+    /// Fewer routes are left than the request needs; nothing was staged for it.
+    #[error("KVM routes exhausted: {requested} requested, {available} available")]
+    Exhausted {
+        /// How many routes the request asked for.
+        requested: usize,
+        /// How many routes could still be added (free GSIs, capped by KVM's entry limit).
+        available: usize,
+    },
+    /// The GSI has no route in this table.
+    #[error("{0} has no route in this table")]
+    UnknownGsi(Gsi),
+    /// The GSI already has an irqfd; a GSI carries at most one.
+    #[error("{0} already has an irqfd")]
+    IrqfdAlreadyRegistered(Gsi),
+    /// The caller's eventfd could not be duplicated for the table to keep.
+    #[error("cannot duplicate the eventfd for {gsi}: {source}")]
+    EventFdDup {
+        /// GSI the eventfd was meant for.
+        gsi: Gsi,
+        /// The `dup` failure.
+        source: std::io::Error,
+    },
+    /// `KVM_IRQFD` refused to attach the eventfd to the GSI.
+    #[error("KVM_IRQFD assign for {gsi} failed: {source}")]
+    IrqfdRegister {
+        /// GSI the eventfd was meant for.
+        gsi: Gsi,
+        /// The ioctl's error.
+        source: kvm_ioctls::Error,
+    },
+    /// The routing change was committed, but `KVM_IRQFD` refused to detach the eventfd of a
+    /// released GSI; that GSI is withheld from reuse and detaching is retried on drop.
+    #[error("routes committed, but KVM_IRQFD deassign for {gsi} failed: {source}")]
+    IrqfdUnregister {
+        /// GSI whose eventfd is still attached.
+        gsi: Gsi,
+        /// The ioctl's error.
+        source: kvm_ioctls::Error,
+    },
+    /// The routing list is larger than `KVM_SET_GSI_ROUTING` accepts; the batch was rolled back.
+    #[error("{entries} routing entries exceed KVM's limit; batch rolled back")]
+    TooManyEntries {
+        /// Number of entries that would have been committed.
+        entries: usize,
+    },
+    /// `KVM_SET_GSI_ROUTING` failed; the batch was rolled back and KVM kept its previous table.
+    #[error("KVM_SET_GSI_ROUTING with {entries} entries failed; batch rolled back: {source}")]
+    SetGsiRouting {
+        /// Number of entries in the rejected table.
+        entries: usize,
+        /// The ioctl's error.
+        source: kvm_ioctls::Error,
+    },
+}

@@ -1,0 +1,335 @@
+//! Route-table tests against real KVM (skipped without `/dev/kvm`, see
+//! [`require_kvm_or_skip`]). Delivery is observed in the IRR of vCPUs that never run.
+
+use std::collections::BTreeSet;
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::test_vm::LapicVm;
+use super::*;
+
+fn eventfd() -> EventFd {
+    EventFd::new(EFD_NONBLOCK).unwrap()
+}
+
+/// Everything observable about a table, to compare before and after a rollback.
+fn state(table: &KvmRouteTable) -> (Vec<(Gsi, MsiMessage)>, Vec<bool>, usize) {
+    let routes: Vec<_> = table.routes().collect();
+    let irqfds = routes
+        .iter()
+        .map(|(gsi, _)| table.has_irqfd(*gsi))
+        .collect();
+    (routes, irqfds, table.available())
+}
+
+fn set(items: &[(usize, u8)]) -> BTreeSet<(usize, u8)> {
+    items.iter().copied().collect()
+}
+
+#[test]
+fn committed_routes_deliver_to_their_vcpu_and_vector() {
+    if !require_kvm_or_skip() {
+        return;
+    }
+    let vm = LapicVm::new(2);
+    let mut table = KvmRouteTable::new(vm.vm.clone());
+    let targets: Vec<(usize, u8)> = (0..8).map(|i| (i % 2, 0x40 + i as u8)).collect();
+    let msis: Vec<_> = targets
+        .iter()
+        .map(|&(cpu, vector)| MsiMessage::compat(cpu as u8, vector))
+        .collect();
+    let fds: Vec<_> = targets.iter().map(|_| eventfd()).collect();
+
+    let mut batch = table.batch();
+    let gsis = batch.add_all(&msis).unwrap();
+    for (gsi, fd) in gsis.iter().zip(&fds) {
+        batch.register_irqfd(*gsi, fd).unwrap();
+    }
+    batch.commit().unwrap();
+
+    let expected_gsis: Vec<_> = (24..32).map(Gsi::new).collect();
+    assert_eq!(gsis, expected_gsis, "lowest free GSIs, above the irqchip's");
+    assert_eq!(table.len(), 8);
+    assert_eq!(table.available(), 4096 - 40 - 8);
+    assert!(vm.pending().is_empty());
+    for fd in &fds {
+        fd.write(1).unwrap();
+    }
+    assert_eq!(vm.wait_pending(&set(&targets)), set(&targets));
+}
+
+#[test]
+fn retarget_moves_delivery_to_the_new_vcpu() {
+    if !require_kvm_or_skip() {
+        return;
+    }
+    let vm = LapicVm::new(2);
+    let mut table = KvmRouteTable::new(vm.vm.clone());
+    let fd = eventfd();
+    let mut batch = table.batch();
+    let gsi = batch.add(MsiMessage::compat(0, 0x70)).unwrap();
+    batch.register_irqfd(gsi, &fd).unwrap();
+    batch.commit().unwrap();
+    fd.write(1).unwrap();
+    assert_eq!(vm.wait_pending(&set(&[(0, 0x70)])), set(&[(0, 0x70)]));
+
+    let mut batch = table.batch();
+    batch.update(gsi, MsiMessage::compat(1, 0x71)).unwrap();
+    batch.commit().unwrap();
+    assert_eq!(table.route(gsi), Some(MsiMessage::compat(1, 0x71)));
+    fd.write(1).unwrap();
+    let expected = set(&[(0, 0x70), (1, 0x71)]);
+    assert_eq!(vm.wait_pending(&expected), expected);
+}
+
+#[test]
+fn failed_commit_rolls_back_table_and_irqfds() {
+    if !require_kvm_or_skip() {
+        return;
+    }
+    let vm = LapicVm::new(2);
+    // GSIs 4090..4100: the batch below reaches GSI 4096, which KVM rejects.
+    let config = RouteTableConfig {
+        gsi_range: 4090..4100,
+        irqchip_routes: IrqchipRoutes::Omit,
+    };
+    let mut table = KvmRouteTable::with_unchecked_config(vm.vm.clone(), config);
+    let (fd_a, fd_b, fd_x) = (eventfd(), eventfd(), eventfd());
+    let mut batch = table.batch();
+    let gsis = batch
+        .add_all(&[0x50, 0x51, 0x52].map(|v| MsiMessage::compat(0, v)))
+        .unwrap();
+    batch.register_irqfd(gsis[0], &fd_a).unwrap();
+    batch.register_irqfd(gsis[1], &fd_b).unwrap();
+    batch.commit().unwrap();
+    let before = state(&table);
+
+    let mut batch = table.batch();
+    batch.update(gsis[0], MsiMessage::compat(1, 0x60)).unwrap();
+    batch.remove(gsis[1]).unwrap();
+    batch.register_irqfd(gsis[2], &fd_x).unwrap();
+    let added = batch.add_all(&[MsiMessage::compat(1, 0x61); 4]).unwrap();
+    assert_eq!(added.last(), Some(&Gsi::new(4096)));
+    let err = batch.commit().unwrap_err();
+    assert!(
+        matches!(err, KvmRouteError::SetGsiRouting { entries: 6, .. }),
+        "{err:?}"
+    );
+
+    assert_eq!(state(&table), before);
+    // KVM kept its table (GSI 4090 still goes to vCPU 0, 4091 still routed) and fd_x was
+    // detached: were it attached, its write would mark (0, 0x52) before returning.
+    fd_x.write(1).unwrap();
+    fd_a.write(1).unwrap();
+    fd_b.write(1).unwrap();
+    let expected = set(&[(0, 0x50), (0, 0x51)]);
+    assert_eq!(vm.wait_pending(&expected), expected);
+    // KVM refuses an eventfd attached twice, so this also proves the rollback detached it.
+    let mut batch = table.batch();
+    batch.register_irqfd(gsis[2], &fd_x).unwrap();
+    batch.commit().unwrap();
+    fd_x.write(1).unwrap();
+    let expected = set(&[(0, 0x50), (0, 0x51), (0, 0x52)]);
+    assert_eq!(vm.wait_pending(&expected), expected);
+}
+
+#[test]
+fn dropped_batch_is_undone() {
+    if !require_kvm_or_skip() {
+        return;
+    }
+    let vm = LapicVm::new(1);
+    let mut table = KvmRouteTable::new(vm.vm.clone());
+    let fd = eventfd();
+    let mut batch = table.batch();
+    let kept = batch.add(MsiMessage::compat(0, 0x30)).unwrap();
+    batch.commit().unwrap();
+    let before = state(&table);
+
+    let mut batch = table.batch();
+    let gsi = batch.add(MsiMessage::compat(0, 0x31)).unwrap();
+    batch.register_irqfd(gsi, &fd).unwrap();
+    batch.update(kept, MsiMessage::compat(0, 0x32)).unwrap();
+    batch.remove(kept).unwrap();
+    assert_eq!(batch.table().len(), 1);
+    drop(batch);
+
+    assert_eq!(state(&table), before);
+    // The GSI went back to the pool, and the eventfd was detached from KVM.
+    let mut batch = table.batch();
+    assert_eq!(batch.add(MsiMessage::compat(0, 0x33)).unwrap(), gsi);
+    batch.register_irqfd(gsi, &fd).unwrap();
+    batch.commit().unwrap();
+    fd.write(1).unwrap();
+    assert_eq!(vm.wait_pending(&set(&[(0, 0x33)])), set(&[(0, 0x33)]));
+}
+
+#[test]
+fn exhaustion_reports_what_is_available_and_keeps_earlier_routes() {
+    if !require_kvm_or_skip() {
+        return;
+    }
+    let vm = LapicVm::new(1);
+    let mut table = KvmRouteTable::new(vm.vm.clone());
+    // 4096 KVM entries minus the 40 irqchip routes, although the range has 4072 GSIs.
+    assert_eq!(table.available(), 4056);
+    let fd = eventfd();
+    let mut batch = table.batch();
+    let first = batch.add(MsiMessage::compat(0, 0x80)).unwrap();
+    batch.register_irqfd(first, &fd).unwrap();
+    batch.commit().unwrap();
+
+    let msis = vec![MsiMessage::compat(0, 0x81); 4056];
+    let mut batch = table.batch();
+    let err = batch.add_all(&msis).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KvmRouteError::Exhausted {
+                requested: 4056,
+                available: 4055
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(batch.table().len(), 1, "a refused request stages nothing");
+    batch.add_all(&msis[1..]).unwrap();
+    let err = batch.add(MsiMessage::compat(0, 0x82)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KvmRouteError::Exhausted {
+                requested: 1,
+                available: 0
+            }
+        ),
+        "{err:?}"
+    );
+    // All 4096 entries fit in one KVM_SET_GSI_ROUTING.
+    batch.commit().unwrap();
+    assert_eq!((table.len(), table.available()), (4056, 0));
+
+    fd.write(1).unwrap();
+    assert_eq!(vm.wait_pending(&set(&[(0, 0x80)])), set(&[(0, 0x80)]));
+}
+
+#[test]
+fn omitting_irqchip_routes_frees_their_entries() {
+    if !require_kvm_or_skip() {
+        return;
+    }
+    let vm = LapicVm::new(1);
+    let config = RouteTableConfig {
+        irqchip_routes: IrqchipRoutes::Omit,
+        ..RouteTableConfig::default()
+    };
+    let mut table = KvmRouteTable::with_config(vm.vm.clone(), config).unwrap();
+    assert_eq!(table.available(), 4072);
+    let mut batch = table.batch();
+    let gsis = batch.add_all(&[MsiMessage::compat(0, 0x90); 4072]).unwrap();
+    assert_eq!(gsis.last(), Some(&Gsi::new(4095)));
+    batch.commit().unwrap();
+    assert_eq!(table.available(), 0);
+}
+
+#[test]
+fn gsi_ranges_outside_24_to_4096_are_rejected() {
+    if !require_kvm_or_skip() {
+        return;
+    }
+    let vm = LapicVm::new(1);
+    for range in [0..100, 23..100, 24..4097, 100..100] {
+        let config = RouteTableConfig {
+            gsi_range: range.clone(),
+            ..RouteTableConfig::default()
+        };
+        let err = KvmRouteTable::with_config(vm.vm.clone(), config).unwrap_err();
+        assert!(
+            matches!(err, KvmRouteError::InvalidGsiRange { start, end } if (start..end) == range),
+            "{err:?}"
+        );
+    }
+    let config = RouteTableConfig {
+        gsi_range: 100..110,
+        ..RouteTableConfig::default()
+    };
+    let mut table = KvmRouteTable::with_config(vm.vm.clone(), config).unwrap();
+    let err = table
+        .batch()
+        .add_all(&[MsiMessage::compat(0, 0x40); 11])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KvmRouteError::Exhausted {
+                requested: 11,
+                available: 10
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn release_detaches_irqfds_and_frees_gsis() {
+    if !require_kvm_or_skip() {
+        return;
+    }
+    let vm = LapicVm::new(1);
+    let mut table = KvmRouteTable::new(vm.vm.clone());
+    let (fd_a, fd_b) = (eventfd(), eventfd());
+    let mut batch = table.batch();
+    let a = batch.add(MsiMessage::compat(0, 0xA0)).unwrap();
+    let b = batch.add(MsiMessage::compat(0, 0xA1)).unwrap();
+    batch.register_irqfd(a, &fd_a).unwrap();
+    batch.register_irqfd(b, &fd_b).unwrap();
+    batch.commit().unwrap();
+    let available = table.available();
+
+    let err = table.release(&[a, Gsi::new(999)]).unwrap_err();
+    assert!(matches!(err, KvmRouteError::UnknownGsi(g) if g == Gsi::new(999)));
+    assert_eq!(table.len(), 2, "a failed release removes nothing");
+
+    table.release(&[a]).unwrap();
+    assert_eq!((table.len(), table.available()), (1, available + 1));
+    assert_eq!(table.route(a), None);
+    fd_a.write(1).unwrap();
+    fd_b.write(1).unwrap();
+    assert_eq!(vm.wait_pending(&set(&[(0, 0xA1)])), set(&[(0, 0xA1)]));
+    // The freed GSI is handed out again, and its old eventfd is no longer attached.
+    let mut batch = table.batch();
+    assert_eq!(batch.add(MsiMessage::compat(0, 0xA2)).unwrap(), a);
+    batch.register_irqfd(a, &fd_a).unwrap();
+    batch.commit().unwrap();
+    fd_a.write(1).unwrap();
+    let expected = set(&[(0, 0xA1), (0, 0xA2)]);
+    assert_eq!(vm.wait_pending(&expected), expected);
+}
+
+#[test]
+fn dropping_the_table_detaches_its_irqfds() {
+    if !require_kvm_or_skip() {
+        return;
+    }
+    let vm = LapicVm::new(1);
+    let fd = eventfd();
+    let mut table = KvmRouteTable::new(vm.vm.clone());
+    let mut batch = table.batch();
+    let gsi = batch.add(MsiMessage::compat(0, 0xB0)).unwrap();
+    batch.register_irqfd(gsi, &fd).unwrap();
+    assert!(matches!(
+        batch.register_irqfd(gsi, &fd),
+        Err(KvmRouteError::IrqfdAlreadyRegistered(g)) if g == gsi
+    ));
+    batch.commit().unwrap();
+    drop(table);
+
+    // KVM refuses an eventfd that is still attached; a new table can take it.
+    let mut table = KvmRouteTable::new(vm.vm.clone());
+    let mut batch = table.batch();
+    let gsi = batch.add(MsiMessage::compat(0, 0xB1)).unwrap();
+    batch.register_irqfd(gsi, &fd).unwrap();
+    batch.commit().unwrap();
+    fd.write(1).unwrap();
+    assert_eq!(vm.wait_pending(&set(&[(0, 0xB1)])), set(&[(0, 0xB1)]));
+}
