@@ -1,3 +1,46 @@
-//! pvirq guest driver library (see the crate README).
+//! Guest driver library for **pvirq**, the paravirtual interrupt-allocation device.
+//!
+//! A guest kernel, unikernel or firmware links this crate to ask the host, through a
+//! virtio device, for MSI, MSI-X or IMS vectors for a device it owns. The host reserves
+//! everything delivery needs before it answers; the driver gets the message to program per
+//! vector, or a typed reason ([`Error::Refused`]) naming what ran out and how much is left.
+//!
+//! `no_std`, no allocator. The pieces:
+//! - [`Hal`]: DMA memory shared with the device (physical address and CPU pointer);
+//! - [`Transport`]: the virtio registers; [`MmioTransport`] implements it for virtio-mmio
+//!   (layout version 2) over any [`MmioRegs`], with [`VolatileMmio`] for a real guest;
+//! - [`Driver`]: initialisation, its own split virtqueue, several requests in flight
+//!   ([`Driver::submit`], [`Driver::poll`], [`Driver::handle_interrupt`], [`Driver::take`])
+//!   and the blocking calls ([`Driver::query`], [`Driver::alloc`], [`Driver::free`],
+//!   [`Driver::retarget`], [`Driver::reset_device`]).
+//!
+//! A device that lies (used lengths beyond the buffer, unknown descriptor ids, replies that
+//! do not echo their request, garbage) gets a typed [`Error`], never a panic or an access
+//! outside the driver's buffers.
 #![no_std]
 #![deny(missing_docs)]
+
+#[cfg(any(test, feature = "test-utils"))]
+extern crate std;
+
+mod api;
+mod driver;
+mod error;
+mod hal;
+mod ring;
+mod slot;
+pub mod transport;
+
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
+
+#[cfg(test)]
+mod tests;
+
+pub use api::{Allocation, Done, Queried, into_result};
+pub use driver::{DeviceConfig, Driver, InterruptStatus, Options};
+pub use error::{EchoField, Error};
+pub use hal::{Hal, PAGE_SIZE, PhysAddr};
+pub use ring::QueueAddrs;
+pub use slot::Token;
+pub use transport::{MmioRegs, MmioTransport, Transport, VolatileMmio};
