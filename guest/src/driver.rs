@@ -151,7 +151,10 @@ fn read_config<T: Transport>(transport: &T) -> DeviceConfig {
 
 /// Negotiates features and reads the configuration: everything before memory is
 /// allocated. Returns the features and configuration.
-fn negotiate<T: Transport>(transport: &mut T, options: &Options) -> Result<(u64, DeviceConfig), Error> {
+fn negotiate<T: Transport>(
+    transport: &mut T,
+    options: &Options,
+) -> Result<(u64, DeviceConfig), Error> {
     transport.reset(options.reset_spins)?;
     transport.set_status(status::ACKNOWLEDGE);
     transport.set_status(status::ACKNOWLEDGE | status::DRIVER);
@@ -287,7 +290,10 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
 
     /// Requests submitted and not yet taken.
     pub fn in_flight(&self) -> usize {
-        self.slots.iter().filter(|s| !matches!(s, Slot::Free)).count()
+        self.slots
+            .iter()
+            .filter(|s| !matches!(s, Slot::Free))
+            .count()
     }
 
     /// The transport underneath.
@@ -531,7 +537,10 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Drop for Driver<H, T, SLOTS> {
             // The device may still write the memory: leak it rather than hand it back.
             return;
         }
-        for dma in [self.ring_mem.take(), self.buffers.take()].into_iter().flatten() {
+        for dma in [self.ring_mem.take(), self.buffers.take()]
+            .into_iter()
+            .flatten()
+        {
             // SAFETY: the device is reset, so it no longer accesses the memory, and the
             // driver is going away with every pointer into it.
             unsafe { dma.free(&self.hal) };

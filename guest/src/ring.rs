@@ -152,7 +152,13 @@ impl SplitRing {
         // SAFETY: every caller passes an offset inside the layout, aligned for `T` (the
         // layout aligns each part and `base` is 16-byte aligned); `new`'s contract makes
         // the memory valid and ours.
-        unsafe { self.base.as_ptr().add(offset).cast::<T>().write_volatile(value) }
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(offset)
+                .cast::<T>()
+                .write_volatile(value)
+        }
     }
 
     fn read<T: Copy>(&self, offset: usize) -> T {

@@ -177,7 +177,8 @@ impl<R: MmioRegs> Transport for MmioTransport<R> {
         self.regs.write32(reg::DRIVER_FEATURES_SEL, 0);
         self.regs.write32(reg::DRIVER_FEATURES, features as u32);
         self.regs.write32(reg::DRIVER_FEATURES_SEL, 1);
-        self.regs.write32(reg::DRIVER_FEATURES, (features >> 32) as u32);
+        self.regs
+            .write32(reg::DRIVER_FEATURES, (features >> 32) as u32);
     }
 
     fn status(&self) -> u8 {
