@@ -64,7 +64,9 @@ pub(crate) struct State {
     pub(crate) auto: bool,
     /// Return chains in reverse order of arrival.
     pub(crate) reverse: bool,
-    /// Set used-ring NO_NOTIFY after setup.
+    /// Chains answered per `process` call.
+    pub(crate) budget: usize,
+    /// QueueNotify writes seen.
     pub(crate) notifies: usize,
     pub(crate) faults: VecDeque<Fault>,
     /// Raw bytes of every request read, in order.
@@ -115,6 +117,7 @@ impl FakeDevice {
                 config,
                 auto: true,
                 reverse: false,
+                budget: usize::MAX,
                 notifies: 0,
                 faults: VecDeque::new(),
                 requests: Vec::new(),
@@ -234,7 +237,10 @@ impl State {
     fn process(&mut self) -> usize {
         let mem = self.mem.clone();
         let mut chains = Vec::new();
-        while let Some(chain) = self.queue.pop_descriptor_chain(&mem) {
+        while chains.len() < self.budget {
+            let Some(chain) = self.queue.pop_descriptor_chain(&mem) else {
+                break;
+            };
             chains.push(chain);
         }
         if self.reverse {
