@@ -128,11 +128,6 @@ impl SplitRing {
         }
     }
 
-    /// Number of entries.
-    pub(crate) fn size(&self) -> u16 {
-        self.size
-    }
-
     /// Device-visible addresses of the three parts.
     pub(crate) fn addrs(&self) -> QueueAddrs {
         QueueAddrs {

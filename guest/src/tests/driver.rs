@@ -33,6 +33,9 @@ pub(crate) fn targets(n: u32) -> std::vec::Vec<Target> {
         .collect()
 }
 
+/// A way to break the fake device, and the error the driver must answer with.
+type Breakage = (fn(&mut super::fake::State), Error);
+
 #[test]
 fn initialisation_negotiates_features_and_sets_driver_ok() {
     let dev = FakeDevice::new(memory());
@@ -70,7 +73,7 @@ fn features_are_the_intersection_and_pasid_needs_ims() {
 
 #[test]
 fn a_device_the_driver_cannot_use_is_refused_and_marked_failed() {
-    let cases: [(fn(&mut super::fake::State), Error); 6] = [
+    let cases: [Breakage; 6] = [
         (
             |s| s.config.version = 2.into(),
             Error::UnsupportedVersion(2),
@@ -106,7 +109,7 @@ fn a_device_the_driver_cannot_use_is_refused_and_marked_failed() {
 
 #[test]
 fn the_mmio_transport_checks_magic_version_and_device_id() {
-    let cases: [(fn(&mut super::fake::State), Error); 3] = [
+    let cases: [Breakage; 3] = [
         (|s| s.magic = 0x1234, Error::BadMagic(0x1234)),
         (|s| s.mmio_version = 1, Error::UnsupportedMmioVersion(1)),
         (|s| s.device_id = 0, Error::NoDevice),

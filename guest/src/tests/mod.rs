@@ -3,3 +3,4 @@
 mod driver;
 mod fake;
 mod faults;
+mod ring;
