@@ -133,20 +133,25 @@ impl<H: Hal, T: Transport, const SLOTS: usize> core::fmt::Debug for Driver<H, T,
     }
 }
 
+/// Reads the configuration, retrying while the generation changes under the read (at
+/// most a few times: pvirq's configuration never changes, spec §2.4).
 fn read_config<T: Transport>(transport: &T) -> DeviceConfig {
-    loop {
+    let read = || DeviceConfig {
+        version: transport.read_config_u16(0),
+        max_batch: transport.read_config_u16(2),
+        num_devices: transport.read_config_u32(4),
+        vm_quota: transport.read_config_u32(8),
+        num_vcpus: transport.read_config_u32(12),
+    };
+    let mut config = read();
+    for _ in 0..16 {
         let generation = transport.config_generation();
-        let config = DeviceConfig {
-            version: transport.read_config_u16(0),
-            max_batch: transport.read_config_u16(2),
-            num_devices: transport.read_config_u32(4),
-            vm_quota: transport.read_config_u32(8),
-            num_vcpus: transport.read_config_u32(12),
-        };
+        config = read();
         if transport.config_generation() == generation {
-            return config;
+            break;
         }
     }
+    config
 }
 
 /// Negotiates features and reads the configuration: everything before memory is

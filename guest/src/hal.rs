@@ -44,6 +44,10 @@ pub(crate) struct Dma {
     pages: usize,
 }
 
+// SAFETY: the allocation is plain memory owned by one driver; nothing ties it to the thread
+// that allocated it.
+unsafe impl Send for Dma {}
+
 impl Dma {
     /// Allocates at least `bytes` bytes.
     pub(crate) fn alloc<H: Hal>(hal: &H, bytes: usize) -> Result<Self, crate::Error> {

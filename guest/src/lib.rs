@@ -14,6 +14,33 @@
 //!   and the blocking calls ([`Driver::query`], [`Driver::alloc`], [`Driver::free`],
 //!   [`Driver::retarget`], [`Driver::reset_device`]).
 //!
+//! ```
+//! use pvirq_guest::proto::{Grant, Kind, Target};
+//! use pvirq_guest::{Driver, Error, Hal, MmioRegs, MmioTransport, Options};
+//!
+//! /// Brings the channel up and gives device 0 up to four MSI-X vectors, one per vCPU.
+//! fn bring_up<H: Hal, R: MmioRegs>(hal: H, regs: R) -> Result<(), Error> {
+//!     let transport = MmioTransport::new(regs)?;
+//!     let mut pvirq: Driver<H, _> = Driver::new(hal, transport, Options::default())?;
+//!     let limits = pvirq.query(0)?;
+//!     assert!(limits.info.kinds.contains(Kind::MsiX));
+//!     let targets = [0, 1, 2, 3].map(|vcpu| Target::new(vcpu, 0x40));
+//!     let mut grants = [Grant::new(0, Default::default()); 4];
+//!     let allocation = match pvirq.alloc_irq_vectors(0, Kind::MsiX, 4, &targets, &mut grants) {
+//!         Ok(allocation) => allocation,
+//!         // Not enough for one each: take what is left, and share.
+//!         Err(e) => match e.fallback_count() {
+//!             Some(n) => pvirq.alloc_irq_vectors(0, Kind::MsiX, n, &targets, &mut grants)?,
+//!             None => return Err(e),
+//!         },
+//!     };
+//!     for grant in allocation.grants {
+//!         let _program_and_unmask = (grant.index(), grant.message());
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
 //! A device that lies (used lengths beyond the buffer, unknown descriptor ids, replies that
 //! do not echo their request, garbage) gets a typed [`Error`], never a panic or an access
 //! outside the driver's buffers.
@@ -36,6 +63,10 @@ pub mod test_utils;
 
 #[cfg(test)]
 mod tests;
+
+/// The wire format this driver speaks (`pvirq-proto`), re-exported so callers use the
+/// same version.
+pub use pvirq_proto as proto;
 
 pub use api::{Allocation, Done, Queried, into_result};
 pub use driver::{DeviceConfig, Driver, InterruptStatus, Options};

@@ -469,3 +469,45 @@ fn a_large_max_batch_fits_its_buffers() {
     assert_eq!(a.grants.len(), 4096);
     assert_eq!(a.grants[4095].index(), 4095);
 }
+
+#[test]
+fn byte_wise_registers_drive_the_device_too() {
+    use crate::MmioRegs;
+    use crate::test_utils::ByteRegs;
+    let dev = FakeDevice::new(memory());
+    let regs = ByteRegs::new(
+        |offset, data: &mut [u8]| match data.len() {
+            4 => data.copy_from_slice(&dev.read32(offset as usize).to_le_bytes()),
+            2 => data.copy_from_slice(&dev.read16(offset as usize).to_le_bytes()),
+            n => panic!("{n}-byte read"),
+        },
+        |offset, data: &[u8]| {
+            let value = u32::from_le_bytes(data.try_into().expect("32-bit write"));
+            dev.write32(offset as usize, value)
+        },
+    );
+    let mut d: Driver<_, _, 2> = Driver::new(
+        hal(&dev),
+        MmioTransport::new(regs).unwrap(),
+        Options::default(),
+    )
+    .unwrap();
+    assert_eq!(d.query(0).unwrap().info.ims_slots, 128);
+}
+
+#[test]
+fn volatile_mmio_stays_inside_its_window() {
+    use crate::{MmioRegs, VolatileMmio};
+    let mut window = [0u32; 4];
+    let base = core::ptr::NonNull::new(window.as_mut_ptr().cast::<u8>()).unwrap();
+    // SAFETY: `window` outlives `regs` and is only accessed through it meanwhile.
+    let regs = unsafe { VolatileMmio::new(base, 16) };
+    regs.write32(4, 0x1234_5678);
+    assert_eq!(regs.read32(4), 0x1234_5678);
+    assert_eq!(regs.read16(6), 0x1234);
+    assert_eq!(regs.read32(16), u32::MAX, "outside the window");
+    assert_eq!(regs.read32(2), u32::MAX, "misaligned");
+    regs.write32(14, 1);
+    regs.write32(16, 1);
+    assert_eq!(window, [0, 0x1234_5678, 0, 0]);
+}
