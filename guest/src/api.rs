@@ -1,0 +1,205 @@
+//! The calls a guest kernel makes, shaped after Linux's `pci_alloc_irq_vectors` and
+//! `pci_msix_alloc_irq_at`: each submits one request, waits for it, and returns either the
+//! result or an [`Error`] — a refusal carries the device's reason ([`Error::Refused`]).
+
+use crate::transport::Transport;
+use crate::{Driver, Error, Hal};
+use pvirq_proto::{
+    Alloc, DeviceInfo, Grant, IndexRange, IndexSpec, Kind, Opcode, Operation, Outcome, Response,
+    Retarget, Target,
+};
+
+/// A QUERY result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Queried {
+    /// The device's limits and state.
+    pub info: DeviceInfo,
+    /// The VM's remaining quota.
+    pub quota_remaining: u32,
+}
+
+/// An ALLOC result: the granted vectors, copied into the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allocation<'g> {
+    /// One grant per vector, in target order: grant `i` goes to `targets[i]`. Program
+    /// `message()` at `index()` and unmask.
+    pub grants: &'g [Grant],
+    /// The VM's remaining quota.
+    pub quota_remaining: u32,
+}
+
+/// A FREE, RETARGET or RESET result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Done {
+    /// Vectors freed, moved or reset.
+    pub count: u32,
+    /// The VM's remaining quota.
+    pub quota_remaining: u32,
+}
+
+/// Turns a refusal into [`Error::Refused`]; any other response passes through.
+pub fn into_result(response: Response<'_>) -> Result<Response<'_>, Error> {
+    match response.outcome {
+        Outcome::Refused(refusal) => Err(Error::Refused {
+            opcode: Opcode::from_wire(response.opcode).unwrap_or(Opcode::Query),
+            refusal,
+        }),
+        _ => Ok(response),
+    }
+}
+
+fn unexpected(response: &Response<'_>) -> Error {
+    Error::Malformed(pvirq_proto::Error::OutcomeMismatch(response.opcode))
+}
+
+fn done(response: Response<'_>) -> Result<Done, Error> {
+    match into_result(response)?.outcome {
+        Outcome::Freed {
+            count,
+            quota_remaining,
+        }
+        | Outcome::Retargeted {
+            count,
+            quota_remaining,
+        }
+        | Outcome::Reset {
+            count,
+            quota_remaining,
+        } => Ok(Done {
+            count,
+            quota_remaining,
+        }),
+        _ => Err(unexpected(&response)),
+    }
+}
+
+impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
+    /// Asks for `device`'s limits (kinds, table sizes, vectors granted and available now).
+    pub fn query(&mut self, device: u32) -> Result<Queried, Error> {
+        let response = into_result(self.call(device, Operation::Query)?)?;
+        match response.outcome {
+            Outcome::Queried {
+                info,
+                quota_remaining,
+            } => Ok(Queried {
+                info,
+                quota_remaining,
+            }),
+            _ => Err(unexpected(&response)),
+        }
+    }
+
+    /// Allocates between `alloc.min` and `alloc.max` vectors and copies the grants into
+    /// `grants` (at least `alloc.max` long).
+    ///
+    /// On [`Error::Refused`] nothing was granted; for NO_SPACE,
+    /// [`Error::fallback_count`] says how many vectors the device could grant now.
+    pub fn alloc<'g>(
+        &mut self,
+        device: u32,
+        alloc: Alloc<'_>,
+        grants: &'g mut [Grant],
+    ) -> Result<Allocation<'g>, Error> {
+        let needed = usize::from(alloc.max);
+        if grants.len() < needed {
+            return Err(Error::GrantBufferTooSmall {
+                needed,
+                got: grants.len(),
+            });
+        }
+        let response = into_result(self.call(device, Operation::Alloc(alloc))?)?;
+        match response.outcome {
+            Outcome::Allocated {
+                grants: granted,
+                quota_remaining,
+            } => {
+                // Validation guarantees `granted.len() <= max <= grants.len()`.
+                let out = grants
+                    .get_mut(..granted.len())
+                    .ok_or(Error::GrantBufferTooSmall {
+                        needed: granted.len(),
+                        got: needed,
+                    })?;
+                out.copy_from_slice(granted);
+                Ok(Allocation {
+                    grants: out,
+                    quota_remaining,
+                })
+            }
+            _ => Err(unexpected(&response)),
+        }
+    }
+
+    /// Linux's `pci_alloc_irq_vectors(dev, min, max, kind)`: between `min` and
+    /// `targets.len()` vectors of `kind` at indices the device chooses, vector `i` to
+    /// `targets[i]`.
+    pub fn alloc_irq_vectors<'g>(
+        &mut self,
+        device: u32,
+        kind: Kind,
+        min: u16,
+        targets: &[Target],
+        grants: &'g mut [Grant],
+    ) -> Result<Allocation<'g>, Error> {
+        let max = u16::try_from(targets.len()).unwrap_or(u16::MAX);
+        let alloc = Alloc {
+            kind,
+            index: IndexSpec::Any,
+            min,
+            max,
+            pasid: None,
+            targets,
+        };
+        self.alloc(device, alloc, grants)
+    }
+
+    /// Linux's `pci_msix_alloc_irq_at(dev, index, affinity)`: one vector of `kind` at
+    /// `index` (or any), delivered to `target`, with an optional IMS PASID.
+    pub fn alloc_irq_at(
+        &mut self,
+        device: u32,
+        kind: Kind,
+        index: IndexSpec,
+        target: Target,
+        pasid: Option<u32>,
+    ) -> Result<Grant, Error> {
+        let targets = [target];
+        let alloc = Alloc {
+            kind,
+            index,
+            min: 1,
+            max: 1,
+            pasid,
+            targets: &targets,
+        };
+        let mut grant = [Grant::new(0, Default::default())];
+        self.alloc(device, alloc, &mut grant)?;
+        let [grant] = grant;
+        Ok(grant)
+    }
+
+    /// Frees a run of granted vectors. Mask them and quiesce the device first (spec DRV-7).
+    pub fn free(&mut self, device: u32, range: IndexRange) -> Result<Done, Error> {
+        let response = self.call(device, Operation::Free(range))?;
+        done(response)
+    }
+
+    /// Moves a run of granted vectors to new destinations, one target per index. Nothing
+    /// needs reprogramming: the messages stay the same.
+    pub fn retarget(
+        &mut self,
+        device: u32,
+        range: IndexRange,
+        targets: &[Target],
+    ) -> Result<Done, Error> {
+        let response = self.call(device, Operation::Retarget(Retarget { range, targets }))?;
+        done(response)
+    }
+
+    /// Frees every vector of `device` (the RESET operation; the virtio device and other
+    /// devices are untouched). Mask them first (spec DRV-7).
+    pub fn reset_device(&mut self, device: u32) -> Result<Done, Error> {
+        let response = self.call(device, Operation::Reset)?;
+        done(response)
+    }
+}

@@ -1,0 +1,90 @@
+//! The hardware abstraction: memory shared with the device.
+
+use core::ptr::NonNull;
+
+/// A device-visible (guest-physical, or IOVA behind an IOMMU) address.
+pub type PhysAddr = u64;
+
+/// Size of the pages [`Hal::dma_alloc`] hands out.
+pub const PAGE_SIZE: usize = 4096;
+
+/// Memory shared with the device, in the spirit of the `virtio-drivers` crate's `Hal`.
+///
+/// The driver allocates everything it shares with the device once, at initialisation: the
+/// virtqueue and one request/response buffer per in-flight slot. It never shares caller
+/// memory, so no `share`/`unshare` bounce is needed. It gives the memory back with
+/// [`Hal::dma_dealloc`] when dropped, after resetting the device.
+///
+/// # Safety
+///
+/// An implementation must return from [`Hal::dma_alloc`] a pointer to `pages * PAGE_SIZE`
+/// bytes that are page-aligned, valid for reads and writes by the CPU and not used by
+/// anything but the caller until passed to [`Hal::dma_dealloc`]; and the device must see
+/// exactly those bytes at the returned physical address, contiguously (coherent DMA).
+pub unsafe trait Hal {
+    /// Allocates `pages` contiguous pages shared with the device, returning their
+    /// device-visible address and a CPU pointer; `None` if memory is exhausted. The content
+    /// need not be zeroed.
+    fn dma_alloc(&self, pages: usize) -> Option<(PhysAddr, NonNull<u8>)>;
+
+    /// Gives back an allocation.
+    ///
+    /// # Safety
+    ///
+    /// `paddr`, `vaddr` and `pages` are those of one earlier [`Hal::dma_alloc`] of this HAL,
+    /// the device no longer accesses the memory, and the caller never uses `vaddr` again.
+    unsafe fn dma_dealloc(&self, paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize);
+}
+
+/// One DMA allocation: its physical address, CPU pointer and size.
+#[derive(Debug)]
+pub(crate) struct Dma {
+    paddr: PhysAddr,
+    vaddr: NonNull<u8>,
+    pages: usize,
+}
+
+// SAFETY: the allocation is plain memory owned by one driver; nothing ties it to the thread
+// that allocated it.
+unsafe impl Send for Dma {}
+
+impl Dma {
+    /// Allocates at least `bytes` bytes.
+    pub(crate) fn alloc<H: Hal>(hal: &H, bytes: usize) -> Result<Self, crate::Error> {
+        let pages = bytes.div_ceil(PAGE_SIZE).max(1);
+        let (paddr, vaddr) = hal
+            .dma_alloc(pages)
+            .ok_or(crate::Error::DmaAlloc { pages })?;
+        Ok(Dma {
+            paddr,
+            vaddr,
+            pages,
+        })
+    }
+
+    /// Gives the memory back.
+    ///
+    /// # Safety
+    ///
+    /// The device no longer accesses the memory, and no pointer derived from it is used
+    /// afterwards.
+    pub(crate) unsafe fn free<H: Hal>(self, hal: &H) {
+        // SAFETY: the values come from `hal.dma_alloc`; the caller vouches for the rest.
+        unsafe { hal.dma_dealloc(self.paddr, self.vaddr, self.pages) }
+    }
+
+    /// Size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.pages * PAGE_SIZE
+    }
+
+    /// The device-visible address of byte `offset`.
+    pub(crate) fn paddr(&self, offset: usize) -> PhysAddr {
+        self.paddr + offset as u64
+    }
+
+    /// The CPU pointer to the start.
+    pub(crate) fn vaddr(&self) -> NonNull<u8> {
+        self.vaddr
+    }
+}
