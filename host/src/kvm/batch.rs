@@ -6,8 +6,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::error::KvmRouteError;
 use super::irqfd::Irqfd;
-use super::msi::{Gsi, MsiMessage};
+use super::msi::Gsi;
 use super::table::{KvmRouteTable, Route};
+use pvirq_proto::MsiMessage;
 
 /// One staged change, with what is needed to take it back.
 #[derive(Debug)]

@@ -23,5 +23,5 @@ pub use availability::{KVM_DEVICE, REQUIRE_KVM_ENV, require_kvm_or_skip};
 pub use batch::RouteBatch;
 pub use error::KvmRouteError;
 pub use irqchip::IrqchipRoutes;
-pub use msi::{Gsi, MsiMessage};
+pub use msi::{Gsi, kvm_msi};
 pub use table::{KvmRouteTable, RouteTableConfig};

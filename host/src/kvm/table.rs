@@ -12,7 +12,8 @@ use super::batch::RouteBatch;
 use super::error::KvmRouteError;
 use super::irqchip::{IRQCHIP_GSIS, IrqchipRoutes};
 use super::irqfd::Irqfd;
-use super::msi::{Gsi, MsiMessage};
+use super::msi::Gsi;
+use pvirq_proto::MsiMessage;
 
 /// KVM rejects any GSI at or above this (`KVM_MAX_IRQ_ROUTES`).
 const GSI_LIMIT: u32 = KVM_MAX_IRQ_ROUTES as u32;
@@ -177,7 +178,7 @@ impl KvmRouteTable {
         entries.extend(
             self.routes
                 .iter()
-                .map(|(gsi, route)| route.msi.routing_entry(*gsi)),
+                .map(|(gsi, route)| super::msi::routing_entry(*gsi, route.msi)),
         );
         let routing =
             KvmIrqRouting::from_entries(&entries).map_err(|_| KvmRouteError::TooManyEntries {

@@ -7,6 +7,12 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::test_vm::LapicVm;
 use super::*;
+use pvirq_proto::{CompatMsi, MsiMessage};
+
+/// A fixed, edge, physical-mode message to APIC ID `dest`.
+fn compat(dest: u32, vector: u8) -> MsiMessage {
+    CompatMsi::fixed(dest, vector).message()
+}
 
 fn eventfd() -> EventFd {
     EventFd::new(EFD_NONBLOCK).unwrap()
@@ -36,7 +42,7 @@ fn committed_routes_deliver_to_their_vcpu_and_vector() {
     let targets: Vec<(usize, u8)> = (0..8).map(|i| (i % 2, 0x40 + i as u8)).collect();
     let msis: Vec<_> = targets
         .iter()
-        .map(|&(cpu, vector)| MsiMessage::compat(cpu as u8, vector))
+        .map(|&(cpu, vector)| compat(cpu as u32, vector))
         .collect();
     let fds: Vec<_> = targets.iter().map(|_| eventfd()).collect();
 
@@ -67,16 +73,16 @@ fn retarget_moves_delivery_to_the_new_vcpu() {
     let mut table = KvmRouteTable::new(vm.vm.clone());
     let fd = eventfd();
     let mut batch = table.batch();
-    let gsi = batch.add(MsiMessage::compat(0, 0x70)).unwrap();
+    let gsi = batch.add(compat(0, 0x70)).unwrap();
     batch.register_irqfd(gsi, &fd).unwrap();
     batch.commit().unwrap();
     fd.write(1).unwrap();
     assert_eq!(vm.wait_pending(&set(&[(0, 0x70)])), set(&[(0, 0x70)]));
 
     let mut batch = table.batch();
-    batch.update(gsi, MsiMessage::compat(1, 0x71)).unwrap();
+    batch.update(gsi, compat(1, 0x71)).unwrap();
     batch.commit().unwrap();
-    assert_eq!(table.route(gsi), Some(MsiMessage::compat(1, 0x71)));
+    assert_eq!(table.route(gsi), Some(compat(1, 0x71)));
     fd.write(1).unwrap();
     let expected = set(&[(0, 0x70), (1, 0x71)]);
     assert_eq!(vm.wait_pending(&expected), expected);
@@ -97,7 +103,7 @@ fn failed_commit_rolls_back_table_and_irqfds() {
     let (fd_a, fd_b, fd_x) = (eventfd(), eventfd(), eventfd());
     let mut batch = table.batch();
     let gsis = batch
-        .add_all(&[0x50, 0x51, 0x52].map(|v| MsiMessage::compat(0, v)))
+        .add_all(&[0x50, 0x51, 0x52].map(|v| compat(0, v)))
         .unwrap();
     batch.register_irqfd(gsis[0], &fd_a).unwrap();
     batch.register_irqfd(gsis[1], &fd_b).unwrap();
@@ -105,10 +111,10 @@ fn failed_commit_rolls_back_table_and_irqfds() {
     let before = state(&table);
 
     let mut batch = table.batch();
-    batch.update(gsis[0], MsiMessage::compat(1, 0x60)).unwrap();
+    batch.update(gsis[0], compat(1, 0x60)).unwrap();
     batch.remove(gsis[1]).unwrap();
     batch.register_irqfd(gsis[2], &fd_x).unwrap();
-    let added = batch.add_all(&[MsiMessage::compat(1, 0x61); 4]).unwrap();
+    let added = batch.add_all(&[compat(1, 0x61); 4]).unwrap();
     assert_eq!(added.last(), Some(&Gsi::new(4096)));
     let err = batch.commit().unwrap_err();
     assert!(
@@ -142,14 +148,14 @@ fn dropped_batch_is_undone() {
     let mut table = KvmRouteTable::new(vm.vm.clone());
     let fd = eventfd();
     let mut batch = table.batch();
-    let kept = batch.add(MsiMessage::compat(0, 0x30)).unwrap();
+    let kept = batch.add(compat(0, 0x30)).unwrap();
     batch.commit().unwrap();
     let before = state(&table);
 
     let mut batch = table.batch();
-    let gsi = batch.add(MsiMessage::compat(0, 0x31)).unwrap();
+    let gsi = batch.add(compat(0, 0x31)).unwrap();
     batch.register_irqfd(gsi, &fd).unwrap();
-    batch.update(kept, MsiMessage::compat(0, 0x32)).unwrap();
+    batch.update(kept, compat(0, 0x32)).unwrap();
     batch.remove(kept).unwrap();
     assert_eq!(batch.table().len(), 1);
     drop(batch);
@@ -157,7 +163,7 @@ fn dropped_batch_is_undone() {
     assert_eq!(state(&table), before);
     // The GSI went back to the pool, and the eventfd was detached from KVM.
     let mut batch = table.batch();
-    assert_eq!(batch.add(MsiMessage::compat(0, 0x33)).unwrap(), gsi);
+    assert_eq!(batch.add(compat(0, 0x33)).unwrap(), gsi);
     batch.register_irqfd(gsi, &fd).unwrap();
     batch.commit().unwrap();
     fd.write(1).unwrap();
@@ -175,11 +181,11 @@ fn exhaustion_reports_what_is_available_and_keeps_earlier_routes() {
     assert_eq!(table.available(), 4056);
     let fd = eventfd();
     let mut batch = table.batch();
-    let first = batch.add(MsiMessage::compat(0, 0x80)).unwrap();
+    let first = batch.add(compat(0, 0x80)).unwrap();
     batch.register_irqfd(first, &fd).unwrap();
     batch.commit().unwrap();
 
-    let msis = vec![MsiMessage::compat(0, 0x81); 4056];
+    let msis = vec![compat(0, 0x81); 4056];
     let mut batch = table.batch();
     let err = batch.add_all(&msis).unwrap_err();
     assert!(
@@ -194,7 +200,7 @@ fn exhaustion_reports_what_is_available_and_keeps_earlier_routes() {
     );
     assert_eq!(batch.table().len(), 1, "a refused request stages nothing");
     batch.add_all(&msis[1..]).unwrap();
-    let err = batch.add(MsiMessage::compat(0, 0x82)).unwrap_err();
+    let err = batch.add(compat(0, 0x82)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -226,7 +232,7 @@ fn omitting_irqchip_routes_frees_their_entries() {
     let mut table = KvmRouteTable::with_config(vm.vm.clone(), config).unwrap();
     assert_eq!(table.available(), 4072);
     let mut batch = table.batch();
-    let gsis = batch.add_all(&[MsiMessage::compat(0, 0x90); 4072]).unwrap();
+    let gsis = batch.add_all(&[compat(0, 0x90); 4072]).unwrap();
     assert_eq!(gsis.last(), Some(&Gsi::new(4095)));
     batch.commit().unwrap();
     assert_eq!(table.available(), 0);
@@ -254,10 +260,7 @@ fn gsi_ranges_outside_24_to_4096_are_rejected() {
         ..RouteTableConfig::default()
     };
     let mut table = KvmRouteTable::with_config(vm.vm.clone(), config).unwrap();
-    let err = table
-        .batch()
-        .add_all(&[MsiMessage::compat(0, 0x40); 11])
-        .unwrap_err();
+    let err = table.batch().add_all(&[compat(0, 0x40); 11]).unwrap_err();
     assert!(
         matches!(
             err,
@@ -279,8 +282,8 @@ fn release_detaches_irqfds_and_frees_gsis() {
     let mut table = KvmRouteTable::new(vm.vm.clone());
     let (fd_a, fd_b) = (eventfd(), eventfd());
     let mut batch = table.batch();
-    let a = batch.add(MsiMessage::compat(0, 0xA0)).unwrap();
-    let b = batch.add(MsiMessage::compat(0, 0xA1)).unwrap();
+    let a = batch.add(compat(0, 0xA0)).unwrap();
+    let b = batch.add(compat(0, 0xA1)).unwrap();
     batch.register_irqfd(a, &fd_a).unwrap();
     batch.register_irqfd(b, &fd_b).unwrap();
     batch.commit().unwrap();
@@ -298,7 +301,7 @@ fn release_detaches_irqfds_and_frees_gsis() {
     assert_eq!(vm.wait_pending(&set(&[(0, 0xA1)])), set(&[(0, 0xA1)]));
     // The freed GSI is handed out again, and its old eventfd is no longer attached.
     let mut batch = table.batch();
-    assert_eq!(batch.add(MsiMessage::compat(0, 0xA2)).unwrap(), a);
+    assert_eq!(batch.add(compat(0, 0xA2)).unwrap(), a);
     batch.register_irqfd(a, &fd_a).unwrap();
     batch.commit().unwrap();
     fd_a.write(1).unwrap();
@@ -315,7 +318,7 @@ fn dropping_the_table_detaches_its_irqfds() {
     let fd = eventfd();
     let mut table = KvmRouteTable::new(vm.vm.clone());
     let mut batch = table.batch();
-    let gsi = batch.add(MsiMessage::compat(0, 0xB0)).unwrap();
+    let gsi = batch.add(compat(0, 0xB0)).unwrap();
     batch.register_irqfd(gsi, &fd).unwrap();
     assert!(matches!(
         batch.register_irqfd(gsi, &fd),
@@ -327,7 +330,7 @@ fn dropping_the_table_detaches_its_irqfds() {
     // KVM refuses an eventfd that is still attached; a new table can take it.
     let mut table = KvmRouteTable::new(vm.vm.clone());
     let mut batch = table.batch();
-    let gsi = batch.add(MsiMessage::compat(0, 0xB1)).unwrap();
+    let gsi = batch.add(compat(0, 0xB1)).unwrap();
     batch.register_irqfd(gsi, &fd).unwrap();
     batch.commit().unwrap();
     fd.write(1).unwrap();

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
-use pvirq_host::kvm::{KvmRouteTable, MsiMessage};
+use pvirq_host::kvm::{KvmRouteTable, kvm_msi};
+use pvirq_proto::{CompatMsi, DeliveryMode, MsiMessage};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::counts::InterruptCounts;
@@ -24,8 +25,6 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between two polls of guest memory or thread state.
 const POLL_INTERVAL: Duration = Duration::from_micros(200);
-/// MSI data for NMI delivery (delivery mode 0b100 in bits 10:8); the vector is ignored.
-const MSI_DATA_NMI: u32 = 0b100 << 8;
 /// The TSS area Intel VMX needs for real-mode emulation, outside guest RAM.
 const TSS_ADDRESS: usize = 0xFFFB_D000;
 /// The only memory slot.
@@ -201,12 +200,12 @@ impl KvmGuest {
 
     /// The MSI message that delivers `vector` to vCPU `vcpu`.
     pub fn msi(&self, vcpu: usize, vector: u8) -> Result<MsiMessage, KvmGuestError> {
-        Ok(MsiMessage::compat(self.apic_id(vcpu)?, vector))
+        Ok(CompatMsi::fixed(u32::from(self.apic_id(vcpu)?), vector).message())
     }
 
     /// Injects `vector` into vCPU `vcpu` once with `KVM_SIGNAL_MSI`, without any route.
     pub fn signal_msi(&self, vcpu: usize, vector: u8) -> Result<(), KvmGuestError> {
-        let msi = self.msi(vcpu, vector)?.to_kvm_msi();
+        let msi = kvm_msi(self.msi(vcpu, vector)?);
         self.vm
             .signal_msi(msi)
             .map(drop)
@@ -304,12 +303,12 @@ impl KvmGuest {
         let mut first_error = None;
         for (index, thread) in self.vcpus.iter().enumerate() {
             if thread.as_ref().is_some_and(|t| !t.is_finished()) {
-                let nmi = MsiMessage {
-                    data: MSI_DATA_NMI,
-                    ..MsiMessage::compat(index as u8, 0)
+                let nmi = CompatMsi {
+                    delivery: DeliveryMode::Nmi,
+                    ..CompatMsi::fixed(index as u32, 0)
                 };
                 // An NMI is latched until taken, even before the vCPU first runs.
-                if let Err(source) = self.vm.signal_msi(nmi.to_kvm_msi()) {
+                if let Err(source) = self.vm.signal_msi(kvm_msi(nmi.message())) {
                     first_error.get_or_insert(KvmGuestError::SignalMsi {
                         vcpu: index,
                         source,
