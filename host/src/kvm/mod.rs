@@ -2,16 +2,15 @@
 //!
 //! [`KvmRouteTable`] keeps one VM's routes as its own list, because `KVM_SET_GSI_ROUTING`
 //! only replaces the whole table, at a cost that grows with its size (measured on nested
-//! KVM: ~10–80 µs for up to 64 routes, ~1 ms for 4000). Changes are staged in a
-//! [`RouteBatch`] — typically everything one guest request needs — and committed with a
+//! KVM: ~10–80 µs for up to 64 routes, ~1 ms for 4000). Changes are staged — typically everything one guest request needs — and committed with a
 //! single ioctl; a failed or abandoned batch leaves the table exactly as it was.
 
 mod availability;
-mod batch;
 mod error;
 mod irqchip;
 mod irqfd;
 mod msi;
+mod staging;
 mod table;
 
 #[cfg(test)]
@@ -20,8 +19,8 @@ mod test_vm;
 mod tests;
 
 pub use availability::{KVM_DEVICE, REQUIRE_KVM_ENV, require_kvm_or_skip};
-pub use batch::RouteBatch;
 pub use error::KvmRouteError;
 pub use irqchip::IrqchipRoutes;
 pub use msi::{Gsi, kvm_msi};
+pub use staging::RouteBatch;
 pub use table::{KvmRouteTable, RouteTableConfig};

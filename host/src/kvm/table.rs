@@ -8,11 +8,11 @@ use std::sync::Arc;
 use kvm_bindings::{KVM_MAX_IRQ_ROUTES, KvmIrqRouting};
 use kvm_ioctls::VmFd;
 
-use super::batch::RouteBatch;
 use super::error::KvmRouteError;
 use super::irqchip::{IRQCHIP_GSIS, IrqchipRoutes};
 use super::irqfd::Irqfd;
 use super::msi::Gsi;
+use super::staging::{Pending, RouteBatch};
 use pvirq_proto::MsiMessage;
 
 /// KVM rejects any GSI at or above this (`KVM_MAX_IRQ_ROUTES`).
@@ -46,8 +46,8 @@ pub(super) struct Route {
 
 /// The MSI routes of one VM.
 ///
-/// Outside a [`RouteBatch`] the table is exactly what KVM has. Changes are staged in a batch
-/// ([`KvmRouteTable::batch`]) and reach KVM with one `KVM_SET_GSI_ROUTING` on commit.
+/// With nothing staged the table is exactly what KVM has. Changes are staged (`stage_*`, or
+/// scoped in a [`RouteBatch`]) and reach KVM with one `KVM_SET_GSI_ROUTING` on commit.
 /// A VM must have a single table: each commit replaces KVM's whole routing table.
 /// Dropping the table detaches its irqfds and removes its routes from KVM.
 #[derive(Debug)]
@@ -60,6 +60,8 @@ pub struct KvmRouteTable {
     pub(super) free: BTreeSet<Gsi>,
     /// Irqfds KVM refused to detach; dropping them tries again.
     pub(super) stale: Vec<Irqfd>,
+    /// Changes staged and not yet committed.
+    pub(super) pending: Pending,
     /// Whether a commit has replaced KVM's table, so dropping must restore it.
     wrote_kvm: bool,
 }
@@ -93,6 +95,7 @@ impl KvmRouteTable {
             gsi_range: config.gsi_range,
             routes: BTreeMap::new(),
             stale: Vec::new(),
+            pending: Pending::default(),
             wrote_kvm: false,
         }
     }
@@ -156,6 +159,8 @@ impl KvmRouteTable {
 
     /// Removes the routes of `gsis` (detaching their irqfds) with one commit. If any GSI is
     /// not in the table, nothing is removed.
+    ///
+    /// Changes staged before the call are committed with it.
     pub fn release(&mut self, gsis: &[Gsi]) -> Result<(), KvmRouteError> {
         let mut batch = self.batch();
         for &gsi in gsis {
@@ -198,6 +203,7 @@ impl KvmRouteTable {
 impl Drop for KvmRouteTable {
     fn drop(&mut self) {
         // Dropping the irqfds detaches them; then KVM gets back a table without our routes.
+        self.abort();
         self.routes.clear();
         self.stale.clear();
         if self.wrote_kvm {

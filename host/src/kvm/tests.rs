@@ -336,3 +336,39 @@ fn dropping_the_table_detaches_its_irqfds() {
     fd.write(1).unwrap();
     assert_eq!(vm.wait_pending(&set(&[(0, 0xB1)])), set(&[(0, 0xB1)]));
 }
+
+#[test]
+fn staging_on_the_table_spans_calls_and_aborts_like_a_batch() {
+    if !require_kvm_or_skip() {
+        return;
+    }
+    let vm = LapicVm::new(2);
+    let mut table = KvmRouteTable::new(vm.vm.clone());
+    let (fd_a, fd_b) = (eventfd(), eventfd());
+    let a = table.stage_add(compat(0, 0x40)).unwrap();
+    table.stage_irqfd(a, &fd_a).unwrap();
+    table.commit().unwrap();
+    assert!(!table.has_staged());
+    let before = state(&table);
+
+    // Several separate calls, as a layer staging one vector at a time would make them.
+    let b = table.stage_add(compat(1, 0x41)).unwrap();
+    table.stage_irqfd(b, &fd_b).unwrap();
+    table.stage_update(a, compat(1, 0x42)).unwrap();
+    assert!(table.has_staged());
+    table.abort();
+    assert_eq!(state(&table), before);
+
+    // The committed route still delivers where it did before the aborted retarget.
+    fd_a.write(1).unwrap();
+    assert_eq!(vm.wait_pending(&set(&[(0, 0x40)])), set(&[(0, 0x40)]));
+    // Dropping a table with staged changes undoes them before tearing down.
+    let c = table.stage_add(compat(1, 0x43)).unwrap();
+    table.stage_irqfd(c, &fd_b).unwrap();
+    drop(table);
+    let mut again = KvmRouteTable::new(vm.vm.clone());
+    let d = again.stage_add(compat(1, 0x44)).unwrap();
+    // The eventfd was detached with the dropped table, so it can be attached again.
+    again.stage_irqfd(d, &fd_b).unwrap();
+    again.commit().unwrap();
+}
