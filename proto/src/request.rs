@@ -292,10 +292,12 @@ fn alloc_fields(body: &AllocBody, max_batch: u16) -> Result<(Kind, IndexSpec, Op
 impl<'a> Request<'a> {
     /// Decodes and validates a request occupying exactly `bytes`.
     ///
-    /// `max_batch` is the device's advertised limit on counts. Checks, in order: the
+    /// `max_batch` is the device's advertised limit on counts; a value above
+    /// [`crate::MAX_BATCH_LIMIT`] counts as that limit, which no device may exceed. Checks, in order: the
     /// header (length, opcode, reserved fields), then the body's fields in wire order,
     /// then the total length, then each target. The first failure is returned.
     pub fn decode(bytes: &'a [u8], max_batch: u16) -> Result<Request<'a>, Error> {
+        let max_batch = max_batch.min(crate::MAX_BATCH_LIMIT);
         let header: RequestHeader = read(bytes, 0)?;
         let opcode = Opcode::from_wire(header.opcode).ok_or(Error::UnknownOpcode(header.opcode))?;
         if header.reserved0 != 0 || header.reserved1.get() != 0 {

@@ -193,6 +193,8 @@ def malformed_requests():
         "bad-request field=count entry=0")
     add("free-over-max-batch", header(3, 0, 0) + range_body(2, 0, 5),
         "batch-too-large max_batch=4", max_batch=4)
+    add("free-over-protocol-batch-limit", header(3, 0, 0) + range_body(2, 0, 5000),
+        "batch-too-large max_batch=4096", max_batch=65535)
     add("free-with-targets", header(3, 0, 0) + range_body(2, 0, 1) + t,
         "bad-request field=length entry=0")
     add("retarget-index-overflow", header(4, 0, 0) + range_body(3, 0xFFFFFFFE, 3) + t * 3,
