@@ -58,3 +58,22 @@ impl LayerError {
         }
     }
 }
+
+/// Why a reply could not be written into the guest's buffers.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ReplyError {
+    /// A writable descriptor does not lie in guest memory.
+    #[error("guest memory at {0:#x} is not writable")]
+    GuestMemory(u64),
+    /// The reply is longer than the writable buffers.
+    #[error("reply of {needed} bytes does not fit {capacity} writable bytes")]
+    TooLong {
+        /// Reply length.
+        needed: usize,
+        /// Writable bytes.
+        capacity: usize,
+    },
+    /// A test sink was told to fail.
+    #[error("injected write failure")]
+    Injected,
+}

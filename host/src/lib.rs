@@ -2,6 +2,14 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod grants;
+pub mod invariants;
 pub mod layers;
+pub mod pool;
+pub mod transaction;
+pub mod vm;
 
-pub use error::{HostError, LayerError};
+pub use error::{HostError, LayerError, ReplyError};
+pub use pool::{Delivery, Fault, FaultReason, FaultReport, Host, HostConfig, HostOccupancy, VmId};
+pub use transaction::{BufferSink, Handled, ReplySink};
+pub use vm::{DeviceSpec, Vm, VmConfig, VmOccupancy};
