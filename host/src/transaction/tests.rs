@@ -1118,7 +1118,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
         /// Any sequence of requests from two VMs sharing small pools: invariants hold after
         /// each, no VM exceeds its quota, every OK's quota_remaining is exact, and a
         /// request of one VM never changes the other VM's state.
@@ -1154,7 +1154,10 @@ mod properties {
                     Op::Reset { vm, dev } => (vm, vms[vm].call(&req(dev, Operation::Reset))),
                     Op::Fire { vm, dev, index } => {
                         if let Some(m) = msgs[vm].get(&(dev, index)) {
-                            let granted = vms[vm].grants(dev).iter().any(|g| g.0 == Kind::MsiX && g.1 == index);
+                            // Live iff some grant of this device now holds that IRTE (a
+                            // freed IRTE may have been granted again, to any kind).
+                            let irte = RemappableMsi::decode(*m).unwrap().irte_index();
+                            let granted = vms[vm].grants(dev).iter().any(|g| u32::from(g.2.irte) == irte);
                             let source = [0x100u16, 0x200][vm] + dev as u16;
                             match host.fire(source, *m) {
                                 Ok(d) => { prop_assert!(granted); prop_assert_eq!(d.vm, vms[vm].id()); }
