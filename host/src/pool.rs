@@ -111,11 +111,56 @@ pub struct HostOccupancy {
     pub vms: u32,
 }
 
+/// Owner of each granted host vector: a dense table indexed by (CPU, vector), so a grant
+/// costs no heap here (256 slots of 12 bytes per host CPU, allocated once).
+pub(crate) struct OwnerTable {
+    slots: Vec<Option<Owner>>,
+    count: usize,
+}
+
+impl OwnerTable {
+    fn new(cpus: u32) -> Self {
+        OwnerTable {
+            slots: vec![None; cpus as usize * 256],
+            count: 0,
+        }
+    }
+
+    fn slot(hv: &HostVector) -> usize {
+        hv.cpu as usize * 256 + usize::from(hv.vector)
+    }
+
+    pub(crate) fn get(&self, hv: &HostVector) -> Option<&Owner> {
+        self.slots.get(Self::slot(hv))?.as_ref()
+    }
+
+    pub(crate) fn insert(&mut self, hv: HostVector, owner: Owner) {
+        if let Some(slot) = self.slots.get_mut(Self::slot(&hv)) {
+            if slot.is_none() {
+                self.count += 1;
+            }
+            *slot = Some(owner);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, hv: &HostVector) {
+        if let Some(slot) = self.slots.get_mut(Self::slot(hv))
+            && slot.take().is_some()
+        {
+            self.count -= 1;
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+}
+
 pub(crate) struct HostState {
     pub(crate) remap: Box<dyn RemapLayer>,
     pub(crate) vectors: Box<dyn VectorLayer>,
     /// Owner of each granted host vector.
-    pub(crate) owners: HashMap<HostVector, Owner>,
+    pub(crate) owners: OwnerTable,
     /// Requester ID → (unit, VM) of every registered device.
     pub(crate) sources: HashMap<u16, (u16, VmId)>,
     pub(crate) vms: HashMap<VmId, Weak<VmShared>>,
@@ -289,9 +334,9 @@ impl Host {
         Host {
             shared: Arc::new(HostShared {
                 state: Mutex::new(HostState {
+                    owners: OwnerTable::new(vectors.cpus()),
                     remap,
                     vectors,
-                    owners: HashMap::new(),
                     sources: HashMap::new(),
                     vms: HashMap::new(),
                     fault_count: 0,

@@ -82,7 +82,7 @@ impl PvirqMetrics {
     /// A copy of every counter.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut requests = vec![("unknown", load(&self.requests[0]))];
+        let mut requests = vec![("unknown", self.requests.first().map_or(0, load))];
         requests.extend(Opcode::ALL.iter().map(|op| (op.name(), self.requests(*op))));
         MetricsSnapshot {
             requests,
