@@ -4,7 +4,7 @@
 //! Order for every operation: check everything that can be checked without reserving
 //! (device, kind, features, targets, indices, counts); reserve layer by layer, each
 //! reservation held by a value that releases it on drop (host IRTEs and vectors in a
-//! `HostReservation`, guest routes in a staged [`RouteBatch`]); write the reply into the
+//! `HostReservation`, guest routes in a staged `RouteBatch`); write the reply into the
 //! guest's buffer; only then commit the routes (one commit per request) and turn the
 //! reservations into grants. If the write fails, dropping the reservations rolls
 //! everything back and the chain is returned with used length 0. If the commit fails

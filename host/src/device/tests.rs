@@ -501,3 +501,92 @@ fn a_freed_handle_faults_when_the_device_fires_it() {
     );
     assert_eq!(host.faults().count, 2);
 }
+
+#[test]
+fn every_status_is_reached_through_the_queue() {
+    use crate::layers::{
+        FaultKind, FaultPlan, Faulty, RemapConfig, RemapUnits, VectorConfig, VectorMatrix,
+    };
+    use pvirq_proto::{IndexRange, Retarget};
+    let plan = FaultPlan::new();
+    let host = crate::Host::with_layers(
+        Box::new(Faulty::new(
+            RemapUnits::new(RemapConfig::default()).unwrap(),
+            plan.clone(),
+        )),
+        Box::new(VectorMatrix::new(&VectorConfig::default()).unwrap()),
+    );
+    let mem = guest_memory();
+    let mut drv = Driver::new(&mem, 64);
+    let (mut dev, _irq) = active_device(vm(&host, 0x100, 4), &mem, &drv.q);
+    let t = [Target::new(0, 0x40), Target::new(7, 0x41)];
+    let alloc = |kind, index, min, max, targets: &[Target]| {
+        encode(&Request {
+            device: 0,
+            tag: 0,
+            op: Operation::Alloc(Alloc {
+                kind,
+                index,
+                min,
+                max,
+                pasid: None,
+                targets,
+            }),
+        })
+    };
+    let free = |first, count| {
+        encode(&Request {
+            device: 0,
+            tag: 0,
+            op: Operation::Free(IndexRange {
+                kind: Kind::MsiX,
+                first,
+                count,
+            }),
+        })
+    };
+    let mut requests = vec![
+        alloc(Kind::MsiX, IndexSpec::At(0), 1, 1, &t[..1]), // ok
+        alloc(Kind::MsiX, IndexSpec::Any, 5, 5, &[t[0]; 5]), // no-space (quota 4)
+        vec![1, 0, 0],                                      // bad-request
+        vec![7; 16],                                        // unsupported
+        encode(&Request {
+            device: 9,
+            tag: 0,
+            op: Operation::Query,
+        }), // no-device
+        alloc(Kind::MsiX, IndexSpec::At(64), 1, 1, &t[..1]), // index-out-of-range
+        alloc(Kind::MsiX, IndexSpec::At(0), 1, 1, &t[..1]), // index-in-use
+        free(5, 1),                                         // not-granted
+        alloc(Kind::MsiX, IndexSpec::Any, 1, 2, &t),        // invalid-target
+        alloc(Kind::MsiX, IndexSpec::Any, 1, 65, &[t[0]; 65]), // batch-too-large
+    ];
+    let retarget = encode(&Request {
+        device: 0,
+        tag: 0,
+        op: Operation::Retarget(Retarget {
+            range: IndexRange {
+                kind: Kind::MsiX,
+                first: 0,
+                count: 1,
+            },
+            targets: &t[..1],
+        }),
+    });
+    requests.push(retarget);
+    for r in &requests {
+        drv.send(r, &[600]);
+    }
+    drv.send(&requests[0].clone(), &[30]); // response-too-small (needs 40)
+    dev.process_all();
+    // device-error: the IRTE layer fails.
+    plan.fail_nth(1, FaultKind::Failed);
+    drv.send(&alloc(Kind::MsiX, IndexSpec::Any, 1, 1, &t[..1]), &[64]);
+    dev.process_all();
+    let m = dev.metrics();
+    for status in Status::ALL {
+        assert!(m.replies(*status) > 0, "{status} never replied");
+    }
+    assert_eq!(dev.occupancy().held, 1);
+    host.check_invariants().unwrap();
+}
