@@ -1,0 +1,291 @@
+//! The pvirq virtio device: feature and config negotiation, activation, and the request
+//! queue.
+
+use super::metrics::PvirqMetrics;
+use super::request::{ChainSink, parse_chain};
+use crate::error::HostError;
+use crate::vm::{Vm, VmOccupancy};
+use pvirq_proto::{Config, Kind, VIRTIO_ID_PVIRQ, feature};
+use std::num::Wrapping;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+/// Size of the request queue (its `QueueNumMax`).
+pub const QUEUE_SIZE: u16 = 256;
+/// Chains handled per queue notification before yielding to other event sources.
+pub const DEFAULT_BUDGET: usize = 64;
+
+/// Which interrupt the device raises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptType {
+    /// Used-buffer notification of the request queue.
+    Queue,
+    /// Configuration change (here: the device entered NEEDS_RESET).
+    Config,
+}
+
+/// How the device interrupts the driver: the transport sets its status bits and raises
+/// the line (an irqfd, an MSI-X vector, a callback).
+pub trait VirtioInterrupt: Send + Sync {
+    /// Raises the interrupt.
+    fn trigger(&self, kind: InterruptType) -> std::io::Result<()>;
+}
+
+/// What one round of queue processing did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Processed {
+    /// Chains returned to the driver.
+    pub chains: usize,
+    /// Whether chains were left for a later round (the budget ran out).
+    pub more: bool,
+}
+
+/// The device.
+pub struct PvirqDevice {
+    vm: Vm,
+    config: Config,
+    avail_features: u64,
+    acked_features: u64,
+    queue: Queue,
+    queue_evt: EventFd,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    mem: Option<GuestMemoryMmap>,
+    needs_reset: bool,
+    budget: usize,
+    metrics: Arc<PvirqMetrics>,
+}
+
+impl PvirqDevice {
+    /// A device serving `vm`, interrupting through `interrupt`.
+    pub fn new(vm: Vm, interrupt: Arc<dyn VirtioInterrupt>) -> Result<Self, HostError> {
+        let queue = Queue::new(QUEUE_SIZE).map_err(|_| HostError::InvalidConfig("queue size"))?;
+        let queue_evt =
+            EventFd::new(EFD_NONBLOCK).map_err(|e| HostError::EventFd(e.to_string()))?;
+        let devices = &vm.config().devices;
+        let has = |k: Kind| devices.iter().any(|d| d.supports(k));
+        let mut avail = feature::VERSION_1 | feature::RETARGET;
+        if has(Kind::Msi) {
+            avail |= feature::MSI;
+        }
+        if has(Kind::MsiX) {
+            avail |= feature::MSIX;
+        }
+        if has(Kind::Ims) {
+            avail |= feature::IMS | feature::PASID;
+        }
+        Ok(PvirqDevice {
+            config: vm.config().virtio_config(),
+            vm,
+            avail_features: avail,
+            acked_features: 0,
+            queue,
+            queue_evt,
+            interrupt,
+            mem: None,
+            needs_reset: false,
+            budget: DEFAULT_BUDGET,
+            metrics: Arc::new(PvirqMetrics::default()),
+        })
+    }
+
+    /// Sets the number of chains handled per notification (at least 1).
+    pub fn set_budget(&mut self, budget: usize) {
+        self.budget = budget.max(1);
+    }
+
+    /// The budget per notification.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// The virtio device type.
+    pub fn device_type(&self) -> u32 {
+        VIRTIO_ID_PVIRQ
+    }
+
+    /// Features offered: VERSION_1, RETARGET, and the kinds some device has (PASID with IMS).
+    pub fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    /// Features the driver acknowledged.
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// Records the driver's features (bits not offered are dropped).
+    pub fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    /// Reads the configuration space at `offset` (bytes beyond it read as 0).
+    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let c = &self.config;
+        let mut bytes = [0u8; Config::SIZE];
+        let fields = [
+            &c.version.get().to_le_bytes()[..],
+            &c.max_batch.get().to_le_bytes(),
+            &c.num_devices.get().to_le_bytes(),
+            &c.vm_quota.get().to_le_bytes(),
+            &c.num_vcpus.get().to_le_bytes(),
+        ];
+        for (dst, src) in bytes.iter_mut().zip(fields.into_iter().flatten()) {
+            *dst = *src;
+        }
+        for (i, b) in data.iter_mut().enumerate() {
+            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
+            *b = at.and_then(|o| bytes.get(o).copied()).unwrap_or(0);
+        }
+    }
+
+    /// The request queue, for the transport to configure before activation.
+    pub fn queue_mut(&mut self) -> &mut Queue {
+        &mut self.queue
+    }
+
+    /// The request queue.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// The queue-notify eventfd (for an ioeventfd, and the event handler).
+    pub fn queue_evt(&self) -> &EventFd {
+        &self.queue_evt
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> Arc<PvirqMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// The VM this device serves.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// What the VM holds now.
+    pub fn occupancy(&self) -> VmOccupancy {
+        self.vm.occupancy()
+    }
+
+    /// Whether the device has been activated.
+    pub fn is_activated(&self) -> bool {
+        self.mem.is_some()
+    }
+
+    /// Whether the device needs a reset (it saw a corrupt ring).
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset
+    }
+
+    /// Activates the device (DRIVER_OK): VERSION_1 must be negotiated and the queue valid.
+    pub fn activate(&mut self, mem: GuestMemoryMmap) -> Result<(), HostError> {
+        if self.acked_features & feature::VERSION_1 == 0 {
+            return Err(HostError::Activation("VERSION_1 not negotiated"));
+        }
+        if !self.queue.is_valid(&mem) {
+            return Err(HostError::Activation("request queue not valid"));
+        }
+        self.vm.set_features(self.acked_features);
+        self.mem = Some(mem);
+        Ok(())
+    }
+
+    /// Device reset (status ← 0): frees every grant of the VM and forgets the queue and
+    /// the negotiated features.
+    pub fn reset(&mut self) {
+        if self.vm.reset_all().is_err() {
+            // The route layer refused to drop the routes; the grants stay consistent
+            // (nothing was freed) and a later reset tries again.
+            self.metrics.event_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.queue.reset();
+        self.acked_features = 0;
+        self.mem = None;
+        self.needs_reset = false;
+    }
+
+    fn enter_needs_reset(&mut self) {
+        if !self.needs_reset {
+            self.needs_reset = true;
+            self.metrics.needs_reset.fetch_add(1, Ordering::Relaxed);
+            if self.interrupt.trigger(InterruptType::Config).is_err() {
+                self.metrics
+                    .interrupt_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Handles up to `budget` chains from the request queue, then signals the used ring
+    /// once if anything was returned.
+    pub fn process_queue(&mut self, budget: usize) -> Processed {
+        let mut done = Processed::default();
+        if self.needs_reset {
+            return done;
+        }
+        let Some(mem) = self.mem.clone() else {
+            return done;
+        };
+        self.metrics.notifications.fetch_add(1, Ordering::Relaxed);
+        loop {
+            if done.chains >= budget {
+                done.more = self.has_pending(&mem);
+                if done.more {
+                    self.metrics.budget_yields.fetch_add(1, Ordering::Relaxed);
+                }
+                break;
+            }
+            // A fresh iterator per chain: `iter` checks the avail index (a driver claiming
+            // more chains than the queue holds is a corrupt ring), and `add_used` needs the
+            // queue back.
+            let chain = match self.queue.iter(&mem) {
+                Ok(mut chains) => chains.next(),
+                Err(_) => {
+                    self.enter_needs_reset();
+                    break;
+                }
+            };
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let parsed = match parse_chain(&mem, chain) {
+                Ok(p) => p,
+                Err(_) => {
+                    self.enter_needs_reset();
+                    break;
+                }
+            };
+            let mut sink = ChainSink::new(&mem, &parsed.writable);
+            let handled = self.vm.handle(&parsed.request, &mut sink);
+            self.metrics.record(&handled);
+            if self.queue.add_used(&mem, head, handled.used_len).is_err() {
+                self.enter_needs_reset();
+                break;
+            }
+            done.chains += 1;
+        }
+        if done.chains > 0 {
+            let notify = self.queue.needs_notification(&mem).unwrap_or(true);
+            if notify && self.interrupt.trigger(InterruptType::Queue).is_err() {
+                self.metrics
+                    .interrupt_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        done
+    }
+
+    /// Handles every pending chain (the inline path: the caller is the VM's own vCPU).
+    pub fn process_all(&mut self) -> Processed {
+        self.process_queue(usize::MAX)
+    }
+
+    fn has_pending(&self, mem: &GuestMemoryMmap) -> bool {
+        self.queue
+            .avail_idx(mem, Ordering::Acquire)
+            .is_ok_and(|idx| idx != Wrapping(self.queue.next_avail()))
+    }
+}

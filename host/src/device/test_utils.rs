@@ -1,0 +1,199 @@
+//! Test driver: writes requests and chains into guest memory through virtio-queue's
+//! `MockSplitQueue`, and reads back used entries and replies.
+
+use super::device::PvirqDevice;
+use super::mmio::MmioInterrupt;
+use crate::layers::MemoryRoutes;
+use crate::pool::{Host, HostConfig};
+use crate::vm::{DeviceSpec, Vm, VmConfig};
+use pvirq_proto::{Request, feature};
+use std::sync::Arc;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::{RawDescriptor, split::Descriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Guest memory: 4 MiB from 0. Rings at 0, data from 1 MiB.
+pub(crate) const MEM_SIZE: u64 = 4 << 20;
+pub(crate) const DATA: u64 = 1 << 20;
+
+pub(crate) fn guest_memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+}
+
+pub(crate) fn spec(requester_id: u16) -> DeviceSpec {
+    DeviceSpec {
+        requester_id,
+        unit: 0,
+        msi_max: 8,
+        msix_table_size: 64,
+        ims_slots: 64,
+    }
+}
+
+pub(crate) fn vm(host: &Host, base: u16, quota: u32) -> Vm {
+    host.create_vm(
+        VmConfig {
+            quota,
+            num_vcpus: 2,
+            max_batch: 64,
+            devices: vec![spec(base), spec(base + 1)],
+        },
+        Box::new(MemoryRoutes::kvm_like()),
+    )
+    .unwrap()
+}
+
+pub(crate) fn host() -> Host {
+    Host::new(&HostConfig::default()).unwrap()
+}
+
+/// A device over `vm`, activated on `q`'s queue with every feature.
+pub(crate) fn active_device(
+    vm: Vm,
+    mem: &GuestMemoryMmap,
+    q: &MockSplitQueue<'_, GuestMemoryMmap>,
+) -> (PvirqDevice, Arc<MmioInterrupt>) {
+    let irq = Arc::new(MmioInterrupt::new());
+    let mut dev = PvirqDevice::new(vm, irq.clone()).unwrap();
+    *dev.queue_mut() = q.create_queue().unwrap();
+    dev.ack_features(feature::ALL);
+    dev.activate(mem.clone()).unwrap();
+    (dev, irq)
+}
+
+/// Encodes a request.
+pub(crate) fn encode(request: &Request<'_>) -> Vec<u8> {
+    let mut bytes = vec![0u8; request.encoded_len()];
+    request.encode(&mut bytes).unwrap();
+    bytes
+}
+
+/// A driver-side view of one queue in guest memory.
+pub(crate) struct Driver<'a> {
+    pub(crate) mem: &'a GuestMemoryMmap,
+    pub(crate) q: MockSplitQueue<'a, GuestMemoryMmap>,
+    next_desc: u16,
+    next_data: u64,
+    chains: u16,
+}
+
+/// A buffer of a chain: where, how long, writable or not.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Buf {
+    pub(crate) addr: u64,
+    pub(crate) len: u32,
+    pub(crate) write: bool,
+}
+
+impl<'a> Driver<'a> {
+    pub(crate) fn new(mem: &'a GuestMemoryMmap, size: u16) -> Self {
+        Driver {
+            mem,
+            q: MockSplitQueue::new(mem, size),
+            next_desc: 0,
+            next_data: DATA,
+            chains: 0,
+        }
+    }
+
+    /// Space for `len` bytes in the data area.
+    pub(crate) fn alloc(&mut self, len: u32) -> u64 {
+        let addr = self.next_data;
+        self.next_data += u64::from(len).max(1).next_multiple_of(64);
+        assert!(self.next_data < MEM_SIZE);
+        addr
+    }
+
+    /// Offers one chain of `bufs`, linked in order. Returns the head index.
+    pub(crate) fn offer(&mut self, bufs: &[Buf]) -> u16 {
+        let first = self.next_desc;
+        let descs: Vec<RawDescriptor> = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let last = i + 1 == bufs.len();
+                let mut flags = if b.write {
+                    VRING_DESC_F_WRITE as u16
+                } else {
+                    0
+                };
+                if !last {
+                    flags |= VRING_DESC_F_NEXT as u16;
+                }
+                RawDescriptor::from(Descriptor::new(b.addr, b.len, flags, first + i as u16 + 1))
+            })
+            .collect();
+        self.q.add_desc_chains(&descs, first).unwrap();
+        self.next_desc += bufs.len() as u16;
+        self.chains += 1;
+        first
+    }
+
+    /// Offers raw descriptors (table index `first..`) as one chain headed at `first`.
+    pub(crate) fn offer_raw(&mut self, descs: &[RawDescriptor]) {
+        let first = self.next_desc;
+        self.q.add_desc_chains(descs, first).unwrap();
+        self.next_desc += descs.len() as u16;
+        self.chains += 1;
+    }
+
+    /// Offers a request with one readable buffer and writable buffers of `reply_lens`.
+    /// Returns the writable buffers.
+    pub(crate) fn send(&mut self, request: &[u8], reply_lens: &[u32]) -> Vec<Buf> {
+        let addr = self.alloc(request.len() as u32);
+        self.mem.write_slice(request, GuestAddress(addr)).unwrap();
+        let mut bufs = vec![Buf {
+            addr,
+            len: request.len() as u32,
+            write: false,
+        }];
+        let replies: Vec<Buf> = reply_lens
+            .iter()
+            .map(|len| Buf {
+                addr: self.alloc(*len),
+                len: *len,
+                write: true,
+            })
+            .collect();
+        bufs.extend(&replies);
+        self.offer(&bufs);
+        replies
+    }
+
+    /// Used-ring entry `i`: (head, len).
+    pub(crate) fn used(&self, i: u16) -> (u32, u32) {
+        let base = self.q.used_addr().0 + 4 + u64::from(i) * 8;
+        let id: u32 = self.mem.read_obj(GuestAddress(base)).unwrap();
+        let len: u32 = self.mem.read_obj(GuestAddress(base + 4)).unwrap();
+        (id, len)
+    }
+
+    /// The used ring's index.
+    pub(crate) fn used_idx(&self) -> u16 {
+        self.mem
+            .read_obj(GuestAddress(self.q.used_addr().0 + 2))
+            .unwrap()
+    }
+
+    /// `len` bytes of reply gathered from `bufs`.
+    pub(crate) fn reply(&self, bufs: &[Buf], len: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in bufs {
+            let n = (len as usize - out.len()).min(b.len as usize);
+            let mut chunk = vec![0u8; n];
+            self.mem
+                .read_slice(&mut chunk, GuestAddress(b.addr))
+                .unwrap();
+            out.extend(chunk);
+        }
+        out
+    }
+
+    /// Sets the avail index directly (to corrupt it).
+    pub(crate) fn set_avail_idx(&self, idx: u16) {
+        self.mem
+            .write_obj(idx, GuestAddress(self.q.avail_addr().0 + 2))
+            .unwrap();
+    }
+}

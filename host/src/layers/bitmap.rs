@@ -1,0 +1,317 @@
+//! A free-index bitmap with summary levels: finds the lowest free index, or the lowest free
+//! naturally aligned block of 1..=32 indices, in O(levels) (3 levels for 65,536 entries)
+//! instead of the linear `bitmap_find_free_region` scan Linux's `alloc_irte()` does.
+//!
+//! Leaf words hold one bit per index (1 = free). For each block class `c` (block size
+//! `1 << c`, c = 0..=5) a summary tree marks the leaf words that contain a free aligned block
+//! of that size; every level above marks the words of the level below that are non-zero.
+//! A block of at most 32 aligned entries never straddles a 64-bit word, so one leaf word
+//! decides whether it fits.
+
+/// Block classes: sizes 1, 2, 4, 8, 16, 32.
+const CLASSES: usize = 6;
+
+/// Bits at the start of every aligned block of `1 << class` bits.
+const fn start_mask(class: usize) -> u64 {
+    match class {
+        0 => u64::MAX,
+        1 => 0x5555_5555_5555_5555,
+        2 => 0x1111_1111_1111_1111,
+        3 => 0x0101_0101_0101_0101,
+        4 => 0x0001_0001_0001_0001,
+        _ => 0x0000_0001_0000_0001,
+    }
+}
+
+/// Positions (within `word`) where a free aligned block of `1 << class` entries starts.
+fn block_starts(word: u64, class: usize) -> u64 {
+    let mut m = word;
+    let mut shift = 1;
+    while shift < (1 << class) {
+        m &= m >> shift;
+        shift <<= 1;
+    }
+    m & start_mask(class)
+}
+
+/// One summary tree: `levels[0]` has a bit per leaf word, each higher level a bit per word
+/// of the level below; the top level is a single word.
+#[derive(Clone, Debug)]
+struct Summary {
+    levels: Vec<Vec<u64>>,
+}
+
+impl Summary {
+    fn new(leaf_words: usize) -> Self {
+        let mut levels = Vec::new();
+        let mut bits = leaf_words;
+        loop {
+            let words = bits.div_ceil(64).max(1);
+            levels.push(vec![0u64; words]);
+            if words == 1 {
+                break;
+            }
+            bits = words;
+        }
+        Summary { levels }
+    }
+
+    /// Sets or clears the bit of leaf word `i`, propagating up while a word changes
+    /// between zero and non-zero.
+    fn set(&mut self, mut i: usize, on: bool) {
+        for level in &mut self.levels {
+            let Some(word) = level.get_mut(i / 64) else {
+                return;
+            };
+            let was_nonzero = *word != 0;
+            if on {
+                *word |= 1 << (i % 64);
+            } else {
+                *word &= !(1 << (i % 64));
+            }
+            if (*word != 0) == was_nonzero {
+                return;
+            }
+            i /= 64;
+        }
+    }
+
+    /// Lowest leaf word whose bit is set.
+    fn first(&self) -> Option<usize> {
+        let mut i = 0usize;
+        for level in self.levels.iter().rev() {
+            let word = *level.get(i)?;
+            if word == 0 {
+                return None;
+            }
+            i = i * 64 + word.trailing_zeros() as usize;
+        }
+        Some(i)
+    }
+
+    fn any(&self) -> bool {
+        self.levels
+            .last()
+            .and_then(|top| top.first())
+            .is_some_and(|w| *w != 0)
+    }
+}
+
+/// A set of `len` indices, each free or used, with O(levels) search for free ones.
+#[derive(Clone, Debug)]
+pub struct IndexBitmap {
+    len: u32,
+    free: u32,
+    leaves: Vec<u64>,
+    summaries: [Summary; CLASSES],
+}
+
+impl IndexBitmap {
+    /// A bitmap of `len` indices, all free.
+    pub fn new(len: u32) -> Self {
+        let words = (len as usize).div_ceil(64).max(1);
+        let mut leaves = vec![u64::MAX; words];
+        let tail = len as usize % 64;
+        if let Some(last) = leaves.last_mut() {
+            if len == 0 {
+                *last = 0;
+            } else if tail != 0 {
+                *last = (1u64 << tail) - 1;
+            }
+        }
+        let mut bitmap = IndexBitmap {
+            len,
+            free: len,
+            leaves,
+            summaries: core::array::from_fn(|_| Summary::new(words)),
+        };
+        for i in 0..words {
+            bitmap.refresh(i);
+        }
+        bitmap
+    }
+
+    /// Number of indices.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Whether the bitmap has no indices at all.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of free indices.
+    pub fn free_count(&self) -> u32 {
+        self.free
+    }
+
+    /// Whether `index` exists and is free.
+    pub fn is_free(&self, index: u32) -> bool {
+        index < self.len
+            && self
+                .leaves
+                .get(index as usize / 64)
+                .is_some_and(|w| w & (1 << (index % 64)) != 0)
+    }
+
+    fn refresh(&mut self, word_index: usize) {
+        let word = self.leaves.get(word_index).copied().unwrap_or(0);
+        for (class, summary) in self.summaries.iter_mut().enumerate() {
+            summary.set(word_index, block_starts(word, class) != 0);
+        }
+    }
+
+    /// Marks `index` used. Returns false (and changes nothing) if it was not free.
+    pub fn take(&mut self, index: u32) -> bool {
+        if !self.is_free(index) {
+            return false;
+        }
+        let w = index as usize / 64;
+        if let Some(word) = self.leaves.get_mut(w) {
+            *word &= !(1 << (index % 64));
+        }
+        self.free -= 1;
+        self.refresh(w);
+        true
+    }
+
+    /// Marks `index` free. Returns false (and changes nothing) if it was already free or
+    /// does not exist.
+    pub fn put(&mut self, index: u32) -> bool {
+        if index >= self.len || self.is_free(index) {
+            return false;
+        }
+        let w = index as usize / 64;
+        if let Some(word) = self.leaves.get_mut(w) {
+            *word |= 1 << (index % 64);
+        }
+        self.free += 1;
+        self.refresh(w);
+        true
+    }
+
+    /// The lowest free index, without taking it.
+    pub fn first_free(&self) -> Option<u32> {
+        self.first_free_block(1)
+    }
+
+    /// The lowest free naturally aligned block of `size` indices (a power of two ≤ 32),
+    /// without taking it.
+    pub fn first_free_block(&self, size: u32) -> Option<u32> {
+        let class = Self::class(size)?;
+        let w = self.summaries.get(class)?.first()?;
+        let starts = block_starts(*self.leaves.get(w)?, class);
+        if starts == 0 {
+            return None;
+        }
+        Some((w * 64) as u32 + starts.trailing_zeros())
+    }
+
+    /// Whether a free aligned block of `size` indices exists: O(1).
+    pub fn has_free_block(&self, size: u32) -> bool {
+        Self::class(size)
+            .and_then(|c| self.summaries.get(c))
+            .is_some_and(Summary::any)
+    }
+
+    /// The largest power of two ≤ `cap` (and ≤ 32) for which a free aligned block exists,
+    /// or 0.
+    pub fn largest_free_block(&self, cap: u32) -> u32 {
+        let mut size = 32u32;
+        while size > 0 {
+            if size <= cap && self.has_free_block(size) {
+                return size;
+            }
+            size /= 2;
+        }
+        0
+    }
+
+    fn class(size: u32) -> Option<usize> {
+        (size.is_power_of_two() && size <= 32).then(|| size.trailing_zeros() as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn lowest_free_index_and_aligned_blocks() {
+        let mut b = IndexBitmap::new(200);
+        assert_eq!(b.free_count(), 200);
+        assert_eq!(b.first_free(), Some(0));
+        assert!(b.take(0));
+        assert!(!b.take(0));
+        assert_eq!(b.first_free(), Some(1));
+        // Index 0 used: the first aligned 4-block starts at 4, the first 32-block at 32.
+        assert_eq!(b.first_free_block(4), Some(4));
+        assert_eq!(b.first_free_block(32), Some(32));
+        assert!(b.put(0));
+        assert!(!b.put(0));
+        assert_eq!(b.first_free_block(32), Some(0));
+        assert!(!b.is_free(200));
+        assert!(!b.take(200));
+    }
+
+    #[test]
+    fn the_tail_beyond_len_is_never_free() {
+        let mut b = IndexBitmap::new(70);
+        for i in 0..64 {
+            assert!(b.take(i));
+        }
+        // 64..70 are free, but no aligned 8-block fits below 70.
+        assert_eq!(b.first_free_block(4), Some(64));
+        assert_eq!(b.first_free_block(8), None);
+        assert_eq!(b.largest_free_block(32), 4);
+    }
+
+    #[test]
+    fn a_full_large_table_reports_nothing_free() {
+        let mut b = IndexBitmap::new(65_536);
+        for i in 0..65_536 {
+            assert!(b.take(i));
+        }
+        assert_eq!(b.first_free(), None);
+        assert_eq!(b.free_count(), 0);
+        assert!(b.put(40_000));
+        assert_eq!(b.first_free(), Some(40_000));
+        assert_eq!(b.largest_free_block(32), 1);
+    }
+
+    #[test]
+    fn an_empty_table_has_nothing() {
+        let b = IndexBitmap::new(0);
+        assert!(b.is_empty());
+        assert_eq!(b.first_free(), None);
+        assert_eq!(b.largest_free_block(32), 0);
+    }
+
+    proptest! {
+        /// The summary search agrees with a linear scan after any sequence of changes.
+        #[test]
+        fn agrees_with_a_linear_scan(len in 1u32..5000, ops in prop::collection::vec((any::<bool>(), 0u32..5000), 0..400)) {
+            let mut b = IndexBitmap::new(len);
+            let mut model = vec![true; len as usize];
+            for (take, i) in ops {
+                let i = i % len;
+                if take {
+                    prop_assert_eq!(b.take(i), model[i as usize]);
+                    model[i as usize] = false;
+                } else {
+                    prop_assert_eq!(b.put(i), !model[i as usize]);
+                    model[i as usize] = true;
+                }
+            }
+            prop_assert_eq!(b.free_count() as usize, model.iter().filter(|f| **f).count());
+            for size in [1u32, 2, 4, 8, 16, 32] {
+                let linear = (0..len).step_by(size as usize).find(|s| {
+                    (*s..s + size).all(|i| model.get(i as usize).copied().unwrap_or(false))
+                });
+                prop_assert_eq!(b.first_free_block(size), linear);
+            }
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Interrupt remapping: a model of VT-d-style remapping units (IRTE tables).
+//!
+//! A remappable MSI carries an index into its unit's table instead of a destination; the
+//! unit looks the entry up, checks that the sender's requester ID matches the entry's
+//! source-id, and delivers to the entry's destination. That check is the guarantee that a
+//! device can only fire interrupts the host granted to it.
+
+use super::bitmap::IndexBitmap;
+use super::vectors::HostVector;
+use crate::error::{HostError, LayerError};
+use pvirq_proto::{MsiMessage, RemappableMsi, Resource};
+
+/// Where an IRTE sends its interrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IrteDest {
+    /// Remapped format: to a host CPU vector (whose handler forwards it to the guest).
+    Remapped(HostVector),
+    /// Posted format: straight into a vCPU's posted-interrupt descriptor.
+    Posted {
+        /// The VM (host-wide id).
+        vm: u32,
+        /// The vCPU.
+        vcpu: u32,
+        /// The guest vector.
+        vector: u8,
+    },
+}
+
+/// One interrupt-remapping table entry, as the unit holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Irte {
+    /// Requester ID of the only device allowed to use this entry.
+    pub source_id: u16,
+    /// Destination, once programmed; `None` while only reserved.
+    pub dest: Option<IrteDest>,
+}
+
+/// Why a unit refused to deliver a message (an interrupt-remapping fault).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RemapFault {
+    /// No device with this requester ID is registered with any unit.
+    UnknownSource,
+    /// The message is not a well-formed remappable MSI (compatibility format, bad bits).
+    NotRemappable,
+    /// The message selects an index beyond the unit's table.
+    IndexOutOfRange {
+        /// The selected index.
+        index: u32,
+    },
+    /// The selected entry is not allocated.
+    EntryNotPresent {
+        /// The selected index.
+        index: u32,
+    },
+    /// The entry belongs to another device.
+    SourceIdMismatch {
+        /// The selected index.
+        index: u32,
+        /// The entry's source-id.
+        expected: u16,
+    },
+    /// The entry is reserved but has no destination yet.
+    NotProgrammed {
+        /// The selected index.
+        index: u32,
+    },
+}
+
+/// An interrupt-remapping layer: one or more units, each with its own IRTE table.
+///
+/// Indices are 16-bit because the remappable MSI handle is. Allocation calls are
+/// reservations the transaction may undo with [`RemapLayer::free`].
+pub trait RemapLayer: Send {
+    /// Number of units.
+    fn units(&self) -> u16;
+    /// Table size of `unit` (0 if it does not exist).
+    fn capacity(&self, unit: u16) -> u32;
+    /// Free entries of `unit`.
+    fn free_entries(&self, unit: u16) -> u32;
+    /// Largest power of two ≤ `cap` (≤ 32) for which a free naturally aligned block exists.
+    fn largest_block(&self, unit: u16, cap: u32) -> u32;
+    /// Reserves one entry (the lowest free) for the device `source_id`.
+    fn alloc(&mut self, unit: u16, source_id: u16) -> Result<u16, LayerError>;
+    /// Reserves a naturally aligned block of `count` (power of two ≤ 32) entries; returns
+    /// its base.
+    fn alloc_block(&mut self, unit: u16, count: u32, source_id: u16) -> Result<u16, LayerError>;
+    /// Sets the destination of a reserved entry.
+    fn program(&mut self, unit: u16, index: u16, dest: IrteDest) -> Result<(), LayerError>;
+    /// Releases an entry (no-op for a free one).
+    fn free(&mut self, unit: u16, index: u16);
+    /// The entry at `index`, if allocated.
+    fn entry(&self, unit: u16, index: u16) -> Option<Irte>;
+    /// Resolves a message sent by `source_id` through `unit`, as the hardware would.
+    fn deliver(
+        &self,
+        unit: u16,
+        source_id: u16,
+        message: MsiMessage,
+    ) -> Result<IrteDest, RemapFault>;
+}
+
+/// Shape of the shipped remapping model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemapConfig {
+    /// Number of remapping units (IOMMUs).
+    pub units: u16,
+    /// Entries per unit's table (1..=65,536; VT-d has 65,536).
+    pub entries_per_unit: u32,
+}
+
+impl Default for RemapConfig {
+    fn default() -> Self {
+        RemapConfig {
+            units: 1,
+            entries_per_unit: 65_536,
+        }
+    }
+}
+
+struct Unit {
+    free: IndexBitmap,
+    entries: Vec<Option<Irte>>,
+}
+
+/// The shipped model: VT-d-style tables with summary-bitmap allocation (O(levels) per
+/// entry or aligned block, see [`IndexBitmap`]).
+pub struct RemapUnits {
+    units: Vec<Unit>,
+}
+
+impl RemapUnits {
+    /// Units as `config` describes.
+    pub fn new(config: RemapConfig) -> Result<Self, HostError> {
+        if config.units == 0 {
+            return Err(HostError::InvalidConfig("at least one remapping unit"));
+        }
+        if config.entries_per_unit == 0 || config.entries_per_unit > 65_536 {
+            return Err(HostError::InvalidConfig(
+                "entries per unit must be 1..=65536",
+            ));
+        }
+        let units = (0..config.units)
+            .map(|_| Unit {
+                free: IndexBitmap::new(config.entries_per_unit),
+                entries: vec![None; config.entries_per_unit as usize],
+            })
+            .collect();
+        Ok(RemapUnits { units })
+    }
+
+    fn unit(&self, unit: u16) -> Option<&Unit> {
+        self.units.get(usize::from(unit))
+    }
+
+    fn unit_mut(&mut self, unit: u16) -> Result<&mut Unit, LayerError> {
+        self.units
+            .get_mut(usize::from(unit))
+            .ok_or(LayerError::NoEntry(Resource::Irte))
+    }
+}
+
+impl Unit {
+    fn claim(&mut self, first: u32, count: u32, source_id: u16) -> Result<u16, LayerError> {
+        for index in first..first + count {
+            if !self.free.take(index) {
+                return Err(LayerError::Exhausted(Resource::Irte));
+            }
+            if let Some(slot) = self.entries.get_mut(index as usize) {
+                *slot = Some(Irte {
+                    source_id,
+                    dest: None,
+                });
+            }
+        }
+        u16::try_from(first).map_err(|_| LayerError::Exhausted(Resource::Irte))
+    }
+}
+
+impl RemapLayer for RemapUnits {
+    fn units(&self) -> u16 {
+        self.units.len() as u16
+    }
+
+    fn capacity(&self, unit: u16) -> u32 {
+        self.unit(unit).map_or(0, |u| u.free.len())
+    }
+
+    fn free_entries(&self, unit: u16) -> u32 {
+        self.unit(unit).map_or(0, |u| u.free.free_count())
+    }
+
+    fn largest_block(&self, unit: u16, cap: u32) -> u32 {
+        self.unit(unit)
+            .map_or(0, |u| u.free.largest_free_block(cap))
+    }
+
+    fn alloc(&mut self, unit: u16, source_id: u16) -> Result<u16, LayerError> {
+        let u = self.unit_mut(unit)?;
+        let index = u
+            .free
+            .first_free()
+            .ok_or(LayerError::Exhausted(Resource::Irte))?;
+        u.claim(index, 1, source_id)
+    }
+
+    fn alloc_block(&mut self, unit: u16, count: u32, source_id: u16) -> Result<u16, LayerError> {
+        let u = self.unit_mut(unit)?;
+        let base = u
+            .free
+            .first_free_block(count)
+            .ok_or(LayerError::Exhausted(Resource::Irte))?;
+        u.claim(base, count, source_id)
+    }
+
+    fn program(&mut self, unit: u16, index: u16, dest: IrteDest) -> Result<(), LayerError> {
+        let u = self.unit_mut(unit)?;
+        match u.entries.get_mut(usize::from(index)) {
+            Some(Some(entry)) => {
+                entry.dest = Some(dest);
+                Ok(())
+            }
+            _ => Err(LayerError::NoEntry(Resource::Irte)),
+        }
+    }
+
+    fn free(&mut self, unit: u16, index: u16) {
+        if let Ok(u) = self.unit_mut(unit)
+            && u.free.put(u32::from(index))
+            && let Some(slot) = u.entries.get_mut(usize::from(index))
+        {
+            *slot = None;
+        }
+    }
+
+    fn entry(&self, unit: u16, index: u16) -> Option<Irte> {
+        self.unit(unit)?
+            .entries
+            .get(usize::from(index))
+            .copied()
+            .flatten()
+    }
+
+    fn deliver(
+        &self,
+        unit: u16,
+        source_id: u16,
+        message: MsiMessage,
+    ) -> Result<IrteDest, RemapFault> {
+        let u = self.unit(unit).ok_or(RemapFault::UnknownSource)?;
+        let msi = RemappableMsi::decode(message).map_err(|_| RemapFault::NotRemappable)?;
+        let index = msi.irte_index();
+        let slot = u
+            .entries
+            .get(index as usize)
+            .ok_or(RemapFault::IndexOutOfRange { index })?;
+        let entry = slot.ok_or(RemapFault::EntryNotPresent { index })?;
+        if entry.source_id != source_id {
+            return Err(RemapFault::SourceIdMismatch {
+                index,
+                expected: entry.source_id,
+            });
+        }
+        entry.dest.ok_or(RemapFault::NotProgrammed { index })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn units(entries: u32) -> RemapUnits {
+        RemapUnits::new(RemapConfig {
+            units: 2,
+            entries_per_unit: entries,
+        })
+        .unwrap()
+    }
+
+    fn msg(handle: u16, sub: u16) -> MsiMessage {
+        RemappableMsi {
+            handle,
+            subhandle: Some(sub),
+        }
+        .message()
+    }
+
+    #[test]
+    fn blocks_are_naturally_aligned_and_units_independent() {
+        let mut r = units(256);
+        assert_eq!(r.alloc(0, 0x10), Ok(0));
+        assert_eq!(r.alloc_block(0, 8, 0x10), Ok(8));
+        assert_eq!(r.alloc_block(0, 32, 0x10), Ok(32));
+        assert_eq!(r.alloc(0, 0x10), Ok(1));
+        assert_eq!(r.free_entries(0), 256 - 42);
+        assert_eq!(r.free_entries(1), 256);
+        assert_eq!(r.alloc_block(1, 32, 0x10), Ok(0));
+    }
+
+    #[test]
+    fn exhaustion_is_reported_and_free_makes_room() {
+        let mut r = units(2);
+        assert_eq!(r.alloc(0, 1), Ok(0));
+        assert_eq!(r.alloc(0, 1), Ok(1));
+        assert_eq!(r.alloc(0, 1), Err(LayerError::Exhausted(Resource::Irte)));
+        r.free(0, 0);
+        r.free(0, 0); // double free is a no-op
+        assert_eq!(r.free_entries(0), 1);
+        assert_eq!(r.alloc(0, 1), Ok(0));
+        assert_eq!(r.alloc(9, 1), Err(LayerError::NoEntry(Resource::Irte)));
+    }
+
+    #[test]
+    fn delivery_checks_presence_source_and_programming() {
+        let mut r = units(64);
+        let hv = HostVector {
+            cpu: 1,
+            vector: 0x40,
+        };
+        let base = r.alloc_block(0, 4, 0x0100).unwrap();
+        assert_eq!(
+            r.deliver(0, 0x0100, msg(base, 2)),
+            Err(RemapFault::NotProgrammed { index: 2 })
+        );
+        r.program(0, base + 2, IrteDest::Remapped(hv)).unwrap();
+        assert_eq!(
+            r.deliver(0, 0x0100, msg(base, 2)),
+            Ok(IrteDest::Remapped(hv))
+        );
+        assert_eq!(
+            r.deliver(0, 0x0200, msg(base, 2)),
+            Err(RemapFault::SourceIdMismatch {
+                index: 2,
+                expected: 0x0100
+            })
+        );
+        assert_eq!(
+            r.deliver(0, 0x0100, msg(base, 5)),
+            Err(RemapFault::EntryNotPresent { index: 5 })
+        );
+        assert_eq!(
+            r.deliver(0, 0x0100, msg(60, 10)),
+            Err(RemapFault::IndexOutOfRange { index: 70 })
+        );
+        let compat = pvirq_proto::CompatMsi::fixed(0, 0x40).message();
+        assert_eq!(r.deliver(0, 0x0100, compat), Err(RemapFault::NotRemappable));
+        r.free(0, base + 2);
+        assert_eq!(
+            r.deliver(0, 0x0100, msg(base, 2)),
+            Err(RemapFault::EntryNotPresent { index: 2 })
+        );
+    }
+
+    #[test]
+    fn configuration_is_validated() {
+        assert!(
+            RemapUnits::new(RemapConfig {
+                units: 0,
+                entries_per_unit: 1
+            })
+            .is_err()
+        );
+        assert!(
+            RemapUnits::new(RemapConfig {
+                units: 1,
+                entries_per_unit: 65_537
+            })
+            .is_err()
+        );
+    }
+}
