@@ -1,3 +1,13 @@
-//! pvirq simulator library.
+//! pvirq simulator: runs guests and the host together, in-process or in a real KVM VM.
+//!
+//! - [`channel`]: one VM's pvirq channel in one process, guest driver to host device
+//!   through virtio-mmio registers and a ring in shared guest memory.
+//! - [`kvm`]: a real KVM VM whose vCPUs record every interrupt they receive.
 #![deny(missing_docs)]
+
+pub mod channel;
+pub mod error;
 pub mod kvm;
+
+pub use channel::Channel;
+pub use error::SimError;
