@@ -357,3 +357,51 @@ fn apic_ids_map_vcpus_to_message_destinations() {
     // vCPU 0 of the guest is the vCPU with APIC ID 1.
     assert_eq!(vm.wait_pending(&set(&[(1, 0x40)])), set(&[(1, 0x40)]));
 }
+
+#[test]
+fn a_refused_irqfd_fails_the_request_and_leaves_nothing_staged() {
+    if !require_kvm_or_skip() {
+        return;
+    }
+    // Without an in-kernel irqchip KVM refuses every KVM_IRQFD, after the route was staged.
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let vm = Arc::new(kvm.create_vm().unwrap());
+    let mut routes = KvmRoutes::new(KvmRouteTable::new(Arc::clone(&vm)));
+    let available = routes.available();
+    let err = routes.stage_add(dest(0, 0x40)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LayerError::Failed {
+                resource: Resource::GuestRoute,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // The half-staged route poisons the batch: a commit rolls it back instead.
+    assert!(routes.commit().is_err());
+    assert_eq!((routes.available(), routes.table().len()), (available, 0));
+    assert_eq!((routes.live(), routes.eventfds()), (0, 0));
+    let counters = routes.counters();
+    assert_eq!(counters.commits(), 0);
+    assert_eq!(
+        (counters.failed_commits(), counters.aborts()),
+        (0, 1),
+        "KVM is never sent a table with the half-staged route"
+    );
+
+    // Under a request: DEVICE_ERROR naming the guest routes, and the host side released.
+    let host = Host::new(&HostConfig::default()).unwrap();
+    let vm = vm_with(&host, routes);
+    let before = host.occupancy();
+    let targets = [Target::new(0, 0x40), Target::new(1, 0x41)];
+    assert_eq!(
+        alloc(&vm, &targets),
+        Outcome::Refused(Refusal::DeviceError {
+            resource: Resource::GuestRoute
+        })
+    );
+    assert_eq!(host.occupancy(), before);
+    vm.with_routes(|r| assert_eq!((r.live(), r.available()), (0, available)));
+}
