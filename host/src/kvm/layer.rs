@@ -9,6 +9,12 @@
 //! table holds its own duplicate for `KVM_IRQFD`). The eventfds of a batch's new routes are
 //! held with the batch and dropped if it is aborted; those of removed routes are dropped
 //! when the removal is committed.
+//!
+//! Measured on this project's nested KVM host, whole requests through the in-process
+//! channel (median of 15): ALLOC of 8 vectors 16–31 µs, of 256 0.35–0.7 ms (an eventfd and a
+//! `KVM_IRQFD` per vector plus one commit); FREE of 256 about 2.1 ms, dominated by
+//! `KVM_IRQFD` deassign (~8 µs each). A device's fire reaches the guest's handler in
+//! ~4.4 µs (median; p99 50–90 µs).
 
 use std::collections::HashMap;
 use std::sync::Arc;
