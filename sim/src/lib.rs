@@ -3,11 +3,14 @@
 //! - [`channel`]: one VM's pvirq channel in one process, guest driver to host device
 //!   through virtio-mmio registers and a ring in shared guest memory.
 //! - [`kvm`]: a real KVM VM whose vCPUs record every interrupt they receive.
+//! - [`passthrough`]: a pass-through device whose MSI-X/IMS storage lives in guest memory
+//!   and whose interrupts go through the host's remapping.
 #![deny(missing_docs)]
 
 pub mod channel;
 pub mod error;
 pub mod kvm;
+pub mod passthrough;
 
 pub use channel::Channel;
 pub use error::SimError;

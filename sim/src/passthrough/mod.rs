@@ -1,0 +1,38 @@
+//! A simulated pass-through device whose interrupt storage lives in guest memory.
+//!
+//! A real device's MSI-X table sits in one of its BARs and IMS slots in device memory the
+//! guest maps; the guest driver programs them with plain memory writes, and the device
+//! reads them when it raises an interrupt. Here the storage is a region of a vm-memory
+//! [`GuestMemoryMmap`](vm_memory::GuestMemoryMmap) that both sides share:
+//! - the guest side programs a slot through [`DeviceTables::program`] (message, then
+//!   unmask — the order a driver uses) and masks it with [`DeviceTables::mask`];
+//! - the device side, [`PassthroughDevice::fire`], reads the slot back from memory, refuses
+//!   if it is masked, and hands `(requester ID, message)` to [`pvirq_host::Host::fire`] —
+//!   the remapping unit checks the source-id and resolves the message to the grant's guest
+//!   route (for a KVM VM: its irqfd, then KVM, then the vCPU).
+//!
+//! Nothing here knows about KVM, so the in-memory simulator drives the same device.
+//!
+//! Which memory: the tables may be placed in any `GuestMemoryMmap` the caller hands over —
+//! the in-process channel's, the KVM guest's, or (as the end-to-end tests do) a region of
+//! their own standing for the device's BAR. Only the host-side driver code touches them;
+//! the vCPU programs of [`crate::kvm::KvmGuest`] never do, so nothing requires them to be
+//! in the KVM guest's RAM.
+//!
+//! Entry formats ([`entry`]): MSI-X entries of 16 bytes `{addr_lo, addr_hi, data,
+//! vector_control}` (bit 0 masks); IMS slots `{addr_lo, addr_hi, data, ctrl}` as Intel IDXD
+//! lays them out (ctrl bit 0 masks, bit 3 enables the PASID in bits 31:12). The PASID is
+//! recorded in the slot; the host's remapping model checks the requester ID only.
+
+mod device;
+pub mod entry;
+mod error;
+mod tables;
+
+pub use device::PassthroughDevice;
+pub use entry::SlotState;
+pub use error::PassthroughError;
+pub use tables::{DeviceTables, Slot, TableRegion};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+//! The device model on its own, with the in-memory route layer (no KVM needed).
+
+use super::*;
+use pvirq_host::layers::{MemoryRoutes, RemapFault};
+use pvirq_host::{FaultReason, Host, HostConfig, Vm, VmConfig};
+use pvirq_proto::{
+    Alloc, Grant, IndexRange, IndexSpec, Kind, MsiMessage, Operation, Outcome, Request, Response,
+    Target,
+};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+const BAR: u64 = 0xFEB0_0000;
+
+fn memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(BAR), 0x1000)]).unwrap()
+}
+
+fn region(offset: u64, entries: u32) -> Option<TableRegion> {
+    Some(TableRegion {
+        base: GuestAddress(BAR + offset),
+        entries,
+    })
+}
+
+fn device(requester_id: u16, mem: &GuestMemoryMmap, offset: u64) -> PassthroughDevice {
+    let tables = DeviceTables::new(mem.clone(), region(offset, 4), region(offset + 0x100, 4));
+    PassthroughDevice::new(requester_id, tables.unwrap())
+}
+
+fn grant(vm: &Vm, handle: u32, kind: Kind, target: Target) -> Grant {
+    let targets = [target];
+    let reply = vm.call(&Request {
+        device: handle,
+        tag: 1,
+        op: Operation::Alloc(Alloc {
+            kind,
+            index: IndexSpec::Any,
+            min: 1,
+            max: 1,
+            pasid: None,
+            targets: &targets,
+        }),
+    });
+    match Response::decode(&reply).unwrap().outcome {
+        Outcome::Allocated { grants, .. } => grants[0],
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn tables_start_masked_and_must_fit_memory_without_overlapping() {
+    let mem = memory();
+    let dev = device(0x0100, &mem, 0);
+    for slot in [Slot::MsiX(0), Slot::MsiX(3), Slot::Ims(0), Slot::Ims(3)] {
+        assert!(dev.tables().read(slot).unwrap().masked, "{slot}");
+    }
+    assert!(matches!(
+        dev.tables().read(Slot::Ims(4)),
+        Err(PassthroughError::NoSuchSlot(Slot::Ims(4)))
+    ));
+    // 0xFF0 + 2 × 16 runs past the 4 KiB region.
+    let err = DeviceTables::new(mem.clone(), region(0xFF0, 2), None).unwrap_err();
+    assert!(matches!(
+        err,
+        PassthroughError::TableOutsideMemory { entries: 2, .. }
+    ));
+    let err = DeviceTables::new(mem.clone(), region(0, 4), region(0x30, 4)).unwrap_err();
+    assert!(matches!(err, PassthroughError::TablesOverlap));
+    assert!(DeviceTables::new(mem, region(0, 4), region(0x40, 4)).is_ok());
+}
+
+#[test]
+fn programming_writes_the_message_then_unmasks_and_mask_keeps_it() {
+    let mem = memory();
+    let dev = device(0x0100, &mem, 0);
+    let message = MsiMessage {
+        address: 0xFEE0_0010,
+        data: 0x7,
+    };
+    let tables = dev.tables();
+    tables.program(Slot::MsiX(2), message, None).unwrap();
+    assert_eq!(
+        tables.raw(Slot::MsiX(2)).unwrap(),
+        [0x10, 0, 0xE0, 0xFE, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]
+    );
+    assert_eq!(
+        tables.address(Slot::MsiX(2)).unwrap(),
+        GuestAddress(BAR + 32)
+    );
+    tables.program(Slot::Ims(1), message, Some(0x1234)).unwrap();
+    let state = tables.read(Slot::Ims(1)).unwrap();
+    assert_eq!(
+        state,
+        SlotState {
+            message,
+            masked: false,
+            pasid: Some(0x1234)
+        }
+    );
+    tables.mask(Slot::Ims(1)).unwrap();
+    let masked = tables.read(Slot::Ims(1)).unwrap();
+    assert_eq!(
+        (masked.masked, masked.message, masked.pasid),
+        (true, message, Some(0x1234))
+    );
+    assert!(matches!(
+        tables.program(Slot::MsiX(0), message, Some(1)),
+        Err(PassthroughError::PasidOnMsix(_))
+    ));
+    assert!(matches!(
+        tables.program(Slot::Ims(0), message, Some(1 << 20)),
+        Err(PassthroughError::PasidTooLarge(0x10_0000))
+    ));
+    // Neighbours are untouched.
+    assert!(tables.read(Slot::MsiX(1)).unwrap().masked);
+    assert!(tables.read(Slot::MsiX(3)).unwrap().masked);
+}
+
+#[test]
+fn fire_sends_through_the_remapping_unit_and_masked_slots_stay_silent() {
+    let mem = memory();
+    let (a, b) = (device(0x0100, &mem, 0), device(0x0200, &mem, 0x400));
+    let host = Host::new(&HostConfig::default()).unwrap();
+    let config = VmConfig {
+        quota: 8,
+        num_vcpus: 2,
+        max_batch: 8,
+        devices: vec![a.spec(0), b.spec(0)],
+    };
+    let vm = host
+        .create_vm(config, Box::new(MemoryRoutes::kvm_like()))
+        .unwrap();
+    let msix = grant(&vm, 0, Kind::MsiX, Target::new(1, 0x40));
+    let ims = grant(&vm, 0, Kind::Ims, Target::new(0, 0x41));
+    let (msix_slot, ims_slot) = (Slot::MsiX(msix.index()), Slot::Ims(ims.index()));
+
+    assert!(matches!(
+        a.fire(&host, msix_slot),
+        Err(PassthroughError::Masked(_))
+    ));
+    assert_eq!((a.sent(), a.suppressed(), host.faults().count), (0, 1, 0));
+
+    a.tables().program(msix_slot, msix.message(), None).unwrap();
+    a.tables()
+        .program(ims_slot, ims.message(), Some(5))
+        .unwrap();
+    let d = a.fire(&host, msix_slot).unwrap();
+    assert_eq!((d.vcpu, d.vector), (1, 0x40));
+    let d = a.fire(&host, ims_slot).unwrap();
+    assert_eq!((d.vcpu, d.vector), (0, 0x41));
+
+    // Device B sending A's message: the IRTE's source-id does not match.
+    b.tables()
+        .program(Slot::MsiX(0), msix.message(), None)
+        .unwrap();
+    let err = b.fire(&host, Slot::MsiX(0)).unwrap_err();
+    let PassthroughError::Fault { fault, .. } = err else {
+        panic!("{err:?}");
+    };
+    assert!(matches!(
+        fault.reason,
+        FaultReason::Remap(RemapFault::SourceIdMismatch {
+            expected: 0x0100,
+            ..
+        })
+    ));
+    assert_eq!(fault.source_id, 0x0200);
+
+    // Freed, but left unmasked: the stale message reaches no entry.
+    let reply = vm.call(&Request {
+        device: 0,
+        tag: 2,
+        op: Operation::Free(IndexRange {
+            kind: Kind::MsiX,
+            first: msix.index(),
+            count: 1,
+        }),
+    });
+    assert!(matches!(
+        Response::decode(&reply).unwrap().outcome,
+        Outcome::Freed { count: 1, .. }
+    ));
+    let err = a.fire(&host, msix_slot).unwrap_err();
+    assert!(matches!(
+        err,
+        PassthroughError::Fault { fault, .. }
+            if matches!(fault.reason, FaultReason::Remap(RemapFault::EntryNotPresent { .. }))
+    ));
+    assert_eq!((a.sent(), b.sent(), host.faults().count), (3, 1, 2));
+    vm.with_routes(|r| assert_eq!(r.live(), 1));
+}
