@@ -11,7 +11,8 @@
 //! - [`Vm`]: one VM's devices, quota and grants; [`Vm::handle`] runs one request as a
 //!   transaction ([`transaction`]).
 //! - [`device`]: the virtio device, its event handler and its virtio-mmio front.
-//! - [`kvm`]: real KVM delivery: a VM's GSI routes, committed once per request, and irqfds.
+//! - [`kvm`]: real KVM delivery: [`kvm::KvmRoutes`] is the [`layers::RouteLayer`] that
+//!   gives each granted vector a GSI route and an irqfd, committed once per request.
 //!
 //! ```
 //! use pvirq_host::{DeviceSpec, Host, HostConfig, VmConfig, layers::MemoryRoutes};
