@@ -3,11 +3,16 @@
 //! - [`channel`]: one VM's pvirq channel in one process, guest driver to host device
 //!   through virtio-mmio registers and a ring in shared guest memory.
 //! - [`kvm`]: a real KVM VM whose vCPUs record every interrupt they receive.
+//! - [`scenario`]: multi-tenant scenarios read from TOML; [`run`] runs one on a shared
+//!   host, a channel per VM, and [`report`] shows what every guest was answered.
 #![deny(missing_docs)]
 
 pub mod channel;
 pub mod error;
 pub mod kvm;
+pub mod report;
+pub mod run;
+pub mod scenario;
 
 pub use channel::Channel;
 pub use error::SimError;
