@@ -7,10 +7,8 @@ use std::fmt;
 pub struct ScenarioError {
     /// The file (or `<default>` for the embedded scenario).
     pub origin: String,
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// 1-based column, when known.
-    pub column: Option<usize>,
+    /// Where in the file, when known.
+    pub position: Option<Position>,
     /// The table the error is in: `host`, `vm "db"`, `step 7`...
     pub context: Option<String>,
     /// The offending field.
@@ -19,14 +17,27 @@ pub struct ScenarioError {
     pub message: String,
 }
 
+/// A 1-based line and column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// Line.
+    pub line: usize,
+    /// Column (in characters).
+    pub column: usize,
+}
+
+impl ScenarioError {
+    /// The 1-based line, when known.
+    pub fn line(&self) -> Option<usize> {
+        self.position.map(|p| p.line)
+    }
+}
+
 impl fmt::Display for ScenarioError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.origin)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(column) = self.column {
-                write!(f, ":{column}")?;
-            }
+        if let Some(Position { line, column }) = self.position {
+            write!(f, ":{line}:{column}")?;
         }
         f.write_str(": ")?;
         if let Some(context) = &self.context {

@@ -13,7 +13,12 @@ pub(super) fn line_col(src: &str, offset: usize) -> (usize, usize) {
 
 /// The table holding byte `offset`: `host`, `vm 2`, `vm 2, device 1`, `step 7`.
 pub(super) fn context_at(src: &str, offset: usize) -> Option<String> {
-    let before = src.get(..offset.min(src.len())).unwrap_or(src);
+    // Up to the end of the offset's line, so that a header line names its own table.
+    let end = src
+        .get(offset.min(src.len())..)
+        .and_then(|rest| rest.find('\n'))
+        .map_or(src.len(), |i| offset + i);
+    let before = src.get(..end).unwrap_or(src);
     let (mut vms, mut devices, mut steps) = (0usize, 0usize, 0usize);
     let mut current = None;
     for line in before.lines() {
@@ -62,8 +67,24 @@ pub(super) fn key_at(src: &str, span: &Range<usize>) -> Option<String> {
     (!key.is_empty()).then(|| key.to_string())
 }
 
-/// Offset of `key = ...` inside `span` (the first occurrence at a word boundary).
+/// The text of the table starting at `span`: up to the next table header, or further if
+/// `span` reaches further.
+pub(super) fn table_extent(src: &str, span: &Range<usize>) -> Range<usize> {
+    let start = span.start.min(src.len());
+    let body = src[start..].find('\n').map_or(src.len(), |i| start + i + 1);
+    let mut end = body;
+    for line in src[body..].split_inclusive('\n') {
+        if line.trim_start().starts_with('[') && !line.trim_start().starts_with("[{") {
+            break;
+        }
+        end += line.len();
+    }
+    start..end.max(span.end.min(src.len()))
+}
+
+/// Offset of `key = ...` in the table at `span` (the first occurrence at a word boundary).
 pub(super) fn find_key(src: &str, span: &Range<usize>, key: &str) -> Option<usize> {
+    let span = &table_extent(src, span);
     let text = src.get(span.clone())?;
     let mut from = 0;
     while let Some(pos) = text.get(from..)?.find(key) {
@@ -112,5 +133,9 @@ mod tests {
         let all = 0..SRC.len();
         assert_eq!(find_key(SRC, &all, "status"), SRC.find("status"));
         assert_eq!(find_key(SRC, &all, "stat"), None);
+        // A header's span reaches its keys, but not the next table's.
+        let header = SRC.find("[[step]]").unwrap();
+        assert_eq!(find_key(SRC, &(header..header + 8), "op"), SRC.find("op ="));
+        assert_eq!(find_key(SRC, &(0..6), "op"), None);
     }
 }

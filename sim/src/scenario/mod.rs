@@ -10,7 +10,7 @@ mod model;
 mod parse;
 mod raw;
 
-pub use error::ScenarioError;
+pub use error::{Position, ScenarioError};
 pub use model::{
     Action, AllocStep, Dest, DeviceDecl, Expect, Fallback, HostDecl, Scenario, Step, VmDecl,
 };

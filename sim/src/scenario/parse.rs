@@ -1,7 +1,7 @@
 //! From text to a validated [`Scenario`]: serde reads the shape (unknown keys refused),
 //! then every value and every reference is checked, each error naming line and field.
 
-use super::error::ScenarioError;
+use super::error::{Position, ScenarioError};
 use super::locate::{context_at, find_key, key_at, line_col};
 use super::model::{
     Action, AllocStep, Dest, DeviceDecl, Expect, Fallback, HostDecl, Scenario, Step, VmDecl,
@@ -36,17 +36,13 @@ fn toml_error(src: &str, origin: &str, e: &toml::de::Error) -> ScenarioError {
         .and_then(|(_, rest)| rest.split_once('`'))
         .map(|(field, _)| field.to_string());
     let field = quoted.or_else(|| span.as_ref().and_then(|s| key_at(src, s)));
-    let (line, column) = match &span {
-        Some(s) => {
-            let (l, c) = line_col(src, s.start);
-            (Some(l), Some(c))
-        }
-        None => (None, None),
-    };
+    let position = span.as_ref().map(|s| {
+        let (line, column) = line_col(src, s.start);
+        Position { line, column }
+    });
     ScenarioError {
         origin: origin.to_string(),
-        line,
-        column,
+        position,
         context: span.and_then(|s| context_at(src, s.start)),
         field,
         message,
@@ -71,8 +67,7 @@ impl Parser<'_> {
         let (line, column) = line_col(self.src, at);
         ScenarioError {
             origin: self.origin.to_string(),
-            line: Some(line),
-            column: Some(column),
+            position: Some(Position { line, column }),
             context: Some(table.context.to_string()),
             field: Some(field.to_string()),
             message,
