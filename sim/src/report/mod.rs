@@ -1,4 +1,4 @@
-//! What a scenario run produced, and its two renderings: a readable table ([`text`])
+//! What a scenario run produced, and its two renderings: a readable table ([`render`])
 //! and JSON ([`Report::to_json`]). Running lives in [`crate::run`]; this module only
 //! holds and formats the results.
 
