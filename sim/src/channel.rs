@@ -31,6 +31,8 @@ pub struct Channel {
     front: Arc<Mutex<MmioTransport>>,
     interrupt: Arc<MmioInterrupt>,
     driver: ChannelDriver,
+    mem: GuestMemoryMmap<()>,
+    options: Options,
 }
 
 impl std::fmt::Debug for Channel {
@@ -63,30 +65,38 @@ impl Channel {
             interrupt.clone(),
             NotifyMode::Inline,
         )));
-        let (reader, writer) = (front.clone(), front.clone());
-        let regs: FrontRegs = ByteRegs::new(
-            Box::new(move |offset, data: &mut [u8]| {
-                reader
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .read(offset, data)
-            }),
-            Box::new(move |offset, data: &[u8]| {
-                writer
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .write(offset, data)
-            }),
-        );
-        let transport = pvirq_guest::MmioTransport::new(regs)?;
-        let dma_len = GUEST_MEMORY_SIZE as u64 - DMA_BASE;
-        let hal = GuestMemoryHal::new(mem, GuestAddress(DMA_BASE), dma_len);
-        let driver = Driver::new(hal, transport, options)?;
+        let driver = attach_driver(&front, &mem, options)?;
         Ok(Channel {
             vm,
             front,
             interrupt,
             driver,
+            mem,
+            options,
+        })
+    }
+
+    /// Virtio device reset, as a guest kernel does it: the driver goes away (its teardown
+    /// writes status 0, and the host frees every vector the VM holds), then a new driver
+    /// initialises the device again over the same memory. The VM and its devices stay.
+    pub fn reset_virtio(self) -> Result<Channel, SimError> {
+        let Channel {
+            vm,
+            front,
+            interrupt,
+            driver,
+            mem,
+            options,
+        } = self;
+        drop(driver);
+        let driver = attach_driver(&front, &mem, options)?;
+        Ok(Channel {
+            vm,
+            front,
+            interrupt,
+            driver,
+            mem,
+            options,
         })
     }
 
@@ -114,4 +124,32 @@ impl Channel {
     pub fn interrupts_raised(&self) -> u64 {
         self.interrupt.raised()
     }
+}
+
+/// A guest driver initialised against `front`, allocating its ring and buffers from the
+/// DMA window of `mem`.
+fn attach_driver(
+    front: &Arc<Mutex<MmioTransport>>,
+    mem: &GuestMemoryMmap<()>,
+    options: Options,
+) -> Result<ChannelDriver, SimError> {
+    let (reader, writer) = (front.clone(), front.clone());
+    let regs: FrontRegs = ByteRegs::new(
+        Box::new(move |offset, data: &mut [u8]| {
+            reader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .read(offset, data)
+        }),
+        Box::new(move |offset, data: &[u8]| {
+            writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .write(offset, data)
+        }),
+    );
+    let transport = pvirq_guest::MmioTransport::new(regs)?;
+    let dma_len = GUEST_MEMORY_SIZE as u64 - DMA_BASE;
+    let hal = GuestMemoryHal::new(mem.clone(), GuestAddress(DMA_BASE), dma_len);
+    Ok(Driver::new(hal, transport, options)?)
 }

@@ -5,12 +5,17 @@
 //! - [`kvm`]: a real KVM VM whose vCPUs record every interrupt they receive.
 //! - [`passthrough`]: a pass-through device whose MSI-X/IMS storage lives in guest memory
 //!   and whose interrupts go through the host's remapping.
+//! - [`scenario`]: multi-tenant scenarios read from TOML; [`run`] runs one on a shared
+//!   host, a channel per VM, and [`report`] shows what every guest was answered.
 #![deny(missing_docs)]
 
 pub mod channel;
 pub mod error;
 pub mod kvm;
 pub mod passthrough;
+pub mod report;
+pub mod run;
+pub mod scenario;
 
 pub use channel::Channel;
 pub use error::SimError;

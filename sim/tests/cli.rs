@@ -1,0 +1,144 @@
+//! The `pvirq-sim` binary: exit status, tables, JSON, and errors, as a user sees them.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn sim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pvirq-sim"))
+        .args(args)
+        .output()
+        .expect("pvirq-sim runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A scenario file in the temporary directory, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("pvirq-sim-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+const DEFAULT: &str = include_str!("../scenarios/default.toml");
+
+#[test]
+fn no_arguments_run_the_default_scenario_and_pass() {
+    let out = sim(&[]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("quota left"), "{stdout}");
+    assert!(stdout.contains("no-space"), "{stdout}");
+    assert!(stdout.contains("host occupancy at the end"), "{stdout}");
+    assert!(stdout.contains("0 failed — PASS"), "{stdout}");
+}
+
+#[test]
+fn json_carries_the_same_report() {
+    let out = sim(&["--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(json["expectations_failed"], 0);
+    let steps = json["steps"].as_array().unwrap();
+    let headers = DEFAULT.lines().filter(|l| l.trim() == "[[step]]").count();
+    assert_eq!(steps.len(), headers);
+    let refused: Vec<_> = steps
+        .iter()
+        .filter(|s| s["status"] == "no-space")
+        .map(|s| s["refusal"]["resource"].as_str().unwrap())
+        .collect();
+    assert_eq!(refused, ["host-vector"]);
+    assert!(json["final_host"]["vectors_used"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn an_unmet_expectation_exits_non_zero_and_names_it() {
+    let file = TempFile::new(
+        "wrong.toml",
+        &DEFAULT.replace("granted = 17,", "granted = 16,"),
+    );
+    let out = sim(&["--scenario", file.arg()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("granted expected 16, got 17"), "{stderr}");
+    assert!(text(&out.stdout).contains("FAIL"));
+}
+
+#[test]
+fn a_bad_file_exits_2_naming_file_line_and_field() {
+    let file = TempFile::new("bad.toml", &DEFAULT.replacen("vcpus = 4", "vcpus = -4", 1));
+    let out = sim(&["--scenario", file.arg()]);
+    assert_eq!(out.status.code(), Some(2));
+    let line = DEFAULT.lines().position(|l| l == "vcpus = 4").unwrap() + 1;
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("bad.toml:{line}:")), "{stderr}");
+    assert!(stderr.contains("field `vcpus`"), "{stderr}");
+    let missing = sim(&["--scenario", "/nonexistent/pvirq.toml"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("cannot read"));
+}
+
+#[test]
+fn kvm_without_a_kvm_backend_or_dev_kvm_is_a_clear_error() {
+    let out = sim(&["--kvm"]);
+    let stderr = text(&out.stderr);
+    match pvirq_sim::run::kvm_unusable() {
+        Some(_) => assert!(stderr.contains("needs /dev/kvm"), "{stderr}"),
+        None => assert!(stderr.contains("not available in this build"), "{stderr}"),
+    }
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+}
+
+#[test]
+fn print_default_prints_the_embedded_scenario() {
+    let out = sim(&["--print-default"]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), DEFAULT);
+}
+
+#[test]
+fn every_shipped_scenario_passes() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+    let mut ran = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = sim(&["--scenario", path.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "{}: {}{}",
+                path.display(),
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+            ran += 1;
+        }
+    }
+    assert!(ran >= 2);
+}
+
+#[test]
+fn the_format_documentation_shows_small_toml_verbatim() {
+    let readme = include_str!("../scenarios/README.md");
+    let example = readme
+        .rsplit_once("```toml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .expect("README ends with a toml example");
+    assert_eq!(example, include_str!("../scenarios/small.toml"));
+}
