@@ -93,15 +93,43 @@ fn a_bad_file_exits_2_naming_file_line_and_field() {
     assert!(text(&missing.stderr).contains("cannot read"));
 }
 
+/// The number after `label` in `text`, e.g. `delivered 41`.
+fn figure_after(text: &str, label: &str) -> u64 {
+    let rest = &text[text
+        .find(label)
+        .unwrap_or_else(|| panic!("no `{label}` in {text}"))..];
+    rest[label.len()..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after `{label}`"))
+}
+
 #[test]
-fn kvm_without_a_kvm_backend_or_dev_kvm_is_a_clear_error() {
-    let out = sim(&["--kvm"]);
-    let stderr = text(&out.stderr);
-    match pvirq_sim::run::kvm_unusable() {
-        Some(_) => assert!(stderr.contains("needs /dev/kvm"), "{stderr}"),
-        None => assert!(stderr.contains("not available in this build"), "{stderr}"),
+fn kvm_runs_the_default_scenario_on_real_vcpus_or_says_why_not() {
+    if !pvirq_sim::kvm::require_kvm_or_skip() {
+        let out = sim(&["--kvm"]);
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("needs /dev/kvm"), "{stderr}");
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        return;
     }
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let out = sim(&["--kvm"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("interrupts fired"))
+        .unwrap_or_else(|| panic!("no summary line in {stdout}"));
+    let delivered = figure_after(summary, "delivered");
+    // Every interrupt the host delivered was counted by the vCPU it was meant for.
+    assert!(delivered > 0, "{summary}");
+    assert_eq!(
+        figure_after(summary, "observed in guests"),
+        delivered,
+        "{summary}"
+    );
 }
 
 #[test]

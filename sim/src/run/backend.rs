@@ -2,13 +2,8 @@
 //!
 //! The runner asks its [`Backend`] for each VM's [`RouteLayer`] when it creates the VM,
 //! and after every `fire` step asks it what the guest observed. [`MemoryBackend`] gives
-//! every VM `MemoryRoutes::kvm_like()` (KVM's GSI limits, deliveries recorded in memory).
-//! A KVM backend plugs in the same way:
-//! - `routes(i, vm)`: create a `sim::kvm::KvmGuest` with `vm.vcpus` vCPUs, keep it as
-//!   VM `i`'s guest, and return a `RouteLayer` over its `KvmRouteTable` (GSI routes with
-//!   irqfds; `fire` writes the irqfd);
-//! - `observe(i, delivered)`: wait (with a hang guard) until guest `i`'s counters show
-//!   every `(vcpu, vector)` in `delivered`, and return how many arrived.
+//! every VM `MemoryRoutes::kvm_like()` (KVM's GSI limits, deliveries recorded in memory);
+//! [`super::KvmBackend`] gives every VM a real KVM VM and counts what its vCPUs receive.
 
 use super::RunError;
 use crate::scenario::{Dest, VmDecl};
@@ -55,15 +50,11 @@ pub fn kvm_unusable() -> Option<String> {
     }
 }
 
-/// The backend of `--kvm`: real KVM delivery, or why it cannot run here — no usable
-/// `/dev/kvm` ([`RunError::KvmAbsent`]), or no KVM `RouteLayer` in this build
-/// ([`RunError::KvmNotBuilt`]). Wiring the KVM backend means returning it here.
+/// The backend of `--kvm`: real KVM delivery ([`super::KvmBackend`]), or why it cannot
+/// run here ([`RunError::KvmAbsent`]).
 pub fn kvm_backend() -> Result<Box<dyn Backend>, RunError> {
     if let Some(why) = kvm_unusable() {
         return Err(RunError::KvmAbsent(why));
     }
-    Err(RunError::KvmNotBuilt(
-        "pvirq-host has no RouteLayer over KVM GSI routes yet; run without --kvm for \
-         in-memory delivery",
-    ))
+    Ok(Box::new(super::KvmBackend::new()))
 }

@@ -33,9 +33,6 @@ pub enum RunError {
     /// `--kvm` on a machine without usable KVM.
     #[error("KVM delivery needs /dev/kvm, which is not usable here: {0}")]
     KvmAbsent(String),
-    /// `--kvm` in a build without a KVM delivery backend.
-    #[error("KVM delivery is not available in this build: {0}")]
-    KvmNotBuilt(&'static str),
     /// The delivery backend failed.
     #[error("delivery backend: {0}")]
     Backend(String),

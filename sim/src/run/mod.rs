@@ -4,10 +4,12 @@
 mod backend;
 mod error;
 mod expect;
+mod kvm_backend;
 mod view;
 
 pub use backend::{Backend, MemoryBackend, kvm_backend, kvm_unusable};
 pub use error::RunError;
+pub use kvm_backend::KvmBackend;
 
 use crate::report::{FireCounts, HostSnapshot, RefusalRecord, Report, StepRecord, VmSummary};
 use crate::scenario::{Action, AllocStep, Dest, Fallback, Scenario, Step};
