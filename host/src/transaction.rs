@@ -166,6 +166,16 @@ fn layer_refusal(e: &LayerError, supplied: u32) -> Refusal {
     }
 }
 
+/// The guest-visible refusal for a layer that failed to carry out an operation on what it
+/// already holds (moving or removing a route, committing a batch): always `DEVICE_ERROR`.
+/// A shortage reported there is no shortage of anything the guest asked for, so
+/// `NO_SPACE` (whose `info` promises a grantable count, spec §5.1) would mislead it.
+fn failure_refusal(e: &LayerError) -> Refusal {
+    Refusal::DeviceError {
+        resource: e.resource(),
+    }
+}
+
 /// Route changes staged for one request: aborted on drop unless committed.
 pub(crate) struct RouteBatch<'a> {
     routes: &'a mut dyn RouteLayer,
@@ -527,7 +537,7 @@ fn alloc(
     };
     if let Err(e) = batch.commit() {
         drop(reservation);
-        return ctx.refuse(layer_refusal(&e, 0));
+        return ctx.refuse(failure_refusal(&e));
     }
 
     // Acknowledged and live: the reservations become grants.
@@ -615,7 +625,7 @@ fn free(
     let mut batch = RouteBatch::new(st.routes.as_mut());
     for (_, _, record) in &grants {
         if let Err(e) = batch.remove(record.route) {
-            return ctx.refuse(layer_refusal(&e, 0));
+            return ctx.refuse(failure_refusal(&e));
         }
     }
     let held = st.held.saturating_sub(count);
@@ -635,7 +645,7 @@ fn free(
         return ctx.dropped();
     };
     if let Err(e) = batch.commit() {
-        return ctx.refuse(layer_refusal(&e, 0));
+        return ctx.refuse(failure_refusal(&e));
     }
     forget(vm, st, handle, unit, &grants);
     st.held = held;
@@ -705,7 +715,7 @@ fn retarget(
             vector: t.vector(),
         };
         if let Err(e) = batch.update(*route, dest) {
-            return ctx.refuse(layer_refusal(&e, 0));
+            return ctx.refuse(failure_refusal(&e));
         }
     }
     let Ok(used) = ctx.send(Outcome::Retargeted {
@@ -715,7 +725,7 @@ fn retarget(
         return ctx.dropped();
     };
     if let Err(e) = batch.commit() {
-        return ctx.refuse(layer_refusal(&e, 0));
+        return ctx.refuse(failure_refusal(&e));
     }
     ctx.handled(used, Status::Ok)
 }
