@@ -279,7 +279,7 @@ fn storm(host: &Host, index: usize, vms: &mpsc::Sender<Vm>, start: &Barrier) -> 
     let mut s = Storm {
         ch: Storm::open(host, index, 0, vms),
         held: BTreeSet::new(),
-        rng: Rng(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1) * 0x1000_0001),
+        rng: Rng(0x9E37_79B9_7F4A_7C15 ^ ((index as u64 + 1) * 0x1000_0001)),
         generation: 0,
         index,
         shortages: [0; 6],
