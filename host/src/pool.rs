@@ -1,7 +1,9 @@
 //! The host pool: IRTEs and host vectors shared by every VM on the host, behind one lock.
 //!
-//! The lock is taken briefly: once to count what is free, once to reserve a whole
-//! request's IRTEs and vectors, once to make them grants (or to release them). Lock order
+//! The lock is taken briefly: once to count what is free and reserve a whole request's
+//! IRTEs and vectors (one section, so no other VM takes what was counted), once to make
+//! them grants (or to release them). QUERY counts on its own (its figure is advisory).
+//! Lock order
 //! is always VM state, then host state; [`Host::fire`] takes them one after the other,
 //! never nested.
 
@@ -222,17 +224,46 @@ impl Drop for HostReservation {
 /// A reservation failure: the layer's error and how many vectors it had supplied.
 pub(crate) type ReserveError = (LayerError, u32);
 
+/// What the pool has free on one unit, read under the lock that then reserves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PoolFree {
+    /// Free IRTEs of the unit.
+    pub(crate) irte: u32,
+    /// Largest free naturally aligned IRTE block (≤ 32).
+    pub(crate) irte_block: u32,
+    /// Free host vectors.
+    pub(crate) vectors: u32,
+}
+
+/// Why a sized reservation did not happen: the sizing refused (`R`), or a layer failed.
+#[derive(Debug)]
+pub(crate) enum SizedError<R> {
+    /// The sizing function refused, given what was free.
+    Refused(R),
+    /// A layer failed while reserving.
+    Layer(ReserveError),
+}
+
 impl HostShared {
-    /// Reserves `n` IRTEs on `unit` for `source_id` (an aligned block if `block`), then `n`
-    /// host vectors, and programs each IRTE with its vector. All or nothing.
-    pub(crate) fn reserve(
+    /// Counts what `unit` has free, lets `size` choose how many vectors to reserve from
+    /// that (or refuse), then reserves them, all in one critical section: another VM
+    /// cannot take the IRTEs or vectors counted before they are reserved. Reserves `n`
+    /// IRTEs for `source_id` (an aligned block if `block`), then `n` host vectors, and
+    /// programs each IRTE with its vector. All or nothing.
+    pub(crate) fn reserve_sized<R>(
         self: &Arc<Self>,
         unit: u16,
         source_id: u16,
-        n: u32,
         block: bool,
-    ) -> Result<HostReservation, ReserveError> {
+        size: impl FnOnce(PoolFree) -> Result<u32, R>,
+    ) -> Result<HostReservation, SizedError<R>> {
         let mut state = lock(&self.state);
+        let free = PoolFree {
+            irte: state.remap.free_entries(unit),
+            irte_block: state.remap.largest_block(unit, 32),
+            vectors: state.vectors.available(),
+        };
+        let n = size(free).map_err(SizedError::Refused)?;
         let mut irtes: Vec<u16> = Vec::with_capacity(n as usize);
         let mut vectors: Vec<HostVector> = Vec::with_capacity(n as usize);
         let result = Self::reserve_locked(
@@ -251,7 +282,7 @@ impl HostShared {
             for hv in &vectors {
                 state.vectors.free(*hv);
             }
-            return Err(e);
+            return Err(SizedError::Layer(e));
         }
         Ok(HostReservation {
             host: Arc::clone(self),

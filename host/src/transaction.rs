@@ -18,7 +18,7 @@
 use crate::error::{LayerError, ReplyError};
 use crate::grants::{DeviceGrants, GrantRecord};
 use crate::layers::{GuestDest, RouteId, RouteLayer};
-use crate::pool::lock;
+use crate::pool::{PoolFree, SizedError, lock};
 use crate::vm::{Vm, VmShared, VmState};
 use pvirq_proto::{
     Alloc, DeviceInfo, Field, Grant, IndexRange, IndexSpec, Kind, KindSet, Operation, Outcome,
@@ -163,6 +163,16 @@ fn layer_refusal(e: &LayerError, supplied: u32) -> Refusal {
                 resource: *resource,
             }
         }
+    }
+}
+
+/// The guest-visible refusal for a layer that failed to carry out an operation on what it
+/// already holds (moving or removing a route, committing a batch): always `DEVICE_ERROR`.
+/// A shortage reported there is no shortage of anything the guest asked for, so
+/// `NO_SPACE` (whose `info` promises a grantable count, spec §5.1) would mislead it.
+fn failure_refusal(e: &LayerError) -> Refusal {
+    Refusal::DeviceError {
+        resource: e.resource(),
     }
 }
 
@@ -453,19 +463,47 @@ fn alloc(
         (false, IndexSpec::Any) => table.free.free_count(),
     };
     let spec = dev.spec;
-    let supply = supply(vm, st, spec.unit);
-    let n = supply.grantable(a.kind, slots, max);
-    if n < min {
+
+    // Count and reserve IRTEs and host vectors in one host-lock section, so that another
+    // VM cannot take what was counted: NO_SPACE then always means fewer than `min` could
+    // be granted, with `available` that count ([DEV-7]).
+    let (quota, routes_free) = (
+        vm.config.quota.saturating_sub(st.held),
+        st.routes.available(),
+    );
+    let size = |free: PoolFree| {
+        let supply = Supply {
+            quota,
+            irte: free.irte,
+            irte_block: free.irte_block,
+            vectors: free.vectors,
+            routes: routes_free,
+        };
+        let n = supply.grantable(a.kind, slots, max);
+        if n >= min {
+            return Ok(n);
+        }
         let resource = supply
             .per_resource(a.kind, slots)
             .iter()
             .find(|(_, s)| *s < min)
             .map_or(Resource::None, |(r, _)| *r);
-        return ctx.refuse(Refusal::NoSpace {
+        Err(Refusal::NoSpace {
             resource,
             available: n,
-        });
-    }
+        })
+    };
+    let reservation = match vm
+        .host
+        .reserve_sized(spec.unit, spec.requester_id, msi, size)
+    {
+        Ok(r) => r,
+        Err(SizedError::Refused(refusal)) => return ctx.refuse(refusal),
+        Err(SizedError::Layer((e, supplied))) => {
+            return ctx.refuse(layer_refusal(&e, supplied));
+        }
+    };
+    let n = reservation.items.len() as u32;
 
     // Table indices: MSI vectors are 0..n of the block; MSI-X/IMS as asked.
     let indices: Vec<u32> = match (msi, a.index) {
@@ -482,11 +520,7 @@ fn alloc(
         });
     }
 
-    // Reserve: IRTEs and host vectors (one host-lock section), then guest routes.
-    let reservation = match vm.host.reserve(spec.unit, spec.requester_id, n, msi) {
-        Ok(r) => r,
-        Err((e, supplied)) => return ctx.refuse(layer_refusal(&e, supplied)),
-    };
+    // Then the guest routes.
     let mut batch = RouteBatch::new(st.routes.as_mut());
     let mut routes = Vec::with_capacity(n as usize);
     for (i, t) in a.targets.iter().take(n as usize).enumerate() {
@@ -527,7 +561,7 @@ fn alloc(
     };
     if let Err(e) = batch.commit() {
         drop(reservation);
-        return ctx.refuse(layer_refusal(&e, 0));
+        return ctx.refuse(failure_refusal(&e));
     }
 
     // Acknowledged and live: the reservations become grants.
@@ -615,7 +649,7 @@ fn free(
     let mut batch = RouteBatch::new(st.routes.as_mut());
     for (_, _, record) in &grants {
         if let Err(e) = batch.remove(record.route) {
-            return ctx.refuse(layer_refusal(&e, 0));
+            return ctx.refuse(failure_refusal(&e));
         }
     }
     let held = st.held.saturating_sub(count);
@@ -635,7 +669,7 @@ fn free(
         return ctx.dropped();
     };
     if let Err(e) = batch.commit() {
-        return ctx.refuse(layer_refusal(&e, 0));
+        return ctx.refuse(failure_refusal(&e));
     }
     forget(vm, st, handle, unit, &grants);
     st.held = held;
@@ -705,7 +739,7 @@ fn retarget(
             vector: t.vector(),
         };
         if let Err(e) = batch.update(*route, dest) {
-            return ctx.refuse(layer_refusal(&e, 0));
+            return ctx.refuse(failure_refusal(&e));
         }
     }
     let Ok(used) = ctx.send(Outcome::Retargeted {
@@ -715,7 +749,7 @@ fn retarget(
         return ctx.dropped();
     };
     if let Err(e) = batch.commit() {
-        return ctx.refuse(layer_refusal(&e, 0));
+        return ctx.refuse(failure_refusal(&e));
     }
     ctx.handled(used, Status::Ok)
 }
