@@ -22,6 +22,10 @@ const DMA_BASE: u64 = 1 << 20;
 /// Register accesses from the guest, forwarded to the host's virtio-mmio front.
 pub type FrontRegs = ByteRegs<Box<dyn Fn(u64, &mut [u8]) + Send>, Box<dyn Fn(u64, &[u8]) + Send>>;
 
+/// Sees every register write the guest makes, with the guest memory, before the device
+/// does: how a test plays a guest that changes the ring behind its driver's back.
+pub type WriteTap = Arc<dyn Fn(&GuestMemoryMmap, u64, &[u8]) + Send + Sync>;
+
 /// The guest driver of an in-process channel.
 pub type ChannelDriver = Driver<GuestMemoryHal, pvirq_guest::MmioTransport<FrontRegs>>;
 
@@ -33,6 +37,7 @@ pub struct Channel {
     driver: ChannelDriver,
     mem: GuestMemoryMmap<()>,
     options: Options,
+    tap: Option<WriteTap>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -54,6 +59,28 @@ impl Channel {
         routes: Box<dyn RouteLayer>,
         options: Options,
     ) -> Result<Channel, SimError> {
+        Self::build(host, config, routes, options, None)
+    }
+
+    /// As [`Channel::new`], with `tap` called on every register write before the device
+    /// sees it.
+    pub fn with_write_tap(
+        host: &Host,
+        config: VmConfig,
+        routes: Box<dyn RouteLayer>,
+        options: Options,
+        tap: WriteTap,
+    ) -> Result<Channel, SimError> {
+        Self::build(host, config, routes, options, Some(tap))
+    }
+
+    fn build(
+        host: &Host,
+        config: VmConfig,
+        routes: Box<dyn RouteLayer>,
+        options: Options,
+        tap: Option<WriteTap>,
+    ) -> Result<Channel, SimError> {
         let vm = host.create_vm(config, routes)?;
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), GUEST_MEMORY_SIZE)])
             .map_err(|e| SimError::GuestMemory(e.to_string()))?;
@@ -65,7 +92,7 @@ impl Channel {
             interrupt.clone(),
             NotifyMode::Inline,
         )));
-        let driver = attach_driver(&front, &mem, options)?;
+        let driver = attach_driver(&front, &mem, options, tap.clone())?;
         Ok(Channel {
             vm,
             front,
@@ -73,6 +100,7 @@ impl Channel {
             driver,
             mem,
             options,
+            tap,
         })
     }
 
@@ -87,9 +115,10 @@ impl Channel {
             driver,
             mem,
             options,
+            tap,
         } = self;
         drop(driver);
-        let driver = attach_driver(&front, &mem, options)?;
+        let driver = attach_driver(&front, &mem, options, tap.clone())?;
         Ok(Channel {
             vm,
             front,
@@ -97,6 +126,7 @@ impl Channel {
             driver,
             mem,
             options,
+            tap,
         })
     }
 
@@ -132,8 +162,9 @@ fn attach_driver(
     front: &Arc<Mutex<MmioTransport>>,
     mem: &GuestMemoryMmap<()>,
     options: Options,
+    tap: Option<WriteTap>,
 ) -> Result<ChannelDriver, SimError> {
-    let (reader, writer) = (front.clone(), front.clone());
+    let (reader, writer, tapped) = (front.clone(), front.clone(), mem.clone());
     let regs: FrontRegs = ByteRegs::new(
         Box::new(move |offset, data: &mut [u8]| {
             reader
@@ -142,6 +173,9 @@ fn attach_driver(
                 .read(offset, data)
         }),
         Box::new(move |offset, data: &[u8]| {
+            if let Some(tap) = &tap {
+                tap(&tapped, offset, data);
+            }
             writer
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)

@@ -15,11 +15,10 @@
 //! slots: arm a fault only when that request is the only one in flight.
 
 use pvirq_guest::Options;
-use pvirq_guest::test_utils::{ByteRegs, GuestMemoryHal};
 use pvirq_host::layers::RouteLayer;
-use pvirq_host::{Host, MmioInterrupt, MmioTransport, NotifyMode, PvirqDevice, Vm, VmConfig};
-use pvirq_sim::SimError;
-use pvirq_sim::channel::{ChannelDriver, FrontRegs, GUEST_MEMORY_SIZE};
+use pvirq_host::{Host, Vm, VmConfig};
+use pvirq_sim::channel::{ChannelDriver, GUEST_MEMORY_SIZE, WriteTap};
+use pvirq_sim::{Channel, SimError};
 use std::sync::{Arc, Mutex, PoisonError};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -33,8 +32,6 @@ const QUEUE_AVAIL_HIGH: u64 = 0x094;
 
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
-/// Where the guest's DMA allocator starts (as in the simulator's channel).
-const DMA_BASE: u64 = 1 << 20;
 
 /// Where the unwritable part of the reply buffer lies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,74 +171,45 @@ fn apply(mem: &GuestMemoryMmap, q: &QueueRegs, fault: ReplyFault) {
 
 /// One VM's channel whose guest can arm a [`ReplyFault`] for its next request.
 pub struct TamperChannel {
-    vm: Vm,
+    channel: Channel,
     armed: Arc<Mutex<Option<ReplyFault>>>,
-    driver: ChannelDriver,
 }
 
 impl std::fmt::Debug for TamperChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TamperChannel")
-            .field("vm", &self.vm.id())
+            .field("channel", &self.channel)
             .finish_non_exhaustive()
     }
 }
 
 impl TamperChannel {
-    /// Creates the VM on `host` and a driver for it, as [`pvirq_sim::Channel::new`] does.
+    /// Creates the VM on `host` and a driver for it, as [`pvirq_sim::Channel::new`] does,
+    /// with a guest that watches its queue registers and, at QueueNotify, applies the armed
+    /// fault to the chain just published.
     pub fn new(
         host: &Host,
         config: VmConfig,
         routes: Box<dyn RouteLayer>,
         options: Options,
     ) -> Result<TamperChannel, SimError> {
-        let vm = host.create_vm(config, routes)?;
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), GUEST_MEMORY_SIZE)])
-            .map_err(|e| SimError::GuestMemory(e.to_string()))?;
-        let interrupt = Arc::new(MmioInterrupt::new());
-        let device = PvirqDevice::new(vm.clone(), interrupt.clone())?;
-        let front = Arc::new(Mutex::new(MmioTransport::new(
-            Arc::new(Mutex::new(device)),
-            mem.clone(),
-            interrupt,
-            NotifyMode::Inline,
-        )));
         let armed: Arc<Mutex<Option<ReplyFault>>> = Arc::default();
-        let queue: Arc<Mutex<QueueRegs>> = Arc::default();
-        let (reader, writer) = (front.clone(), front);
-        let (guest_mem, fault) = (mem.clone(), armed.clone());
-        let regs: FrontRegs = ByteRegs::new(
-            Box::new(move |offset, data: &mut [u8]| {
-                reader
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .read(offset, data)
-            }),
-            Box::new(move |offset, data: &[u8]| {
-                if offset == QUEUE_NOTIFY {
-                    let armed = fault.lock().unwrap_or_else(PoisonError::into_inner).take();
-                    if let Some(f) = armed {
-                        let q = *queue.lock().unwrap_or_else(PoisonError::into_inner);
-                        apply(&guest_mem, &q, f);
-                    }
-                } else if let Ok(bytes) = <[u8; 4]>::try_from(data) {
-                    let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
-                    q.record(offset, u32::from_le_bytes(bytes));
+        let queue: Mutex<QueueRegs> = Mutex::default();
+        let fault = armed.clone();
+        let tap: WriteTap = Arc::new(move |mem, offset, data| {
+            if offset == QUEUE_NOTIFY {
+                let armed = fault.lock().unwrap_or_else(PoisonError::into_inner).take();
+                if let Some(f) = armed {
+                    let q = *queue.lock().unwrap_or_else(PoisonError::into_inner);
+                    apply(mem, &q, f);
                 }
-                writer
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .write(offset, data)
-            }),
-        );
-        let transport = pvirq_guest::MmioTransport::new(regs)?;
-        let hal = GuestMemoryHal::new(
-            mem,
-            GuestAddress(DMA_BASE),
-            GUEST_MEMORY_SIZE as u64 - DMA_BASE,
-        );
-        let driver = pvirq_guest::Driver::new(hal, transport, options)?;
-        Ok(TamperChannel { vm, armed, driver })
+            } else if let Ok(bytes) = <[u8; 4]>::try_from(data) {
+                let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
+                q.record(offset, u32::from_le_bytes(bytes));
+            }
+        });
+        let channel = Channel::with_write_tap(host, config, routes, options, tap)?;
+        Ok(TamperChannel { channel, armed })
     }
 
     /// Cuts up the reply buffer of the next request submitted.
@@ -259,11 +227,11 @@ impl TamperChannel {
 
     /// The guest driver.
     pub fn driver(&mut self) -> &mut ChannelDriver {
-        &mut self.driver
+        self.channel.driver()
     }
 
     /// The host's view of the VM.
     pub fn vm(&self) -> &Vm {
-        &self.vm
+        self.channel.vm()
     }
 }
