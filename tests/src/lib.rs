@@ -5,6 +5,5 @@
 //! - [`tamper`]: a channel whose guest can hand the device an unwritable reply buffer.
 #![deny(missing_docs)]
 
-pub mod recording;
 pub mod setup;
 pub mod tamper;

@@ -9,12 +9,12 @@
 use pvirq_guest::{Error, Options};
 use pvirq_host::Host;
 use pvirq_host::layers::{
-    FaultKind, FaultPlan, Faulty, MemoryRoutes, RemapConfig, RemapUnits, VectorConfig, VectorMatrix,
+    FaultKind, FaultPlan, Faulty, LayerCall, MemoryRoutes, RemapConfig, RemapUnits, VectorConfig,
+    VectorMatrix,
 };
 use pvirq_proto::{
     Alloc, IndexRange, IndexSpec, Kind, Operation, Outcome, Refusal, Retarget, Target,
 };
-use pvirq_tests::recording::{Call, CallLog, Recording};
 use pvirq_tests::setup::{Snapshot, dev, snapshot, targets, vm_config};
 use pvirq_tests::tamper::{BadBuffer, ReplyFault, TamperChannel};
 
@@ -24,13 +24,11 @@ struct Rig {
     host: Host,
     ch: TamperChannel,
     plan: FaultPlan,
-    log: CallLog,
 }
 
 impl Rig {
     fn new() -> Rig {
         let plan = FaultPlan::new();
-        let log = CallLog::new();
         let remap = RemapUnits::new(RemapConfig {
             units: 1,
             entries_per_unit: 128,
@@ -38,19 +36,10 @@ impl Rig {
         .unwrap();
         let vectors = VectorMatrix::new(&VectorConfig::default()).unwrap();
         let host = Host::with_layers(
-            Box::new(Recording::new(
-                Faulty::new(remap, plan.clone()),
-                log.clone(),
-            )),
-            Box::new(Recording::new(
-                Faulty::new(vectors, plan.clone()),
-                log.clone(),
-            )),
+            Box::new(Faulty::new(remap, plan.clone())),
+            Box::new(Faulty::new(vectors, plan.clone())),
         );
-        let routes = Recording::new(
-            Faulty::new(MemoryRoutes::kvm_like(), plan.clone()),
-            log.clone(),
-        );
+        let routes = Faulty::new(MemoryRoutes::kvm_like(), plan.clone());
         let config = vm_config(64, vec![dev(0x100, 4, 16, 16), dev(0x101, 4, 0, 0)]);
         let mut ch =
             TamperChannel::new(&host, config, Box::new(routes), Options::default()).unwrap();
@@ -62,13 +51,7 @@ impl Rig {
         d.alloc_irq_vectors(1, Kind::Msi, 4, &t, &mut grants)
             .unwrap();
         plan.disarm();
-        log.clear();
-        Rig {
-            host,
-            ch,
-            plan,
-            log,
-        }
+        Rig { host, ch, plan }
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -133,7 +116,7 @@ fn requests(t: &[Target]) -> Vec<(&'static str, u32, Operation<'_>)> {
 /// What the guest must be told when `call` fails with `kind` during `op`.
 fn expected_refusal(
     op: &Operation<'_>,
-    call: Call,
+    call: LayerCall,
     kind: FaultKind,
 ) -> (pvirq_proto::Status, pvirq_proto::Resource) {
     use pvirq_proto::Status;
@@ -165,7 +148,7 @@ fn every_layer_fault_of_every_opcode_is_refused_and_rolled_back() {
         let mut reference = Rig::new();
         let expected = reference.run(device, op).unwrap();
         assert!(!expected.contains("Refused"), "{name}: {expected}");
-        let calls = reference.log.calls();
+        let calls = reference.plan.log();
         assert!(
             !calls.is_empty() || name == "query",
             "{name}: no layer call"
@@ -182,7 +165,7 @@ fn every_layer_fault_of_every_opcode_is_refused_and_rolled_back() {
                     break;
                 }
                 points += 1;
-                let log = rig.log.calls();
+                let log = rig.plan.log();
                 assert_eq!(log[..], calls[..n as usize], "{name} n={n}: same calls");
                 let failed = log[n as usize - 1];
                 let refusal = refusal.unwrap_or_else(|| panic!("{name} n={n}: not refused"));

@@ -2,15 +2,60 @@
 //! fail, so tests can check rollback at every layer boundary.
 //!
 //! One [`FaultPlan`] is shared by all wrapped layers; it counts every reserving call
-//! (IRTE alloc/program, vector alloc, route stage/commit) across them, in call order.
+//! (IRTE alloc/program, vector alloc, route stage/commit) across them, in call order, and
+//! logs which call each was ([`LayerCall`]) so a test can tell what its Nth fault hit.
 
 use super::remap::{Irte, IrteDest, RemapFault, RemapLayer};
 use super::routes::{GuestDest, RouteId, RouteLayer};
 use super::vectors::{HostVector, VectorLayer};
 use crate::error::LayerError;
 use pvirq_proto::{MsiMessage, Resource};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// A reserving call a wrapped layer made, as the plan counts and logs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LayerCall {
+    /// `RemapLayer::alloc` (one IRTE).
+    IrteAlloc,
+    /// `RemapLayer::alloc_block` (an aligned IRTE block, for MSI).
+    IrteBlock,
+    /// `RemapLayer::program`.
+    IrteProgram,
+    /// `VectorLayer::alloc`.
+    VectorAlloc,
+    /// `RouteLayer::stage_add`.
+    RouteAdd,
+    /// `RouteLayer::stage_update`.
+    RouteUpdate,
+    /// `RouteLayer::stage_remove`.
+    RouteRemove,
+    /// `RouteLayer::commit`.
+    RouteCommit,
+}
+
+impl LayerCall {
+    /// The resource the layer making this call stands for.
+    pub fn resource(self) -> Resource {
+        match self {
+            LayerCall::IrteAlloc | LayerCall::IrteBlock | LayerCall::IrteProgram => Resource::Irte,
+            LayerCall::VectorAlloc => Resource::HostVector,
+            _ => Resource::GuestRoute,
+        }
+    }
+
+    /// Whether a shortage at this call is a shortage of the resource (an allocation), as
+    /// opposed to a layer failing to carry out an operation on what it already holds.
+    pub fn allocates(self) -> bool {
+        matches!(
+            self,
+            LayerCall::IrteAlloc
+                | LayerCall::IrteBlock
+                | LayerCall::VectorAlloc
+                | LayerCall::RouteAdd
+        )
+    }
+}
 
 /// How an injected fault presents itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +73,8 @@ struct PlanState {
     failed: AtomicU64,
     exhausted: AtomicBool,
     commits_only: AtomicBool,
+    /// Every reserving call since the last `fail_nth*`/`disarm`, in order.
+    log: Mutex<Vec<LayerCall>>,
 }
 
 /// Which call fails. Cloning shares the plan.
@@ -43,6 +90,7 @@ impl FaultPlan {
     /// Fails the `n`th reserving call from now (1-based); 0 disables.
     pub fn fail_nth(&self, n: u64, kind: FaultKind) {
         self.0.calls.store(0, Ordering::SeqCst);
+        self.log_mut().clear();
         self.0.fail_at.store(n, Ordering::SeqCst);
         self.0
             .exhausted
@@ -66,13 +114,25 @@ impl FaultPlan {
         self.0.calls.load(Ordering::SeqCst)
     }
 
+    /// The reserving calls made since the last `fail_nth*`/`disarm`, in order (commits
+    /// included even when only commits are counted).
+    pub fn log(&self) -> Vec<LayerCall> {
+        self.log_mut().clone()
+    }
+
+    fn log_mut(&self) -> std::sync::MutexGuard<'_, Vec<LayerCall>> {
+        self.0.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Faults injected so far.
     pub fn injected(&self) -> u64 {
         self.0.failed.load(Ordering::SeqCst)
     }
 
-    fn tick(&self, resource: Resource, is_commit: bool) -> Result<(), LayerError> {
-        if self.0.commits_only.load(Ordering::SeqCst) && !is_commit {
+    fn tick(&self, call: LayerCall) -> Result<(), LayerError> {
+        self.log_mut().push(call);
+        let resource = call.resource();
+        if self.0.commits_only.load(Ordering::SeqCst) && call != LayerCall::RouteCommit {
             return Ok(());
         }
         let n = self.0.calls.fetch_add(1, Ordering::SeqCst) + 1;
@@ -124,15 +184,15 @@ impl<L: RemapLayer> RemapLayer for Faulty<L> {
         self.inner.largest_block(unit, cap)
     }
     fn alloc(&mut self, unit: u16, source_id: u16) -> Result<u16, LayerError> {
-        self.plan.tick(Resource::Irte, false)?;
+        self.plan.tick(LayerCall::IrteAlloc)?;
         self.inner.alloc(unit, source_id)
     }
     fn alloc_block(&mut self, unit: u16, count: u32, source_id: u16) -> Result<u16, LayerError> {
-        self.plan.tick(Resource::Irte, false)?;
+        self.plan.tick(LayerCall::IrteBlock)?;
         self.inner.alloc_block(unit, count, source_id)
     }
     fn program(&mut self, unit: u16, index: u16, dest: IrteDest) -> Result<(), LayerError> {
-        self.plan.tick(Resource::Irte, false)?;
+        self.plan.tick(LayerCall::IrteProgram)?;
         self.inner.program(unit, index, dest)
     }
     fn free(&mut self, unit: u16, index: u16) {
@@ -162,7 +222,7 @@ impl<L: VectorLayer> VectorLayer for Faulty<L> {
         self.inner.allocated()
     }
     fn alloc(&mut self) -> Result<HostVector, LayerError> {
-        self.plan.tick(Resource::HostVector, false)?;
+        self.plan.tick(LayerCall::VectorAlloc)?;
         self.inner.alloc()
     }
     fn free(&mut self, vector: HostVector) {
@@ -178,19 +238,19 @@ impl<L: RouteLayer> RouteLayer for Faulty<L> {
         self.inner.available()
     }
     fn stage_add(&mut self, dest: GuestDest) -> Result<RouteId, LayerError> {
-        self.plan.tick(Resource::GuestRoute, false)?;
+        self.plan.tick(LayerCall::RouteAdd)?;
         self.inner.stage_add(dest)
     }
     fn stage_update(&mut self, id: RouteId, dest: GuestDest) -> Result<(), LayerError> {
-        self.plan.tick(Resource::GuestRoute, false)?;
+        self.plan.tick(LayerCall::RouteUpdate)?;
         self.inner.stage_update(id, dest)
     }
     fn stage_remove(&mut self, id: RouteId) -> Result<(), LayerError> {
-        self.plan.tick(Resource::GuestRoute, false)?;
+        self.plan.tick(LayerCall::RouteRemove)?;
         self.inner.stage_remove(id)
     }
     fn commit(&mut self) -> Result<(), LayerError> {
-        if let Err(e) = self.plan.tick(Resource::GuestRoute, true) {
+        if let Err(e) = self.plan.tick(LayerCall::RouteCommit) {
             // A failed commit discards the batch, as the trait promises.
             self.inner.abort();
             return Err(e);

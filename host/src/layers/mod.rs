@@ -14,7 +14,7 @@ pub mod routes;
 pub mod vectors;
 
 pub use bitmap::IndexBitmap;
-pub use fault::{FaultKind, FaultPlan, Faulty};
+pub use fault::{FaultKind, FaultPlan, Faulty, LayerCall};
 pub use remap::{Irte, IrteDest, RemapConfig, RemapFault, RemapLayer, RemapUnits};
 pub use routes::{GuestDest, MemoryRoutes, RouteId, RouteLayer};
 pub use vectors::{HostVector, VectorConfig, VectorLayer, VectorMatrix};
