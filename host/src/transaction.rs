@@ -649,11 +649,8 @@ fn forget(
     unit: u16,
     grants: &[(Kind, u32, GrantRecord)],
 ) {
-    let items: Vec<_> = grants
-        .iter()
-        .map(|(_, _, r)| (r.irte, r.host_vector()))
-        .collect();
-    vm.host.release(unit, &items);
+    let items = grants.iter().map(|(_, _, r)| (r.irte, r.host_vector()));
+    vm.host.release(unit, items);
     if let Some(dev) = st.devices.get_mut(handle as usize) {
         for (kind, index, _) in grants {
             dev.table_mut(*kind).remove(*index);
