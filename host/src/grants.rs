@@ -1,12 +1,12 @@
 //! Grant records: what the host remembers about each granted vector, per device and kind.
 //!
-//! A record is 12 bytes (plus the map's key and control byte); the IRTE, host vector and
-//! route it names are the layers' own state.
+//! A record is 12 bytes, kept in pages of 32 indexed by the grant's table index (no
+//! hashing, no per-grant key); the IRTE, host vector and route it names are the layers'
+//! own state.
 
 use crate::layers::{HostVector, IndexBitmap, RouteId};
 use crate::vm::DeviceSpec;
 use pvirq_proto::Kind;
-use std::collections::HashMap;
 
 /// One granted vector's host state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,19 +31,127 @@ impl GrantRecord {
     }
 }
 
+/// Records per page of [`Records`].
+const PAGE: usize = 32;
+
+/// One page: 32 consecutive indices, with a bit per index that holds a record.
+#[derive(Debug)]
+struct Page {
+    present: u32,
+    records: [GrantRecord; PAGE],
+}
+
+const NO_RECORD: GrantRecord = GrantRecord {
+    cpu: 0,
+    route: 0,
+    irte: 0,
+    vector: 0,
+};
+
+/// Grant records by table index: pages of 32, allocated when first used. A page that
+/// empties is freed, except the last one to empty, kept for reuse so that a VM that
+/// allocates and frees one vector over and over does not allocate each time.
+#[derive(Debug, Default)]
+pub(crate) struct Records {
+    pages: Vec<Option<Box<Page>>>,
+    spare: Option<Box<Page>>,
+    len: u32,
+}
+
+impl Records {
+    fn slot(index: u32) -> (usize, u32) {
+        (index as usize / PAGE, 1 << (index as usize % PAGE))
+    }
+
+    /// The record at `index`.
+    pub(crate) fn get(&self, index: &u32) -> Option<&GrantRecord> {
+        let (page, bit) = Self::slot(*index);
+        let page = self.pages.get(page)?.as_deref()?;
+        if page.present & bit == 0 {
+            return None;
+        }
+        page.records.get(*index as usize % PAGE)
+    }
+
+    /// Number of records.
+    pub(crate) fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Stores `record` at `index`, returning the one it replaces.
+    fn insert(&mut self, index: u32, record: GrantRecord) -> Option<GrantRecord> {
+        let (p, bit) = Self::slot(index);
+        if self.pages.len() <= p {
+            self.pages.resize_with(p + 1, || None);
+        }
+        let spare = &mut self.spare;
+        let page = self.pages.get_mut(p)?.get_or_insert_with(|| {
+            spare.take().unwrap_or_else(|| {
+                Box::new(Page {
+                    present: 0,
+                    records: [NO_RECORD; PAGE],
+                })
+            })
+        });
+        let slot = page.records.get_mut(index as usize % PAGE)?;
+        let previous = std::mem::replace(slot, record);
+        if page.present & bit != 0 {
+            return Some(previous);
+        }
+        page.present |= bit;
+        self.len += 1;
+        None
+    }
+
+    /// Takes the record at `index` out.
+    fn remove(&mut self, index: &u32) -> Option<GrantRecord> {
+        let (p, bit) = Self::slot(*index);
+        let entry = self.pages.get_mut(p)?;
+        let page = entry.as_deref_mut()?;
+        if page.present & bit == 0 {
+            return None;
+        }
+        page.present &= !bit;
+        self.len -= 1;
+        let record = page.records.get(*index as usize % PAGE).copied();
+        if page.present == 0 {
+            let empty = entry.take();
+            if self.spare.is_none() {
+                self.spare = empty;
+            }
+        }
+        record
+    }
+
+    /// Every record, by ascending index.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &GrantRecord)> + '_ {
+        self.pages.iter().enumerate().flat_map(|(p, page)| {
+            page.iter().flat_map(move |page| {
+                page.records
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| page.present & (1 << i) != 0)
+                    .map(move |(i, r)| ((p * PAGE + i) as u32, r))
+            })
+        })
+    }
+}
+
 /// One kind's table of a device: which indices are granted, and their records.
 #[derive(Debug)]
 pub(crate) struct KindTable {
     /// Free (not granted) indices.
     pub(crate) free: IndexBitmap,
-    pub(crate) records: HashMap<u32, GrantRecord>,
+    pub(crate) records: Records,
 }
 
 impl KindTable {
     fn new(size: u32) -> Self {
         KindTable {
-            free: IndexBitmap::new(size),
-            records: HashMap::new(),
+            // Device slots are taken one index at a time (an MSI block is always 0..n):
+            // no aligned-block summaries to keep up.
+            free: IndexBitmap::singles(size),
+            records: Records::default(),
         }
     }
 
@@ -55,21 +163,10 @@ impl KindTable {
         self.records.len() as u32
     }
 
-    /// The `n` lowest free indices (the table is left as it was).
-    pub(crate) fn lowest_free(&mut self, n: u32) -> Vec<u32> {
-        let mut out = Vec::with_capacity(n as usize);
-        while out.len() < n as usize {
-            match self.free.first_free() {
-                Some(i) => {
-                    self.free.take(i);
-                    out.push(i);
-                }
-                None => break,
-            }
-        }
-        for i in &out {
-            self.free.put(*i);
-        }
+    /// The `n` lowest free indices (or all of them, if fewer are free).
+    pub(crate) fn lowest_free(&self, n: u32) -> Vec<u32> {
+        let mut out = Vec::with_capacity(n.min(self.free.free_count()) as usize);
+        out.extend(self.free.free_indices().take(n as usize));
         out
     }
 
@@ -129,14 +226,12 @@ impl DeviceGrants {
     pub(crate) fn all(&self) -> Vec<(Kind, u32, GrantRecord)> {
         let mut out = Vec::with_capacity(self.granted() as usize);
         for kind in Kind::ALL {
-            let mut grants: Vec<_> = self
-                .table(*kind)
-                .records
-                .iter()
-                .map(|(i, r)| (*kind, *i, *r))
-                .collect();
-            grants.sort_by_key(|(_, i, _)| *i);
-            out.extend(grants);
+            out.extend(
+                self.table(*kind)
+                    .records
+                    .iter()
+                    .map(|(i, r)| (*kind, i, *r)),
+            );
         }
         out
     }
@@ -149,6 +244,36 @@ mod tests {
     #[test]
     fn grant_records_are_compact() {
         assert_eq!(std::mem::size_of::<GrantRecord>(), 12);
+    }
+
+    #[test]
+    fn records_by_index_across_pages() {
+        let r = |cpu| GrantRecord {
+            cpu,
+            route: cpu + 1,
+            irte: 7,
+            vector: 0x30,
+        };
+        let mut records = Records::default();
+        assert_eq!(records.insert(70, r(70)), None);
+        assert_eq!(records.insert(3, r(3)), None);
+        assert_eq!(records.insert(3, r(4)), Some(r(3)));
+        assert_eq!(records.len(), 2);
+        assert_eq!(records.get(&3), Some(&r(4)));
+        assert_eq!(records.get(&4), None);
+        assert_eq!(records.get(&1_000_000), None);
+        let all: Vec<(u32, GrantRecord)> = records.iter().map(|(i, r)| (i, *r)).collect();
+        assert_eq!(all, [(3, r(4)), (70, r(70))]);
+        assert_eq!(records.remove(&70), Some(r(70)));
+        assert_eq!(records.remove(&70), None);
+        assert_eq!(records.remove(&3), Some(r(4)));
+        assert_eq!(records.len(), 0);
+        assert_eq!(records.iter().count(), 0);
+        // The page emptied last is kept and reused.
+        assert!(records.spare.is_some());
+        assert_eq!(records.insert(40, r(40)), None);
+        assert!(records.spare.is_none());
+        assert_eq!(records.get(&40), Some(&r(40)));
     }
 
     #[test]

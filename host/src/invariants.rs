@@ -64,11 +64,11 @@ impl Host {
                             ));
                         }
                     }
-                    for (index, r) in &table.records {
+                    for (index, r) in table.records.iter() {
                         vm_total += 1;
                         let hv = r.host_vector();
                         let what = format!("vm {} dev {handle} {kind}[{index}]", vm.id);
-                        if table.free.is_free(*index) {
+                        if table.free.is_free(index) {
                             errors.push(format!("{what}: slot marked free"));
                         }
                         match hs.remap.entry(unit, r.irte) {

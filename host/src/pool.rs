@@ -180,11 +180,15 @@ impl HostState {
     }
 
     /// Releases IRTEs and vectors, and forgets their owners.
-    pub(crate) fn release(&mut self, unit: u16, items: &[(u16, HostVector)]) {
+    pub(crate) fn release(
+        &mut self,
+        unit: u16,
+        items: impl IntoIterator<Item = (u16, HostVector)>,
+    ) {
         for (irte, hv) in items {
-            self.remap.free(unit, *irte);
-            self.vectors.free(*hv);
-            self.owners.remove(hv);
+            self.remap.free(unit, irte);
+            self.vectors.free(hv);
+            self.owners.remove(&hv);
         }
     }
 }
@@ -216,7 +220,7 @@ impl HostReservation {
 impl Drop for HostReservation {
     fn drop(&mut self) {
         if !self.items.is_empty() {
-            lock(&self.host.state).release(self.unit, &self.items);
+            lock(&self.host.state).release(self.unit, self.items.iter().copied());
         }
     }
 }
@@ -264,22 +268,23 @@ impl HostShared {
             vectors: state.vectors.available(),
         };
         let n = size(free).map_err(SizedError::Refused)?;
-        let mut irtes: Vec<u16> = Vec::with_capacity(n as usize);
-        let mut vectors: Vec<HostVector> = Vec::with_capacity(n as usize);
+        // One list for the whole reservation: IRTEs first, each vector filled in after.
+        let mut items: Vec<(u16, HostVector)> = Vec::with_capacity(n as usize);
+        let mut vectors = 0;
         let result = Self::reserve_locked(
             &mut state,
             unit,
             source_id,
             n,
             block,
-            &mut irtes,
+            &mut items,
             &mut vectors,
         );
         if let Err(e) = result {
-            for irte in &irtes {
+            for (irte, _) in &items {
                 state.remap.free(unit, *irte);
             }
-            for hv in &vectors {
+            for (_, hv) in items.iter().take(vectors) {
                 state.vectors.free(*hv);
             }
             return Err(SizedError::Layer(e));
@@ -287,34 +292,39 @@ impl HostShared {
         Ok(HostReservation {
             host: Arc::clone(self),
             unit,
-            items: irtes.into_iter().zip(vectors).collect(),
+            items,
         })
     }
 
+    /// Fills `items` with `n` IRTEs, then gives each its host vector (counting them in
+    /// `vectors`) and programs it. On error `items` and `vectors` say what to undo.
     fn reserve_locked(
         state: &mut HostState,
         unit: u16,
         source_id: u16,
         n: u32,
         block: bool,
-        irtes: &mut Vec<u16>,
-        vectors: &mut Vec<HostVector>,
+        items: &mut Vec<(u16, HostVector)>,
+        vectors: &mut usize,
     ) -> Result<(), ReserveError> {
+        const UNSET: HostVector = HostVector { cpu: 0, vector: 0 };
         if block {
             let base = state
                 .remap
                 .alloc_block(unit, n, source_id)
                 .map_err(|e| (e, 0))?;
-            irtes.extend((0..n).map(|i| base.wrapping_add(i as u16)));
+            items.extend((0..n).map(|i| (base.wrapping_add(i as u16), UNSET)));
         } else {
             for i in 0..n {
-                irtes.push(state.remap.alloc(unit, source_id).map_err(|e| (e, i))?);
+                let irte = state.remap.alloc(unit, source_id).map_err(|e| (e, i))?;
+                items.push((irte, UNSET));
             }
         }
-        for i in 0..n {
-            vectors.push(state.vectors.alloc().map_err(|e| (e, i))?);
+        for (i, (_, hv)) in items.iter_mut().enumerate() {
+            *hv = state.vectors.alloc().map_err(|e| (e, i as u32))?;
+            *vectors += 1;
         }
-        for (irte, hv) in irtes.iter().zip(vectors.iter()) {
+        for (irte, hv) in items.iter() {
             state
                 .remap
                 .program(unit, *irte, IrteDest::Remapped(*hv))
@@ -333,8 +343,9 @@ impl HostShared {
         Ok(())
     }
 
-    pub(crate) fn release(&self, unit: u16, items: &[(u16, HostVector)]) {
-        if !items.is_empty() {
+    pub(crate) fn release(&self, unit: u16, items: impl IntoIterator<Item = (u16, HostVector)>) {
+        let mut items = items.into_iter().peekable();
+        if items.peek().is_some() {
             lock(&self.state).release(unit, items);
         }
     }

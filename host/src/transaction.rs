@@ -106,6 +106,9 @@ struct Echo {
     tag: u64,
 }
 
+/// Replies up to this long are encoded in a stack buffer (a header and 16 grants).
+const STACK_REPLY: usize = 320;
+
 struct Ctx<'a> {
     echo: Echo,
     sink: &'a mut dyn ReplySink,
@@ -119,8 +122,17 @@ impl Ctx<'_> {
             tag: self.echo.tag,
             outcome,
         };
-        let mut buf = vec![0u8; response.encoded_len()];
-        let len = response.encode(&mut buf).map_err(|_| ())?;
+        // Most replies (every refusal, FREE, QUERY, small ALLOCs) fit on the stack.
+        let mut stack = [0u8; STACK_REPLY];
+        let mut heap = Vec::new();
+        let buf = match stack.get_mut(..response.encoded_len()) {
+            Some(buf) => buf,
+            None => {
+                heap.resize(response.encoded_len(), 0);
+                heap.as_mut_slice()
+            }
+        };
+        let len = response.encode(buf).map_err(|_| ())?;
         let bytes = buf.get(..len).ok_or(())?;
         self.sink.write(bytes).map_err(|_| ())?;
         u32::try_from(len).map_err(|_| ())
@@ -509,10 +521,7 @@ fn alloc(
     let indices: Vec<u32> = match (msi, a.index) {
         (true, _) => (0..n).collect(),
         (false, IndexSpec::At(first)) => (first..first + n).collect(),
-        (false, IndexSpec::Any) => match st.devices.get_mut(handle as usize) {
-            Some(dev) => dev.table_mut(a.kind).lowest_free(n),
-            None => Vec::new(),
-        },
+        (false, IndexSpec::Any) => dev.table(a.kind).lowest_free(n),
     };
     if indices.len() != n as usize {
         return ctx.refuse(Refusal::DeviceError {
@@ -565,29 +574,19 @@ fn alloc(
     }
 
     // Acknowledged and live: the reservations become grants.
-    let records: Vec<(u32, GrantRecord)> = indices
-        .iter()
-        .zip(&reservation.items)
-        .zip(&routes)
-        .map(|((index, (irte, hv)), route)| {
-            (
-                *index,
-                GrantRecord {
-                    cpu: hv.cpu,
-                    route: *route,
-                    irte: *irte,
-                    vector: hv.vector,
-                },
-            )
-        })
-        .collect();
-    reservation.commit(vm.id, &routes);
     if let Some(dev) = st.devices.get_mut(handle as usize) {
         let table = dev.table_mut(a.kind);
-        for (index, record) in records {
-            table.insert(index, record);
+        for ((index, (irte, hv)), route) in indices.iter().zip(&reservation.items).zip(&routes) {
+            let record = GrantRecord {
+                cpu: hv.cpu,
+                route: *route,
+                irte: *irte,
+                vector: hv.vector,
+            };
+            table.insert(*index, record);
         }
     }
+    reservation.commit(vm.id, &routes);
     st.held = held;
     ctx.handled(used, Status::Ok)
 }
@@ -684,11 +683,8 @@ fn forget(
     unit: u16,
     grants: &[(Kind, u32, GrantRecord)],
 ) {
-    let items: Vec<_> = grants
-        .iter()
-        .map(|(_, _, r)| (r.irte, r.host_vector()))
-        .collect();
-    vm.host.release(unit, &items);
+    let items = grants.iter().map(|(_, _, r)| (r.irte, r.host_vector()));
+    vm.host.release(unit, items);
     if let Some(dev) = st.devices.get_mut(handle as usize) {
         for (kind, index, _) in grants {
             dev.table_mut(*kind).remove(*index);

@@ -141,7 +141,7 @@ impl Drop for VmShared {
                 .into_iter()
                 .map(|(_, _, r)| (r.irte, r.host_vector()))
                 .collect();
-            host.release(dev.spec.unit, &items);
+            host.release(dev.spec.unit, items);
             host.sources.remove(&dev.spec.requester_id);
         }
         host.vms.remove(&self.id);

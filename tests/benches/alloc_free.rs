@@ -113,6 +113,23 @@ fn protocol_cost(c: &mut Criterion) {
     let ratio = full_ns / direct_ns;
     report("bench1 full/direct", ratio, "x", "<= 3", ratio <= 3.0);
 
+    // Where the full path's time goes: a QUERY is a round trip through the same ring,
+    // registers, decode and encode with no reservation, so two of them are what ALLOC+FREE
+    // pays for the protocol alone.
+    let (query_ns, direct_again) = interleaved(
+        41,
+        2000,
+        || {
+            keep(full.driver().query(0).expect("query"));
+        },
+        || direct.alloc_free(),
+    );
+    println!(
+        "bench1 breakdown: one QUERY round trip {query_ns:.0} ns, so two round trips are \
+         {:.1}x direct ({direct_again:.0} ns) before any reservation work",
+        2.0 * query_ns / direct_again
+    );
+
     // Benchmark 2: per-vector cost of a batch, against the single-vector request.
     let mut grants = vec![Grant::new(0, MsiMessage::default()); 256];
     let mut per_vector = Vec::new();

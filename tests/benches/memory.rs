@@ -98,6 +98,7 @@ fn main() {
         per_grant <= 64.0,
     );
     drop(vm);
+    drop(targets);
     // Everything the VM held must come back: a leak would show here.
     println!(
         "bench5 after the VM is dropped: {} bytes above the host alone",

@@ -2,7 +2,7 @@
 //! queue.
 
 use super::metrics::PvirqMetrics;
-use super::request::{ChainSink, parse_chain};
+use super::request::{ChainBuffers, ChainSink, parse_chain};
 use crate::error::HostError;
 use crate::vm::{Vm, VmOccupancy};
 use pvirq_proto::{Config, Kind, VIRTIO_ID_PVIRQ, feature};
@@ -56,6 +56,8 @@ pub struct PvirqDevice {
     needs_reset: bool,
     budget: usize,
     metrics: Arc<PvirqMetrics>,
+    /// Request and buffer lists of the chain being handled, reused for every chain.
+    chain: ChainBuffers,
 }
 
 impl PvirqDevice {
@@ -88,6 +90,7 @@ impl PvirqDevice {
             needs_reset: false,
             budget: DEFAULT_BUDGET,
             metrics: Arc::new(PvirqMetrics::default()),
+            chain: ChainBuffers::default(),
         })
     }
 
@@ -223,17 +226,24 @@ impl PvirqDevice {
     /// Handles up to `budget` chains from the request queue, then signals the used ring
     /// once if anything was returned.
     pub fn process_queue(&mut self, budget: usize) -> Processed {
-        let mut done = Processed::default();
         if self.needs_reset {
-            return done;
+            return Processed::default();
         }
-        let Some(mem) = self.mem.clone() else {
-            return done;
+        // Borrowed out of `self` for the round (cloning it would copy its region list).
+        let Some(mem) = self.mem.take() else {
+            return Processed::default();
         };
+        let done = self.process_chains(&mem, budget);
+        self.mem = Some(mem);
+        done
+    }
+
+    fn process_chains(&mut self, mem: &GuestMemoryMmap, budget: usize) -> Processed {
+        let mut done = Processed::default();
         self.metrics.notifications.fetch_add(1, Ordering::Relaxed);
         loop {
             if done.chains >= budget {
-                done.more = self.has_pending(&mem);
+                done.more = self.has_pending(mem);
                 if done.more {
                     self.metrics.budget_yields.fetch_add(1, Ordering::Relaxed);
                 }
@@ -242,7 +252,7 @@ impl PvirqDevice {
             // A fresh iterator per chain: `iter` checks the avail index (a driver claiming
             // more chains than the queue holds is a corrupt ring), and `add_used` needs the
             // queue back.
-            let chain = match self.queue.iter(&mem) {
+            let chain = match self.queue.iter(mem) {
                 Ok(mut chains) => chains.next(),
                 Err(_) => {
                     self.enter_needs_reset();
@@ -251,24 +261,21 @@ impl PvirqDevice {
             };
             let Some(chain) = chain else { break };
             let head = chain.head_index();
-            let parsed = match parse_chain(&mem, chain) {
-                Ok(p) => p,
-                Err(_) => {
-                    self.enter_needs_reset();
-                    break;
-                }
-            };
-            let mut sink = ChainSink::new(&mem, &parsed.writable);
-            let handled = self.vm.handle(&parsed.request, &mut sink);
+            if parse_chain(mem, chain, &mut self.chain).is_err() {
+                self.enter_needs_reset();
+                break;
+            }
+            let mut sink = ChainSink::new(mem, &self.chain.writable);
+            let handled = self.vm.handle(&self.chain.request, &mut sink);
             self.metrics.record(&handled);
-            if self.queue.add_used(&mem, head, handled.used_len).is_err() {
+            if self.queue.add_used(mem, head, handled.used_len).is_err() {
                 self.enter_needs_reset();
                 break;
             }
             done.chains += 1;
         }
         if done.chains > 0 {
-            let notify = self.queue.needs_notification(&mem).unwrap_or(true);
+            let notify = self.queue.needs_notification(mem).unwrap_or(true);
             if notify && self.interrupt.trigger(InterruptType::Queue).is_err() {
                 self.metrics
                     .interrupt_errors

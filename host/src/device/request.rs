@@ -10,7 +10,7 @@ use crate::transaction::ReplySink;
 use pvirq_proto::{HEADER_LEN, MAX_BATCH_LIMIT};
 use std::ops::Deref;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend};
 
 /// Longest valid request: header, body, `MAX_BATCH_LIMIT` targets. Anything longer is
 /// read only to this length plus one byte, which decoding then rejects as a bad length.
@@ -20,37 +20,43 @@ pub const MAX_REQUEST_LEN: usize = HEADER_LEN + 16 + MAX_BATCH_LIMIT as usize * 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct CorruptChain;
 
-/// One chain, parsed.
-#[derive(Debug)]
-pub(crate) struct ParsedChain {
+/// One chain, parsed, in buffers the device keeps from one chain to the next so that
+/// handling a request allocates nothing here.
+#[derive(Debug, Default)]
+pub(crate) struct ChainBuffers {
     /// The request bytes; empty if the request could not be read (a readable descriptor
     /// outside guest memory, or readable after writable), which decodes to BAD_REQUEST.
     pub(crate) request: Vec<u8>,
+    /// Readable buffers, in order.
+    readable: Vec<(GuestAddress, u32)>,
     /// Writable buffers, in order.
     pub(crate) writable: Vec<(GuestAddress, u32)>,
 }
 
-/// Walks `chain`, reads its request, and collects its writable buffers.
+/// Walks `chain`, reads its request into `out.request`, and collects its writable buffers
+/// into `out.writable` (both replace what `out` held).
 pub(crate) fn parse_chain<M, T>(
     mem: &M,
     chain: DescriptorChain<T>,
-) -> Result<ParsedChain, CorruptChain>
+    out: &mut ChainBuffers,
+) -> Result<(), CorruptChain>
 where
     M: GuestMemory,
     T: Deref,
     T::Target: GuestMemory,
 {
-    let mut readable = Vec::new();
-    let mut writable = Vec::new();
+    out.request.clear();
+    out.readable.clear();
+    out.writable.clear();
     let mut misordered = false;
     let mut last_has_next = true; // an empty walk is a corrupt head
     for desc in chain {
         last_has_next = desc.has_next();
         if desc.is_write_only() {
-            writable.push((desc.addr(), desc.len()));
+            out.writable.push((desc.addr(), desc.len()));
         } else {
-            misordered |= !writable.is_empty();
-            readable.push((desc.addr(), desc.len()));
+            misordered |= !out.writable.is_empty();
+            out.readable.push((desc.addr(), desc.len()));
         }
     }
     // The walk stops early, still pointing on, when the chain loops or is longer than the
@@ -58,33 +64,59 @@ where
     if last_has_next {
         return Err(CorruptChain);
     }
-    let request = if misordered {
-        Vec::new()
-    } else {
-        read_request(mem, &readable).unwrap_or_default()
-    };
-    Ok(ParsedChain { request, writable })
+    if !misordered && read_request(mem, &out.readable, &mut out.request).is_none() {
+        out.request.clear();
+    }
+    Ok(())
 }
 
-fn read_request<M: GuestMemory>(mem: &M, readable: &[(GuestAddress, u32)]) -> Option<Vec<u8>> {
+fn read_request<M: GuestMemory>(
+    mem: &M,
+    readable: &[(GuestAddress, u32)],
+    bytes: &mut Vec<u8>,
+) -> Option<()> {
     let total: usize = readable
         .iter()
         .map(|(_, len)| *len as usize)
         .fold(0, usize::saturating_add);
-    let mut bytes = vec![0u8; total.min(MAX_REQUEST_LEN + 1)];
+    bytes.resize(total.min(MAX_REQUEST_LEN + 1), 0);
     let mut offset = 0;
     for (addr, len) in readable {
         let end = bytes.len().min(offset + *len as usize);
         let dst = bytes.get_mut(offset..end)?;
         if !dst.is_empty() {
-            mem.read_slice(dst, *addr).ok()?;
+            read_guest(mem, dst, *addr)?;
         }
         offset = end;
         if offset == bytes.len() {
             break;
         }
     }
-    Some(bytes)
+    Some(())
+}
+
+/// Reads `dst.len()` bytes at `addr`: one copy when a single memory region holds them
+/// (always, for the buffers a driver allocates), else vm-memory's region-by-region walk.
+fn read_guest<M: GuestMemory>(mem: &M, dst: &mut [u8], addr: GuestAddress) -> Option<()> {
+    if let Some(slice) = mem
+        .physical_memory()
+        .and_then(|phys| GuestMemoryBackend::get_slice(phys, addr, dst.len()).ok())
+    {
+        return (slice.copy_to(dst) == dst.len()).then_some(());
+    }
+    mem.read_slice(dst, addr).ok()
+}
+
+/// Writes `src` at `addr`, as [`read_guest`] reads.
+fn write_guest<M: GuestMemory>(mem: &M, src: &[u8], addr: GuestAddress) -> Option<()> {
+    if let Some(slice) = mem
+        .physical_memory()
+        .and_then(|phys| GuestMemoryBackend::get_slice(phys, addr, src.len()).ok())
+    {
+        slice.copy_from(src);
+        return Some(());
+    }
+    mem.write_slice(src, addr).ok()
 }
 
 /// The writable part of a chain, as a [`ReplySink`].
@@ -114,9 +146,7 @@ impl<M: GuestMemory> ReplySink for ChainSink<'_, M> {
                 break;
             }
             let (now, later) = rest.split_at(rest.len().min(*len as usize));
-            self.mem
-                .write_slice(now, *addr)
-                .map_err(|_| ReplyError::GuestMemory(addr.0))?;
+            write_guest(self.mem, now, *addr).ok_or(ReplyError::GuestMemory(addr.0))?;
             rest = later;
         }
         if rest.is_empty() {

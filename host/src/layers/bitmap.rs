@@ -6,7 +6,10 @@
 //! `1 << c`, c = 0..=5) a summary tree marks the leaf words that contain a free aligned block
 //! of that size; every level above marks the words of the level below that are non-zero.
 //! A block of at most 32 aligned entries never straddles a 64-bit word, so one leaf word
-//! decides whether it fits.
+//! decides whether it fits. A change to a leaf word touches only the summaries whose answer
+//! for that word changed (usually none). A bitmap built with [`IndexBitmap::singles`] keeps
+//! only the single-index summary, for tables that never allocate blocks; block queries
+//! on it fall back to a scan of the leaves.
 
 /// Block classes: sizes 1, 2, 4, 8, 16, 32.
 const CLASSES: usize = 6;
@@ -32,6 +35,34 @@ fn block_starts(word: u64, class: usize) -> u64 {
         shift <<= 1;
     }
     m & start_mask(class)
+}
+
+/// Bit `c` set: `word` holds a free aligned block of `1 << c` entries (c = 0..=5).
+fn block_classes(word: u64) -> u8 {
+    let mut classes = 0;
+    let mut m = word;
+    for class in 0..CLASSES {
+        if class > 0 {
+            // Now bit i of `m`: the `1 << class` bits from i on are all free.
+            m &= m >> (1 << (class - 1));
+        }
+        if m & start_mask(class) != 0 {
+            classes |= 1 << class;
+        }
+    }
+    classes
+}
+
+/// The positions of the set bits of `word`, lowest first.
+fn set_bits(mut word: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if word == 0 {
+            return None;
+        }
+        let bit = word.trailing_zeros() as usize;
+        word &= word - 1;
+        Some(bit)
+    })
 }
 
 /// One summary tree: `levels[0]` has a bit per leaf word, each higher level a bit per word
@@ -103,12 +134,23 @@ pub struct IndexBitmap {
     len: u32,
     free: u32,
     leaves: Vec<u64>,
-    summaries: [Summary; CLASSES],
+    /// One summary per tracked block class, from class 0 (single indices) up.
+    summaries: Vec<Summary>,
 }
 
 impl IndexBitmap {
-    /// A bitmap of `len` indices, all free.
+    /// A bitmap of `len` indices, all free, that finds free aligned blocks of 1..=32.
     pub fn new(len: u32) -> Self {
+        Self::with_classes(len, CLASSES)
+    }
+
+    /// A bitmap of `len` indices, all free, that finds free single indices in O(levels);
+    /// block queries scan the leaves.
+    pub fn singles(len: u32) -> Self {
+        Self::with_classes(len, 1)
+    }
+
+    fn with_classes(len: u32, classes: usize) -> Self {
         let words = (len as usize).div_ceil(64).max(1);
         let mut leaves = vec![u64::MAX; words];
         let tail = len as usize % 64;
@@ -123,10 +165,13 @@ impl IndexBitmap {
             len,
             free: len,
             leaves,
-            summaries: core::array::from_fn(|_| Summary::new(words)),
+            summaries: (0..classes).map(|_| Summary::new(words)).collect(),
         };
         for i in 0..words {
-            bitmap.refresh(i);
+            let word = bitmap.leaves.get(i).copied().unwrap_or(0);
+            for (class, summary) in bitmap.summaries.iter_mut().enumerate() {
+                summary.set(i, block_starts(word, class) != 0);
+            }
         }
         bitmap
     }
@@ -155,10 +200,19 @@ impl IndexBitmap {
                 .is_some_and(|w| w & (1 << (index % 64)) != 0)
     }
 
-    fn refresh(&mut self, word_index: usize) {
-        let word = self.leaves.get(word_index).copied().unwrap_or(0);
-        for (class, summary) in self.summaries.iter_mut().enumerate() {
-            summary.set(word_index, block_starts(word, class) != 0);
+    /// Sets leaf word `w` to `word` and updates the summaries whose answer changed.
+    fn set_word(&mut self, w: usize, word: u64) {
+        let Some(leaf) = self.leaves.get_mut(w) else {
+            return;
+        };
+        let old = std::mem::replace(leaf, word);
+        let mut changed = block_classes(old) ^ block_classes(word);
+        while changed != 0 {
+            let class = changed.trailing_zeros() as usize;
+            changed &= changed - 1;
+            if let Some(summary) = self.summaries.get_mut(class) {
+                summary.set(w, block_classes(word) & (1 << class) != 0);
+            }
         }
     }
 
@@ -168,11 +222,9 @@ impl IndexBitmap {
             return false;
         }
         let w = index as usize / 64;
-        if let Some(word) = self.leaves.get_mut(w) {
-            *word &= !(1 << (index % 64));
-        }
+        let word = self.leaves.get(w).copied().unwrap_or(0);
+        self.set_word(w, word & !(1 << (index % 64)));
         self.free -= 1;
-        self.refresh(w);
         true
     }
 
@@ -183,12 +235,28 @@ impl IndexBitmap {
             return false;
         }
         let w = index as usize / 64;
-        if let Some(word) = self.leaves.get_mut(w) {
-            *word |= 1 << (index % 64);
-        }
+        let word = self.leaves.get(w).copied().unwrap_or(0);
+        self.set_word(w, word | 1 << (index % 64));
         self.free += 1;
-        self.refresh(w);
         true
+    }
+
+    /// The free indices, lowest first.
+    pub fn free_indices(&self) -> impl Iterator<Item = u32> + '_ {
+        // The single-index summary marks the leaf words with a free index: skip the rest.
+        let marks = self
+            .summaries
+            .first()
+            .and_then(|s| s.levels.first())
+            .map_or(&[][..], Vec::as_slice);
+        marks
+            .iter()
+            .enumerate()
+            .flat_map(|(i, mark)| set_bits(*mark).map(move |b| i * 64 + b))
+            .flat_map(|w| {
+                let word = self.leaves.get(w).copied().unwrap_or(0);
+                set_bits(word).map(move |b| (w * 64 + b) as u32)
+            })
     }
 
     /// The lowest free index, without taking it.
@@ -200,7 +268,13 @@ impl IndexBitmap {
     /// without taking it.
     pub fn first_free_block(&self, size: u32) -> Option<u32> {
         let class = Self::class(size)?;
-        let w = self.summaries.get(class)?.first()?;
+        let w = match self.summaries.get(class) {
+            Some(summary) => summary.first()?,
+            None => self
+                .leaves
+                .iter()
+                .position(|word| block_starts(*word, class) != 0)?,
+        };
         let starts = block_starts(*self.leaves.get(w)?, class);
         if starts == 0 {
             return None;
@@ -208,11 +282,16 @@ impl IndexBitmap {
         Some((w * 64) as u32 + starts.trailing_zeros())
     }
 
-    /// Whether a free aligned block of `size` indices exists: O(1).
+    /// Whether a free aligned block of `size` indices exists: O(1) (a scan if the bitmap
+    /// does not track blocks of that size).
     pub fn has_free_block(&self, size: u32) -> bool {
-        Self::class(size)
-            .and_then(|c| self.summaries.get(c))
-            .is_some_and(Summary::any)
+        let Some(class) = Self::class(size) else {
+            return false;
+        };
+        match self.summaries.get(class) {
+            Some(summary) => summary.any(),
+            None => self.first_free_block(size).is_some(),
+        }
     }
 
     /// The largest power of two ≤ `cap` (and ≤ 32) for which a free aligned block exists,
@@ -289,11 +368,34 @@ mod tests {
         assert_eq!(b.largest_free_block(32), 0);
     }
 
+    #[test]
+    fn free_indices_are_listed_lowest_first_and_skip_full_words() {
+        let mut b = IndexBitmap::singles(300);
+        for i in 0..256 {
+            assert!(b.take(i));
+        }
+        assert!(b.put(3));
+        assert!(b.put(130));
+        let free: Vec<u32> = b.free_indices().take(4).collect();
+        assert_eq!(free, [3, 130, 256, 257]);
+        assert_eq!(b.free_indices().count(), 46);
+        assert_eq!(IndexBitmap::new(0).free_indices().count(), 0);
+    }
+
     proptest! {
-        /// The summary search agrees with a linear scan after any sequence of changes.
+        /// The per-class answers of one pass agree with each class computed alone.
         #[test]
-        fn agrees_with_a_linear_scan(len in 1u32..5000, ops in prop::collection::vec((any::<bool>(), 0u32..5000), 0..400)) {
-            let mut b = IndexBitmap::new(len);
+        fn block_classes_agree_with_block_starts(word in any::<u64>()) {
+            for class in 0..CLASSES {
+                prop_assert_eq!(block_classes(word) & (1 << class) != 0, block_starts(word, class) != 0);
+            }
+        }
+
+        /// The summary search agrees with a linear scan after any sequence of changes, with
+        /// every block class tracked or only single indices.
+        #[test]
+        fn agrees_with_a_linear_scan(len in 1u32..5000, ops in prop::collection::vec((any::<bool>(), 0u32..5000), 0..400), singles in any::<bool>()) {
+            let mut b = if singles { IndexBitmap::singles(len) } else { IndexBitmap::new(len) };
             let mut model = vec![true; len as usize];
             for (take, i) in ops {
                 let i = i % len;
@@ -306,6 +408,8 @@ mod tests {
                 }
             }
             prop_assert_eq!(b.free_count() as usize, model.iter().filter(|f| **f).count());
+            let free: Vec<u32> = (0..len).filter(|i| model[*i as usize]).collect();
+            prop_assert_eq!(b.free_indices().collect::<Vec<_>>(), free);
             for size in [1u32, 2, 4, 8, 16, 32] {
                 let linear = (0..len).step_by(size as usize).find(|s| {
                     (*s..s + size).all(|i| model.get(i as usize).copied().unwrap_or(false))
