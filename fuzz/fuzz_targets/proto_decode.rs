@@ -28,8 +28,10 @@ fuzz_target!(|data: &[u8]| {
     if let Some((address, rest)) = bytes.split_first_chunk::<8>()
         && let Some((data, _)) = rest.split_first_chunk::<4>()
     {
-        let message =
-            MsiMessage { address: u64::from_le_bytes(*address), data: u32::from_le_bytes(*data) };
+        let message = MsiMessage {
+            address: u64::from_le_bytes(*address),
+            data: u32::from_le_bytes(*data),
+        };
         if let Ok(remappable) = RemappableMsi::decode(message) {
             assert_eq!(remappable.message(), message);
         }

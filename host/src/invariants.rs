@@ -7,7 +7,10 @@
 //!   and live routes each number exactly the grants;
 //! - a device's tables agree with its records; an MSI block is `0..n`, n a power of two,
 //!   on a naturally aligned IRTE block;
-//! - each VM's held count equals its grants and never exceeds its quota.
+//! - each VM's held count equals its grants and never exceeds its quota;
+//! - every live route goes to one of the VM's vCPUs, at a vector ≥ 0x20;
+//! - the requester IDs the host knows are exactly the live VMs' devices, each on its
+//!   device's unit and VM.
 //!
 //! Call it when no request is in flight (it takes the locks VM by VM).
 
@@ -29,6 +32,7 @@ impl Host {
         let mut total: u64 = 0;
         let mut vectors_seen: HashSet<HostVector> = HashSet::new();
         let mut irtes_seen: HashSet<(u16, u16)> = HashSet::new();
+        let mut devices = 0usize;
         for vm in &vms {
             let st = lock(&vm.state);
             let hs = lock(&self.shared.state);
@@ -92,8 +96,18 @@ impl Host {
                                 hs.owners.get(&hv)
                             ));
                         }
-                        if st.routes.route(r.route).is_none() {
-                            errors.push(format!("{what}: route {} not live", r.route));
+                        match st.routes.route(r.route) {
+                            None => errors.push(format!("{what}: route {} not live", r.route)),
+                            Some(dest)
+                                if dest.vcpu >= vm.config.num_vcpus
+                                    || dest.vector < pvirq_proto::MIN_GUEST_VECTOR =>
+                            {
+                                errors.push(format!(
+                                    "{what}: route {} goes to {dest:?}, not a valid target",
+                                    r.route
+                                ));
+                            }
+                            Some(_) => {}
                         }
                         if !vectors_seen.insert(hv) {
                             errors.push(format!("{what}: host vector {hv:?} granted twice"));
@@ -107,6 +121,17 @@ impl Host {
                     }
                 }
             }
+            for (handle, dev) in st.devices.iter().enumerate() {
+                let id = dev.spec.requester_id;
+                if hs.sources.get(&id) != Some(&(dev.spec.unit, vm.id)) {
+                    errors.push(format!(
+                        "vm {} dev {handle}: source {id:#x} registered as {:?}",
+                        vm.id,
+                        hs.sources.get(&id)
+                    ));
+                }
+            }
+            devices += st.devices.len();
             if u64::from(st.held) != vm_total {
                 errors.push(format!(
                     "vm {}: held {} but {vm_total} grants",
@@ -141,6 +166,12 @@ impl Host {
                 hs.vectors.allocated()
             ));
         }
+        if hs.sources.len() != devices {
+            errors.push(format!(
+                "{} requester IDs registered for {devices} devices of live VMs",
+                hs.sources.len()
+            ));
+        }
         if hs.owners.len() as u64 != total {
             errors.push(format!(
                 "{} vector owners for {total} grants",
@@ -152,5 +183,117 @@ impl Host {
         } else {
             Err(errors)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::layers::{GuestDest, MemoryRoutes};
+    use crate::pool::lock;
+    use crate::transaction::tests::{dev, small_host};
+    use crate::{Host, Vm, VmConfig};
+    use pvirq_proto::{Alloc, IndexSpec, Kind, Operation, Request, Target};
+
+    fn vm_with_two_grants(host: &Host) -> Vm {
+        let vm = host
+            .create_vm(
+                VmConfig {
+                    quota: 8,
+                    num_vcpus: 2,
+                    max_batch: 8,
+                    devices: vec![dev(0x100, 0, 8, 0)],
+                },
+                Box::new(MemoryRoutes::kvm_like()),
+            )
+            .unwrap();
+        let targets = [Target::new(0, 0x40), Target::new(1, 0x41)];
+        vm.call(&Request {
+            device: 0,
+            tag: 0,
+            op: Operation::Alloc(Alloc {
+                kind: Kind::MsiX,
+                index: IndexSpec::Any,
+                min: 2,
+                max: 2,
+                pasid: None,
+                targets: &targets,
+            }),
+        });
+        host.check_invariants().unwrap();
+        vm
+    }
+
+    /// Breaks one thing, and the checker must name it.
+    fn broken(break_it: impl FnOnce(&Host, &Vm), expected: &str) {
+        let host = small_host(64, 1);
+        let vm = vm_with_two_grants(&host);
+        break_it(&host, &vm);
+        let errors = host.check_invariants().unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "expected {expected:?} in {errors:?}"
+        );
+    }
+
+    #[test]
+    fn every_kind_of_leak_or_mismatch_is_reported() {
+        broken(
+            |h, _| {
+                lock(&h.shared.state).remap.alloc(0, 0x100).unwrap();
+            },
+            "IRTEs in use for 2 grants",
+        );
+        broken(
+            |h, _| {
+                lock(&h.shared.state).vectors.alloc().unwrap();
+            },
+            "host vectors allocated for 2 grants",
+        );
+        broken(
+            |_, vm| {
+                let mut st = lock(&vm.shared.state);
+                st.routes
+                    .stage_add(GuestDest {
+                        vcpu: 0,
+                        vector: 0x50,
+                    })
+                    .unwrap();
+                st.routes.commit().unwrap();
+            },
+            "live routes for 2 grants",
+        );
+        broken(
+            |_, vm| lock(&vm.shared.state).held = 3,
+            "held 3 but 2 grants",
+        );
+        broken(
+            |_, vm| {
+                let mut st = lock(&vm.shared.state);
+                let route = st.devices[0].msix.records[&0].route;
+                st.routes
+                    .stage_update(
+                        route,
+                        GuestDest {
+                            vcpu: 7,
+                            vector: 0x40,
+                        },
+                    )
+                    .unwrap();
+                st.routes.commit().unwrap();
+            },
+            "not a valid target",
+        );
+        broken(
+            |h, _| {
+                lock(&h.shared.state).sources.remove(&0x100);
+            },
+            "source 0x100 registered as None",
+        );
+        broken(
+            |_, vm| {
+                lock(&vm.shared.state).devices[0].msix.free.put(1);
+            },
+            "slot marked free",
+        );
     }
 }

@@ -699,24 +699,18 @@ fn retarget(
     handle: u32,
     r: &Retarget<'_>,
 ) -> Handled {
-    if st.features & feature::RETARGET == 0 {
-        return ctx.refuse(Refusal::Unsupported {
-            field: Field::Opcode,
-        });
-    }
+    // Spec §5.3: the handle (6), negotiation in its listed order, kind then the RETARGET
+    // feature (7), every target's vCPU (8), then the indices (9).
     let Some(dev) = st.devices.get(handle as usize) else {
         return ctx.refuse(Refusal::NoDevice);
     };
     if !usable(dev, st.features, r.range.kind) {
         return ctx.refuse(Refusal::Unsupported { field: Field::Kind });
     }
-    let table = dev.table(r.range.kind);
-    let mut routes = Vec::with_capacity(usize::from(r.range.count));
-    for index in r.range.indices() {
-        match table.records.get(&index) {
-            Some(record) => routes.push(record.route),
-            None => return ctx.refuse(Refusal::NotGranted { index }),
-        }
+    if st.features & feature::RETARGET == 0 {
+        return ctx.refuse(Refusal::Unsupported {
+            field: Field::Opcode,
+        });
     }
     if let Some(entry) = r
         .targets
@@ -727,6 +721,14 @@ fn retarget(
             field: Field::TargetVcpu,
             entry: entry as u32,
         });
+    }
+    let table = dev.table(r.range.kind);
+    let mut routes = Vec::with_capacity(usize::from(r.range.count));
+    for index in r.range.indices() {
+        match table.records.get(&index) {
+            Some(record) => routes.push(record.route),
+            None => return ctx.refuse(Refusal::NotGranted { index }),
+        }
     }
     let mut batch = RouteBatch::new(st.routes.as_mut());
     for (route, t) in routes.iter().zip(r.targets) {
@@ -771,4 +773,4 @@ pub(crate) fn release_all(vm: &VmShared, st: &mut VmState) -> Result<u32, LayerE
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

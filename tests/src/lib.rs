@@ -1,9 +1,10 @@
 //! End-to-end tests of pvirq live in `tests/tests/`; this library holds their shared helpers.
 //!
 //! - [`setup`]: hosts, VMs, channels and targets of a given shape; full snapshots.
-//! - [`recording`]: a layer wrapper recording every reserving call (which layer a fault hit).
 //! - [`tamper`]: a channel whose guest can hand the device an unwritable reply buffer.
+//! - [`model`]: a reference model of the host's semantics, for the model test and fuzzing.
 #![deny(missing_docs)]
 
+pub mod model;
 pub mod setup;
 pub mod tamper;

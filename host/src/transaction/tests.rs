@@ -574,12 +574,20 @@ fn free_retarget_reset_are_checked_and_all_or_nothing() {
             entry: 1
         })
     );
+    // Spec §5.3: the targets' vCPUs (step 8) are checked before the indices (step 9).
+    assert_eq!(
+        refusal(&retarget_req(&vm, 0, Kind::MsiX, 4, &t)),
+        Some(Refusal::InvalidTarget {
+            field: Field::TargetVcpu,
+            entry: 1
+        })
+    );
+    let t = [Target::new(3, 0x99), Target::new(2, 0x98)];
     assert_eq!(
         refusal(&retarget_req(&vm, 0, Kind::MsiX, 4, &t)),
         Some(Refusal::NotGranted { index: 5 })
     );
     let before = vm.grants(0);
-    let t = [Target::new(3, 0x99), Target::new(2, 0x98)];
     assert_eq!(counted(&retarget_req(&vm, 0, Kind::MsiX, 3, &t)), (2, 61));
     // Records (IRTE, vector, route) unchanged; the routes moved.
     assert_eq!(vm.grants(0), before);

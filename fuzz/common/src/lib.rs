@@ -1,0 +1,155 @@
+//! Inputs and harnesses of pvirq's fuzz targets (rust-vmm's `fuzz/common` layout): each
+//! input is a plain struct read from the fuzzer's bytes through `arbitrary`, and written
+//! back to bytes for the seed corpora, which the tests of this crate generate
+//! ([`write_corpus`]). The harnesses live here too, so `cargo test` runs every seed
+//! through them on the stable toolchain.
+#![deny(missing_docs)]
+
+pub mod device;
+pub mod driver;
+pub mod pool;
+pub mod wire;
+
+use std::path::Path;
+use wire::Wire;
+
+/// Names of the fuzz targets, as `cargo fuzz run` takes them.
+pub const TARGETS: [&str; 4] = ["proto_decode", "device_queue", "pool_model", "guest_driver"];
+
+/// Seed files of `proto_decode`: a 2-byte `max_batch`, then a request or a response.
+pub fn proto_seeds() -> Vec<Vec<u8>> {
+    let mut seeds: Vec<Vec<u8>> = device::sample_requests()
+        .into_iter()
+        .map(|r| [&64u16.to_le_bytes()[..], &r].concat())
+        .collect();
+    let response = pvirq_proto::Response {
+        opcode: 2,
+        device: 0,
+        tag: 0x99,
+        outcome: pvirq_proto::Outcome::Refused(pvirq_proto::Refusal::NoSpace {
+            resource: pvirq_proto::Resource::Irte,
+            available: 2,
+        }),
+    };
+    let mut bytes = vec![0u8; response.encoded_len()];
+    if let Ok(n) = response.encode(&mut bytes) {
+        bytes.truncate(n);
+        seeds.push([&[0u8, 0][..], &bytes].concat());
+    }
+    seeds
+}
+
+/// Every target's seeds, as `(target, files)`.
+pub fn all_seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    vec![
+        ("proto_decode", proto_seeds()),
+        (
+            "device_queue",
+            device::seeds().iter().map(Wire::to_bytes).collect(),
+        ),
+        (
+            "pool_model",
+            pool::seeds().iter().map(Wire::to_bytes).collect(),
+        ),
+        (
+            "guest_driver",
+            driver::seeds().iter().map(Wire::to_bytes).collect(),
+        ),
+    ]
+}
+
+/// Writes every target's seeds into `<dir>/<target>/seed-<n>` (replacing older seeds).
+pub fn write_corpus(dir: &Path) -> std::io::Result<usize> {
+    let mut written = 0;
+    for (target, files) in all_seeds() {
+        let folder = dir.join(target);
+        std::fs::create_dir_all(&folder)?;
+        for (i, bytes) in files.iter().enumerate() {
+            std::fs::write(folder.join(format!("seed-{i}")), bytes)?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip<T: Wire + PartialEq + std::fmt::Debug>(seeds: &[T]) {
+        for seed in seeds {
+            assert_eq!(&T::from_bytes(&seed.to_bytes()), seed);
+        }
+    }
+
+    #[test]
+    fn seed_files_decode_to_the_seeds() {
+        roundtrip(&pool::seeds());
+        roundtrip(&device::seeds());
+        roundtrip(&driver::seeds());
+    }
+
+    #[test]
+    fn every_seed_passes_its_harness() {
+        for seed in pool::seeds() {
+            pool::run(&seed);
+        }
+        // Seeds that stop at the first hurdle would guide the fuzzer nowhere.
+        let seeds = device::seeds();
+        for (i, seed) in seeds.iter().enumerate() {
+            let chains = device::run(seed);
+            // The last seed's ring is corrupt from the start.
+            assert_eq!(
+                chains == 0,
+                i + 1 == seeds.len(),
+                "device seed {i}: {chains} chains"
+            );
+        }
+        for (i, seed) in driver::seeds().iter().enumerate() {
+            let ok = driver::run(seed);
+            assert!(i == 1 || ok > 0, "driver seed {i}: no call succeeded");
+        }
+    }
+
+    #[test]
+    fn pool_seeds_reach_grants_and_refusals() {
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in pool::seeds() {
+            let stats = pvirq_tests::model::run(&seed.scenario()).unwrap();
+            seen.extend(stats.answers);
+        }
+        for wanted in [
+            "ok",
+            "no-device",
+            "index-in-use",
+            "not-granted",
+            "no-space:vm-quota",
+        ] {
+            assert!(seen.contains(wanted), "no seed reaches {wanted}: {seen:?}");
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_fail_to_decode() {
+        // Short, empty and odd inputs all decode (missing bytes read as 0).
+        for data in [&[][..], &[1], &[1, 2, 3], &[0xFF; 64]] {
+            let _ = pool::PoolInput::from_bytes(data);
+            let _ = device::DeviceInput::from_bytes(data);
+            let _ = driver::DriverInput::from_bytes(data);
+        }
+    }
+
+    /// Generates the seed corpora into `fuzz/corpus/` (what `.ci/run` fuzzes from).
+    #[test]
+    fn generate_corpus() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus");
+        let n = write_corpus(&dir).unwrap();
+        assert!(n >= TARGETS.len());
+        for target in TARGETS {
+            assert!(
+                dir.join(target).join("seed-0").exists(),
+                "{target} has no seed"
+            );
+        }
+    }
+}
