@@ -269,7 +269,7 @@ mod tests {
         broken(
             |_, vm| {
                 let mut st = lock(&vm.shared.state);
-                let route = st.devices[0].msix.records[&0].route;
+                let route = st.devices[0].msix.records.get(&0).unwrap().route;
                 st.routes
                     .stage_update(
                         route,
