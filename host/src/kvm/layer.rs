@@ -14,8 +14,9 @@
 //! layer holds max(reserve, peak live routes) eventfds until the VM goes away.
 //!
 //! Measured on this project's nested KVM host, whole requests through the in-process
-//! channel (median of 15): ALLOC of 8 vectors 16–31 µs, of 256 0.35–0.7 ms (an eventfd and a
-//! `KVM_IRQFD` per vector plus one commit); FREE of 256 about 2.1 ms, dominated by
+//! channel (median of 15): ALLOC of 8 vectors 16–31 µs; of 256 with spare eventfds
+//! 0.12–0.2 ms (a `KVM_IRQFD` per vector plus one commit, within 1.3× of those raw ioctls:
+//! BENCHMARKS.md §4), about 0.1 ms more without spares; FREE of 256 about 2.1 ms, dominated by
 //! `KVM_IRQFD` deassign (~8 µs each). A device's fire reaches the guest's handler in
 //! ~4.4 µs (median; p99 50–90 µs).
 
