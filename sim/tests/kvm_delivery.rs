@@ -19,6 +19,11 @@ fn eventfd() -> EventFd {
     EventFd::new(EFD_NONBLOCK).unwrap()
 }
 
+/// The route table takes the eventfd it attaches; tests keep a duplicate to write.
+fn dup(fd: &EventFd) -> EventFd {
+    fd.try_clone().unwrap()
+}
+
 /// Writes `fd`, waits for `expected` (the whole table of counts, barrier aside), then
 /// checks that nothing else arrives: after a barrier the counts are still exactly
 /// `expected`.
@@ -35,7 +40,7 @@ fn route(table: &mut KvmRouteTable, guest: &KvmGuest, vcpu: usize, vector: u8) -
     let fd = eventfd();
     let mut batch = table.batch();
     let gsi = batch.add(guest.msi(vcpu, vector).unwrap()).unwrap();
-    batch.register_irqfd(gsi, &fd).unwrap();
+    batch.register_irqfd(gsi, dup(&fd)).unwrap();
     batch.commit().unwrap();
     (gsi, fd)
 }
@@ -60,7 +65,7 @@ fn each_route_reaches_exactly_its_vcpu_and_vector_once() {
     let mut batch = table.batch();
     let gsis = batch.add_all(&msis).unwrap();
     for (gsi, fd) in gsis.iter().zip(&fds) {
-        batch.register_irqfd(*gsi, fd).unwrap();
+        batch.register_irqfd(*gsi, dup(fd)).unwrap();
     }
     batch.commit().unwrap();
 
@@ -156,7 +161,7 @@ fn exhausted_routes_are_a_typed_error_and_earlier_routes_still_deliver() {
     let last = *gsis.last().unwrap();
     // KVM's entry limit, not the GSI range (24..4096), is what ran out.
     assert_eq!(last, Gsi::new(24 + 4056 - 1));
-    batch.register_irqfd(last, &last_fd).unwrap();
+    batch.register_irqfd(last, dup(&last_fd)).unwrap();
     batch.commit().unwrap();
     assert_eq!(table.available(), 0);
 

@@ -28,12 +28,15 @@ pub enum KvmRouteError {
     /// The GSI already has an irqfd; a GSI carries at most one.
     #[error("{0} already has an irqfd")]
     IrqfdAlreadyRegistered(Gsi),
-    /// The caller's eventfd could not be duplicated for the table to keep.
-    #[error("cannot duplicate the eventfd for {gsi}: {source}")]
-    EventFdDup {
-        /// GSI the eventfd was meant for.
+    /// The GSI's route has no irqfd to trigger.
+    #[error("{0} has no irqfd")]
+    NoIrqfd(Gsi),
+    /// Writing the irqfd of the GSI failed.
+    #[error("writing the irqfd of {gsi} failed: {source}")]
+    Trigger {
+        /// GSI whose eventfd was written.
         gsi: Gsi,
-        /// The `dup` failure.
+        /// The `write` failure.
         source: std::io::Error,
     },
     /// `KVM_IRQFD` refused to attach the eventfd to the GSI.

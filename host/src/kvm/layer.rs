@@ -5,18 +5,22 @@
 //! stages on the table across the calls of one request and commits once: one
 //! `KVM_SET_GSI_ROUTING` per request, however many vectors it grants, frees or moves.
 //!
-//! The layer keeps the eventfd of every route so [`RouteLayer::fire`] can write it (the
-//! table holds its own duplicate for `KVM_IRQFD`). The eventfds of a batch's new routes are
-//! held with the batch and dropped if it is aborted; those of removed routes are dropped
-//! when the removal is committed.
+//! Each route's eventfd is owned by the table (the one file `KVM_IRQFD` knows), and
+//! [`RouteLayer::fire`] writes it through [`KvmRouteTable::trigger`]. Eventfds come from the
+//! layer's spare pool: those of routes removed by a committed batch, or of a batch rolled
+//! back, return to it drained, so in steady state a request creates none. A VMM can fill the
+//! pool at VM setup ([`KvmRoutes::reserve_eventfds`], sized to the VM's quota) so that the
+//! first requests do not create them either. The price is one open file per spare: the
+//! layer holds max(reserve, peak live routes) eventfds until the VM goes away.
 //!
 //! Measured on this project's nested KVM host, whole requests through the in-process
-//! channel (median of 15): ALLOC of 8 vectors 16–31 µs, of 256 0.35–0.7 ms (an eventfd and a
-//! `KVM_IRQFD` per vector plus one commit); FREE of 256 about 2.1 ms, dominated by
+//! channel (median of 15): ALLOC of 8 vectors 16–31 µs; of 256 with spare eventfds
+//! 0.12–0.2 ms (a `KVM_IRQFD` per vector plus one commit, within 1.3× of those raw ioctls:
+//! BENCHMARKS.md §4), about 0.1 ms more without spares; FREE of 256 about 2.1 ms, dominated by
 //! `KVM_IRQFD` deassign (~8 µs each). A device's fire reaches the guest's handler in
 //! ~4.4 µs (median; p99 50–90 µs).
 
-use std::collections::HashMap;
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -92,17 +96,22 @@ impl KvmRouteCounters {
     }
 }
 
-/// A live route: where it delivers and the eventfd that raises it.
-#[derive(Debug)]
-struct LiveRoute {
-    dest: GuestDest,
-    fd: EventFd,
+/// What the layer knows of one GSI of the table's range.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Slot {
+    /// Not one of this layer's routes.
+    #[default]
+    None,
+    /// Added by the open batch, delivering to this destination once committed.
+    Added(GuestDest),
+    /// Committed: delivers to this destination (until a committed change says otherwise).
+    Live(GuestDest),
 }
 
 /// A change staged on the table, as the layer must apply it to its live view on commit.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 enum Staged {
-    Add(Gsi, GuestDest, EventFd),
+    Add(Gsi),
     Update(Gsi, GuestDest),
     Remove(Gsi),
 }
@@ -116,8 +125,15 @@ enum Staged {
 pub struct KvmRoutes {
     table: KvmRouteTable,
     apic_ids: ApicIds,
-    live: HashMap<Gsi, LiveRoute>,
+    /// This layer's routes by GSI offset in the table's range; grows up to the highest used.
+    slots: Vec<Slot>,
+    /// Number of [`Slot::Live`] slots.
+    live: usize,
+    /// Number of [`Slot::Added`] slots.
+    added: usize,
     staged: Vec<Staged>,
+    /// Eventfds ready for new routes, their counters drained.
+    spare: Vec<EventFd>,
     /// A staging call failed after it had changed the table: only an abort may follow.
     poisoned: bool,
     counters: Arc<KvmRouteCounters>,
@@ -150,8 +166,11 @@ impl KvmRoutes {
         Self {
             table,
             apic_ids,
-            live: HashMap::new(),
+            slots: Vec::new(),
+            live: 0,
+            added: 0,
             staged: Vec::new(),
+            spare: Vec::new(),
             poisoned: false,
             counters: Arc::default(),
         }
@@ -167,14 +186,67 @@ impl KvmRoutes {
         Arc::clone(&self.counters)
     }
 
-    /// Eventfds the layer holds: one per live route, plus one per route the open batch adds.
+    /// Eventfds attached to the layer's routes: one per live route, plus one per route the
+    /// open batch adds.
     pub fn eventfds(&self) -> usize {
-        let staged = self
-            .staged
-            .iter()
-            .filter(|s| matches!(s, Staged::Add(..)))
-            .count();
-        self.live.len() + staged
+        self.live + self.added
+    }
+
+    /// Eventfds in the spare pool, ready for new routes.
+    pub fn spare_eventfds(&self) -> usize {
+        self.spare.len()
+    }
+
+    /// Creates eventfds until the spare pool holds `count`, so that requests need not create
+    /// them: call it at VM setup, sized to the VM's quota, as VFIO VMMs create a device's
+    /// eventfds at device setup. Each spare is an open file until the VM goes away.
+    pub fn reserve_eventfds(&mut self, count: usize) -> io::Result<()> {
+        self.spare.reserve(count.saturating_sub(self.spare.len()));
+        while self.spare.len() < count {
+            self.spare.push(EventFd::new(EFD_NONBLOCK)?);
+        }
+        Ok(())
+    }
+
+    /// The slot of `gsi`, if it lies in the table's range and the slots reach it.
+    fn slot(&self, gsi: Gsi) -> Slot {
+        self.offset(gsi)
+            .and_then(|offset| self.slots.get(offset))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn offset(&self, gsi: Gsi) -> Option<usize> {
+        let offset = gsi.raw().checked_sub(self.table.gsi_range().start)?;
+        usize::try_from(offset).ok()
+    }
+
+    /// Sets the slot of `gsi`, keeping the counts of added and live slots.
+    fn set_slot(&mut self, gsi: Gsi, slot: Slot) {
+        let Some(offset) = self.offset(gsi) else {
+            return;
+        };
+        if self.slots.len() <= offset {
+            self.slots.resize(offset + 1, Slot::None);
+        }
+        if let Some(old) = self.slots.get_mut(offset) {
+            match *old {
+                Slot::None => {}
+                Slot::Added(_) => self.added -= 1,
+                Slot::Live(_) => self.live -= 1,
+            }
+            match slot {
+                Slot::None => {}
+                Slot::Added(_) => self.added += 1,
+                Slot::Live(_) => self.live += 1,
+            }
+            *old = slot;
+        }
+    }
+
+    /// Puts the eventfds the table detached back into the spare pool.
+    fn recycle(&mut self) {
+        self.spare.extend(self.table.take_detached());
     }
 
     /// The message that delivers to `dest`.
@@ -189,13 +261,24 @@ impl KvmRoutes {
         Ok(CompatMsi::fixed(apic_id, dest.vector).message())
     }
 
-    /// Stages the route and attaches its irqfd; on error the table may hold part of it.
-    fn stage_route(&mut self, msi: MsiMessage, fd: &EventFd) -> Result<Gsi, KvmRouteError> {
-        let gsi = self.table.stage_add(msi)?;
+    /// Stages the route and attaches a spare eventfd (or a new one if none is left); on
+    /// error the table may hold part of it.
+    fn stage_route(&mut self, msi: MsiMessage) -> Result<Gsi, LayerError> {
+        let gsi = self.table.stage_add(msi).map_err(staging_error)?;
+        let fd = match self.spare.pop() {
+            Some(fd) => fd,
+            None => EventFd::new(EFD_NONBLOCK).map_err(|err| {
+                self.poisoned = true;
+                LayerError::Failed {
+                    resource: Resource::GuestRoute,
+                    reason: format!("eventfd: {err}"),
+                }
+            })?,
+        };
         if let Err(err) = self.table.stage_irqfd(gsi, fd) {
             // The GSI is staged without its irqfd; only an abort undoes that.
             self.poisoned = true;
-            return Err(err);
+            return Err(staging_error(err));
         }
         Ok(gsi)
     }
@@ -208,23 +291,16 @@ impl RouteLayer for KvmRoutes {
 
     fn stage_add(&mut self, dest: GuestDest) -> Result<RouteId, LayerError> {
         let msi = self.message(dest)?;
-        let fd = EventFd::new(EFD_NONBLOCK).map_err(|err| LayerError::Failed {
-            resource: Resource::GuestRoute,
-            reason: format!("eventfd: {err}"),
-        })?;
-        let gsi = self.stage_route(msi, &fd).map_err(staging_error)?;
-        self.staged.push(Staged::Add(gsi, dest, fd));
+        let gsi = self.stage_route(msi)?;
+        self.set_slot(gsi, Slot::Added(dest));
+        self.staged.push(Staged::Add(gsi));
         Ok(gsi.raw())
     }
 
     fn stage_update(&mut self, id: RouteId, dest: GuestDest) -> Result<(), LayerError> {
         let gsi = Gsi::new(id);
-        let added = self
-            .staged
-            .iter()
-            .any(|s| matches!(s, Staged::Add(a, ..) if *a == gsi));
         // Only this layer's routes: a route the table held before is not ours to move.
-        if !self.live.contains_key(&gsi) && !added {
+        if self.slot(gsi) == Slot::None {
             return Err(LayerError::NoEntry(Resource::GuestRoute));
         }
         let msi = self.message(dest)?;
@@ -236,7 +312,7 @@ impl RouteLayer for KvmRoutes {
     fn stage_remove(&mut self, id: RouteId) -> Result<(), LayerError> {
         let gsi = Gsi::new(id);
         // Only live routes: a route added by this batch is dropped by aborting it.
-        if !self.live.contains_key(&gsi) {
+        if !matches!(self.slot(gsi), Slot::Live(_)) {
             return Err(LayerError::NoEntry(Resource::GuestRoute));
         }
         self.table.stage_remove(gsi).map_err(staging_error)?;
@@ -265,21 +341,24 @@ impl RouteLayer for KvmRoutes {
                 return Err(failed(&err));
             }
         }
-        for change in std::mem::take(&mut self.staged) {
+        let mut staged = std::mem::take(&mut self.staged);
+        for change in staged.drain(..) {
             match change {
-                Staged::Add(gsi, dest, fd) => {
-                    self.live.insert(gsi, LiveRoute { dest, fd });
-                }
-                Staged::Update(gsi, dest) => {
-                    if let Some(route) = self.live.get_mut(&gsi) {
-                        route.dest = dest;
+                Staged::Add(gsi) => {
+                    if let Slot::Added(dest) = self.slot(gsi) {
+                        self.set_slot(gsi, Slot::Live(dest));
                     }
                 }
-                Staged::Remove(gsi) => {
-                    self.live.remove(&gsi);
+                Staged::Update(gsi, dest) => {
+                    if let Slot::Live(_) = self.slot(gsi) {
+                        self.set_slot(gsi, Slot::Live(dest));
+                    }
                 }
+                Staged::Remove(gsi) => self.set_slot(gsi, Slot::None),
             }
         }
+        self.staged = staged;
+        self.recycle();
         KvmRouteCounters::bump(&self.counters.commits);
         Ok(())
     }
@@ -287,7 +366,14 @@ impl RouteLayer for KvmRoutes {
     fn abort(&mut self) {
         let open = self.table.has_staged() || !self.staged.is_empty() || self.poisoned;
         self.table.abort();
-        self.staged.clear();
+        let mut staged = std::mem::take(&mut self.staged);
+        for change in staged.drain(..) {
+            if let Staged::Add(gsi) = change {
+                self.set_slot(gsi, Slot::None);
+            }
+        }
+        self.staged = staged;
+        self.recycle();
         self.poisoned = false;
         if open {
             KvmRouteCounters::bump(&self.counters.aborts);
@@ -295,22 +381,22 @@ impl RouteLayer for KvmRoutes {
     }
 
     fn route(&self, id: RouteId) -> Option<GuestDest> {
-        self.live.get(&Gsi::new(id)).map(|route| route.dest)
+        match self.slot(Gsi::new(id)) {
+            Slot::Live(dest) => Some(dest),
+            Slot::None | Slot::Added(_) => None,
+        }
     }
 
     fn live(&self) -> u32 {
-        u32::try_from(self.live.len()).unwrap_or(u32::MAX)
+        u32::try_from(self.live).unwrap_or(u32::MAX)
     }
 
     fn fire(&mut self, id: RouteId) -> Result<(), LayerError> {
-        let route = self
-            .live
-            .get(&Gsi::new(id))
-            .ok_or(LayerError::NoEntry(Resource::GuestRoute))?;
-        route.fd.write(1).map_err(|err| LayerError::Failed {
-            resource: Resource::GuestRoute,
-            reason: format!("irqfd write: {err}"),
-        })?;
+        let gsi = Gsi::new(id);
+        if !matches!(self.slot(gsi), Slot::Live(_)) {
+            return Err(LayerError::NoEntry(Resource::GuestRoute));
+        }
+        self.table.trigger(gsi).map_err(|err| failed(&err))?;
         KvmRouteCounters::bump(&self.counters.fired);
         Ok(())
     }

@@ -73,7 +73,7 @@ fn granted(outcome: Outcome<'static>) -> Vec<Grant> {
 }
 
 #[test]
-fn staged_routes_go_live_at_commit_and_abort_drops_their_eventfds() {
+fn staged_routes_go_live_at_commit_and_abort_recycles_their_eventfds() {
     if !require_kvm_or_skip() {
         return;
     }
@@ -88,15 +88,20 @@ fn staged_routes_go_live_at_commit_and_abort_drops_their_eventfds() {
     assert_eq!(routes.eventfds(), 2);
     routes.abort();
     assert_eq!(
-        routes.eventfds(),
-        0,
-        "the aborted batch's eventfds are gone"
+        (routes.eventfds(), routes.spare_eventfds()),
+        (0, 2),
+        "the aborted batch's eventfds are detached and kept for reuse"
     );
     assert_eq!((routes.available(), routes.table().len()), (available, 0));
     assert_eq!(routes.counters().aborts(), 1);
 
     let a = routes.stage_add(dest(0, 0x40)).unwrap();
     let b = routes.stage_add(dest(1, 0x41)).unwrap();
+    assert_eq!(
+        routes.spare_eventfds(),
+        0,
+        "the spares were used, none created"
+    );
     routes.commit().unwrap();
     assert_eq!(routes.route(b), Some(dest(1, 0x41)));
     routes.fire(a).unwrap();
@@ -116,7 +121,10 @@ fn staged_routes_go_live_at_commit_and_abort_drops_their_eventfds() {
     );
     routes.commit().unwrap();
     assert_eq!(routes.route(a), Some(dest(1, 0x42)));
-    assert_eq!((routes.live(), routes.eventfds()), (1, 1));
+    assert_eq!(
+        (routes.live(), routes.eventfds(), routes.spare_eventfds()),
+        (1, 1, 1)
+    );
     assert_eq!(
         routes.fire(b),
         Err(LayerError::NoEntry(Resource::GuestRoute))
@@ -246,10 +254,14 @@ fn a_refused_commit_rolls_back_the_batch() {
         ),
         "{err:?}"
     );
-    // Nothing of the batch is live, in the layer or in the table; its eventfds are gone.
+    // Nothing of the batch is live, in the layer or in the table; its eventfds are detached
+    // and spare.
     assert_eq!(routes.table().routes().collect::<Vec<_>>(), before);
     assert_eq!(routes.available(), available);
-    assert_eq!((routes.live(), routes.eventfds()), (2, 2));
+    assert_eq!(
+        (routes.live(), routes.eventfds(), routes.spare_eventfds()),
+        (2, 2, 6)
+    );
     assert_eq!(routes.route(a), Some(dest(0, 0x40)));
     assert!(added.iter().all(|id| routes.route(*id).is_none()));
     let counters = routes.counters();
@@ -383,6 +395,7 @@ fn a_refused_irqfd_fails_the_request_and_leaves_nothing_staged() {
     assert!(routes.commit().is_err());
     assert_eq!((routes.available(), routes.table().len()), (available, 0));
     assert_eq!((routes.live(), routes.eventfds()), (0, 0));
+    assert_eq!(routes.spare_eventfds(), 1, "the refused eventfd came back");
     let counters = routes.counters();
     assert_eq!(counters.commits(), 0);
     assert_eq!(
@@ -404,4 +417,51 @@ fn a_refused_irqfd_fails_the_request_and_leaves_nothing_staged() {
     );
     assert_eq!(host.occupancy(), before);
     vm.with_routes(|r| assert_eq!((r.live(), r.available()), (0, available)));
+}
+
+#[test]
+fn reserved_eventfds_serve_new_routes_and_removed_routes_return_theirs() {
+    if !require_kvm_or_skip() {
+        return;
+    }
+    let vm = LapicVm::new(2);
+    let mut routes = KvmRoutes::new(KvmRouteTable::new(vm.vm.clone()));
+    routes.reserve_eventfds(8).unwrap();
+    routes.reserve_eventfds(3).unwrap();
+    assert_eq!(
+        routes.spare_eventfds(),
+        8,
+        "reserving fewer than held creates none"
+    );
+
+    let first: Vec<_> = (0..6)
+        .map(|i| routes.stage_add(dest(1, 0x50 + i)).unwrap())
+        .collect();
+    routes.commit().unwrap();
+    assert_eq!((routes.eventfds(), routes.spare_eventfds()), (6, 2));
+    for &id in &first[..4] {
+        routes.stage_remove(id).unwrap();
+    }
+    routes.commit().unwrap();
+    assert_eq!((routes.eventfds(), routes.spare_eventfds()), (2, 6));
+
+    // The removed routes' eventfds serve the next batch, and deliver to the new routes.
+    let again: Vec<_> = (0..4)
+        .map(|i| routes.stage_add(dest(0, 0x70 + i)).unwrap())
+        .collect();
+    assert_eq!(routes.spare_eventfds(), 2, "no eventfd created");
+    routes.commit().unwrap();
+    for &id in again.iter().chain(&first[4..]) {
+        routes.fire(id).unwrap();
+    }
+    let expected = set(&[
+        (0, 0x70),
+        (0, 0x71),
+        (0, 0x72),
+        (0, 0x73),
+        (1, 0x54),
+        (1, 0x55),
+    ]);
+    assert_eq!(vm.wait_pending(&expected), expected);
+    assert_eq!(routes.counters().commits(), 3);
 }

@@ -12,6 +12,7 @@
 
 mod availability;
 mod error;
+mod free;
 mod irqchip;
 mod irqfd;
 mod layer;

@@ -6,34 +6,38 @@
 //! uncommitted.
 
 use std::mem;
+use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::error::KvmRouteError;
-use super::irqfd::Irqfd;
+use super::irqfd::{Irqfd, drain};
 use super::msi::Gsi;
 use super::table::{KvmRouteTable, Route};
 use pvirq_proto::MsiMessage;
 
-/// One staged change, with what is needed to take it back.
-#[derive(Debug)]
+/// One staged change, with what is needed to take it back. Plain data, so that clearing
+/// the log after a commit costs nothing per entry.
+#[derive(Clone, Copy, Debug)]
 pub(super) enum Undo {
     /// A route was added at this GSI.
     Added(Gsi),
     /// The route's message was replaced; this is the previous one.
     Updated(Gsi, MsiMessage),
-    /// The route was removed; it is held here until commit detaches its irqfd and frees the
-    /// GSI, so the GSI cannot be handed out again before the commit.
-    Removed(Gsi, Route),
+    /// The route was removed; it waits in [`Pending::removed`].
+    Removed,
     /// An irqfd was attached to the GSI (at once: attaching to a GSI before KVM knows its
     /// route is fine, KVM looks routes up again on each commit).
-    IrqfdRegistered(Gsi),
+    IrqfdAttached(Gsi),
 }
 
 /// What is staged on a table and not yet committed.
 #[derive(Debug, Default)]
 pub(super) struct Pending {
     undo: Vec<Undo>,
+    /// Removed routes, in the order removed. They are held here until commit detaches their
+    /// irqfds and frees their GSIs, so a GSI cannot be handed out again before the commit.
+    removed: Vec<(Gsi, Route)>,
     /// Whether KVM's routing table must be rewritten on commit (irqfds alone need not).
     routing_changed: bool,
 }
@@ -46,15 +50,18 @@ impl KvmRouteTable {
 
     /// Stages a route for `msi` on the lowest free GSI and returns that GSI.
     pub fn stage_add(&mut self, msi: MsiMessage) -> Result<Gsi, KvmRouteError> {
-        let exhausted = KvmRouteError::Exhausted {
+        let exhausted = || KvmRouteError::Exhausted {
             requested: 1,
             available: 0,
         };
         if self.available() == 0 {
-            return Err(exhausted);
+            return Err(exhausted());
         }
-        let gsi = self.free.pop_first().ok_or(exhausted)?;
-        self.routes.insert(gsi, Route { msi, irqfd: None });
+        let offset = self.free.take_lowest().ok_or_else(exhausted)?;
+        // A free offset lies in the range and its slot is empty, so neither check fails.
+        let gsi = self.gsi_at(offset).ok_or_else(exhausted)?;
+        self.insert(gsi, Route { msi, irqfd: None })
+            .map_err(|_| exhausted())?;
         self.pending.undo.push(Undo::Added(gsi));
         self.pending.routing_changed = true;
         Ok(gsi)
@@ -62,10 +69,7 @@ impl KvmRouteTable {
 
     /// Stages a new message for an existing route (a retarget: same GSI, new address/data).
     pub fn stage_update(&mut self, gsi: Gsi, msi: MsiMessage) -> Result<(), KvmRouteError> {
-        let route = self
-            .routes
-            .get_mut(&gsi)
-            .ok_or(KvmRouteError::UnknownGsi(gsi))?;
+        let route = self.slot_mut(gsi).ok_or(KvmRouteError::UnknownGsi(gsi))?;
         let previous = mem::replace(&mut route.msi, msi);
         self.pending.undo.push(Undo::Updated(gsi, previous));
         self.pending.routing_changed = true;
@@ -75,27 +79,37 @@ impl KvmRouteTable {
     /// Stages the removal of a route. Its irqfd is detached and its GSI freed once the
     /// commit succeeds.
     pub fn stage_remove(&mut self, gsi: Gsi) -> Result<(), KvmRouteError> {
-        let route = self
-            .routes
-            .remove(&gsi)
-            .ok_or(KvmRouteError::UnknownGsi(gsi))?;
-        self.pending.undo.push(Undo::Removed(gsi, route));
+        let route = self.take(gsi).ok_or(KvmRouteError::UnknownGsi(gsi))?;
+        self.pending.removed.push((gsi, route));
+        self.pending.undo.push(Undo::Removed);
         self.pending.routing_changed = true;
         Ok(())
     }
 
     /// Attaches `fd` to the route of `gsi` now (`KVM_IRQFD`); a rollback detaches it again.
-    /// Writing `fd` delivers the route's message once the change is committed.
-    pub fn stage_irqfd(&mut self, gsi: Gsi, fd: &EventFd) -> Result<(), KvmRouteError> {
-        let route = self
-            .routes
-            .get_mut(&gsi)
-            .ok_or(KvmRouteError::UnknownGsi(gsi))?;
+    /// Writing it — [`trigger`](Self::trigger) — delivers the route's message once the
+    /// change is committed.
+    ///
+    /// The table keeps `fd` while it is attached; once detached (or if it cannot be
+    /// attached, as on error here) it is given back by [`take_detached`](Self::take_detached).
+    pub fn stage_irqfd(&mut self, gsi: Gsi, fd: EventFd) -> Result<(), KvmRouteError> {
+        let vm = Arc::clone(&self.vm);
+        let Some(route) = self.slot_mut(gsi) else {
+            self.give_back(fd);
+            return Err(KvmRouteError::UnknownGsi(gsi));
+        };
         if route.irqfd.is_some() {
+            self.give_back(fd);
             return Err(KvmRouteError::IrqfdAlreadyRegistered(gsi));
         }
-        route.irqfd = Some(Irqfd::register(&self.vm, gsi, fd)?);
-        self.pending.undo.push(Undo::IrqfdRegistered(gsi));
+        match Irqfd::attach(&vm, gsi, fd) {
+            Ok(irqfd) => route.irqfd = Some(irqfd),
+            Err((err, fd)) => {
+                self.give_back(fd);
+                return Err(err);
+            }
+        }
+        self.pending.undo.push(Undo::IrqfdAttached(gsi));
         Ok(())
     }
 
@@ -110,62 +124,75 @@ impl KvmRouteTable {
             self.abort();
             return Err(err);
         }
+        self.pending.undo.clear();
+        self.pending.routing_changed = false;
         let mut first_error = None;
-        for undo in mem::take(&mut self.pending).undo {
-            let Undo::Removed(gsi, route) = undo else {
-                continue;
-            };
-            if let Some(mut irqfd) = route.irqfd
-                && let Err(err) = irqfd.unregister()
-            {
-                // Keep the GSI out of the pool: its old eventfd could still trigger it.
-                self.stale.push(irqfd);
-                first_error.get_or_insert(err);
-                continue;
+        let mut removed = mem::take(&mut self.pending.removed);
+        for (gsi, route) in removed.drain(..) {
+            if let Some(irqfd) = route.irqfd {
+                match irqfd.detach() {
+                    Ok(fd) => self.detached.push(fd),
+                    Err((irqfd, err)) => {
+                        // Keep the GSI out of the pool: its old eventfd could still trigger it.
+                        self.stale.push(irqfd);
+                        first_error.get_or_insert(err);
+                        continue;
+                    }
+                }
             }
-            self.free.insert(gsi);
+            self.free_gsi(gsi);
         }
+        // Keep the allocation for the next batch.
+        self.pending.removed = removed;
         first_error.map_or(Ok(()), Err)
     }
 
     /// Undoes the staged changes, newest first. KVM's routing table was not touched (or kept
     /// its previous contents), so only our list and the irqfds need undoing.
     pub fn abort(&mut self) {
-        let pending = mem::take(&mut self.pending);
-        for undo in pending.undo.into_iter().rev() {
+        while let Some(undo) = self.pending.undo.pop() {
             match undo {
                 Undo::Added(gsi) => {
-                    if let Some(route) = self.routes.remove(&gsi) {
+                    if let Some(route) = self.take(gsi) {
                         self.stash_irqfd(route.irqfd);
                     }
-                    self.free.insert(gsi);
+                    self.free_gsi(gsi);
                 }
                 Undo::Updated(gsi, previous) => {
-                    if let Some(route) = self.routes.get_mut(&gsi) {
+                    if let Some(route) = self.slot_mut(gsi) {
                         route.msi = previous;
                     }
                 }
-                Undo::Removed(gsi, route) => {
-                    self.routes.insert(gsi, route);
+                Undo::Removed => {
+                    if let Some((gsi, route)) = self.pending.removed.pop() {
+                        // The GSI was held, so its slot is still empty.
+                        let _ = self.insert(gsi, route);
+                    }
                 }
-                Undo::IrqfdRegistered(gsi) => {
-                    let irqfd = self
-                        .routes
-                        .get_mut(&gsi)
-                        .and_then(|route| route.irqfd.take());
+                Undo::IrqfdAttached(gsi) => {
+                    let irqfd = self.slot_mut(gsi).and_then(|route| route.irqfd.take());
                     self.stash_irqfd(irqfd);
                 }
             }
         }
+        self.pending.removed.clear();
+        self.pending.routing_changed = false;
     }
 
-    /// Detaches an irqfd being rolled back; one KVM refuses to detach is kept for `Drop`.
+    /// Detaches an irqfd being rolled back and gives its eventfd back; one KVM refuses to
+    /// detach is kept for `Drop`.
     fn stash_irqfd(&mut self, irqfd: Option<Irqfd>) {
-        if let Some(mut irqfd) = irqfd
-            && irqfd.unregister().is_err()
-        {
-            self.stale.push(irqfd);
+        match irqfd.map(Irqfd::detach) {
+            Some(Ok(fd)) => self.detached.push(fd),
+            Some(Err((irqfd, _))) => self.stale.push(irqfd),
+            None => {}
         }
+    }
+
+    /// Gives back an eventfd that was never attached, drained like a detached one.
+    fn give_back(&mut self, fd: EventFd) {
+        drain(&fd);
+        self.detached.push(fd);
     }
 }
 
@@ -223,8 +250,9 @@ impl<'t> RouteBatch<'t> {
         self.table.stage_remove(gsi)
     }
 
-    /// Attaches `fd` to the route of `gsi` now; a rollback detaches it again.
-    pub fn register_irqfd(&mut self, gsi: Gsi, fd: &EventFd) -> Result<(), KvmRouteError> {
+    /// Attaches `fd` to the route of `gsi` now; a rollback detaches it again (see
+    /// [`KvmRouteTable::stage_irqfd`]).
+    pub fn register_irqfd(&mut self, gsi: Gsi, fd: EventFd) -> Result<(), KvmRouteError> {
         self.table.stage_irqfd(gsi, fd)
     }
 

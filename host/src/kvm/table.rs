@@ -1,14 +1,15 @@
 //! `KvmRouteTable`: one VM's MSI routes, kept as our own list because KVM only accepts the
 //! whole table at once.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::Arc;
 
 use kvm_bindings::{KVM_MAX_IRQ_ROUTES, KvmIrqRouting};
 use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::error::KvmRouteError;
+use super::free::FreeGsis;
 use super::irqchip::{IRQCHIP_GSIS, IrqchipRoutes};
 use super::irqfd::Irqfd;
 use super::msi::Gsi;
@@ -50,16 +51,26 @@ pub(super) struct Route {
 /// scoped in a [`RouteBatch`]) and reach KVM with one `KVM_SET_GSI_ROUTING` on commit.
 /// A VM must have a single table: each commit replaces KVM's whole routing table.
 /// Dropping the table detaches its irqfds and removes its routes from KVM.
+///
+/// The table owns the eventfd of every irqfd it attaches. Those detached again — by a
+/// committed removal, or by rolling back the batch that attached them — are given back,
+/// drained, through [`take_detached`](Self::take_detached), for the caller to reuse or
+/// close; until then the table holds them.
 #[derive(Debug)]
 pub struct KvmRouteTable {
     pub(super) vm: Arc<VmFd>,
     irqchip_routes: IrqchipRoutes,
     gsi_range: Range<u32>,
-    pub(super) routes: BTreeMap<Gsi, Route>,
-    /// GSIs of the range that carry no route and are not held by an open batch.
-    pub(super) free: BTreeSet<Gsi>,
+    /// Routes by GSI offset from `gsi_range.start`; grows up to the highest GSI used.
+    slots: Vec<Option<Route>>,
+    /// Number of `Some` slots.
+    len: usize,
+    /// GSIs of the range (as offsets) that carry no route and are not held by an open batch.
+    pub(super) free: FreeGsis,
     /// Irqfds KVM refused to detach; dropping them tries again.
     pub(super) stale: Vec<Irqfd>,
+    /// Eventfds detached and not yet taken back by the caller.
+    pub(super) detached: Vec<EventFd>,
     /// Changes staged and not yet committed.
     pub(super) pending: Pending,
     /// Whether a commit has replaced KVM's table, so dropping must restore it.
@@ -91,10 +102,12 @@ impl KvmRouteTable {
         Self {
             vm,
             irqchip_routes: config.irqchip_routes,
-            free: config.gsi_range.clone().map(Gsi::new).collect(),
+            free: FreeGsis::all(config.gsi_range.len()),
             gsi_range: config.gsi_range,
-            routes: BTreeMap::new(),
+            slots: Vec::new(),
+            len: 0,
             stale: Vec::new(),
+            detached: Vec::new(),
             pending: Pending::default(),
             wrote_kvm: false,
         }
@@ -117,12 +130,12 @@ impl KvmRouteTable {
 
     /// Number of routes in the table.
     pub fn len(&self) -> usize {
-        self.routes.len()
+        self.len
     }
 
     /// Whether the table has no routes.
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.len == 0
     }
 
     /// How many routes can still be added: free GSIs, capped by what is left of KVM's 4096
@@ -130,25 +143,99 @@ impl KvmRouteTable {
     pub fn available(&self) -> usize {
         let entry_budget = KVM_MAX_IRQ_ROUTES
             .saturating_sub(self.irqchip_routes.len())
-            .saturating_sub(self.routes.len());
+            .saturating_sub(self.len);
         self.free.len().min(entry_budget)
     }
 
     /// The message `gsi` delivers, if the table has a route for it.
     pub fn route(&self, gsi: Gsi) -> Option<MsiMessage> {
-        self.routes.get(&gsi).map(|route| route.msi)
+        self.slot(gsi).map(|route| route.msi)
     }
 
     /// Every route, by ascending GSI.
     pub fn routes(&self) -> impl Iterator<Item = (Gsi, MsiMessage)> + '_ {
-        self.routes.iter().map(|(gsi, route)| (*gsi, route.msi))
+        let start = self.gsi_range.start;
+        (start..)
+            .zip(&self.slots)
+            .filter_map(|(gsi, slot)| slot.as_ref().map(|route| (Gsi::new(gsi), route.msi)))
     }
 
     /// Whether `gsi` has an irqfd attached.
     pub fn has_irqfd(&self, gsi: Gsi) -> bool {
-        self.routes
-            .get(&gsi)
-            .is_some_and(|route| route.irqfd.is_some())
+        self.slot(gsi).is_some_and(|route| route.irqfd.is_some())
+    }
+
+    /// Writes the irqfd of `gsi`: KVM delivers its route (once committed).
+    pub fn trigger(&self, gsi: Gsi) -> Result<(), KvmRouteError> {
+        let route = self.slot(gsi).ok_or(KvmRouteError::UnknownGsi(gsi))?;
+        let irqfd = route.irqfd.as_ref().ok_or(KvmRouteError::NoIrqfd(gsi))?;
+        irqfd
+            .trigger()
+            .map_err(|source| KvmRouteError::Trigger { gsi, source })
+    }
+
+    /// Takes back the eventfds detached since the last call, each with its counter drained:
+    /// those of committed removals, of rolled-back attachments, and those the table refused
+    /// to attach.
+    pub fn take_detached(&mut self) -> std::vec::Drain<'_, EventFd> {
+        self.detached.drain(..)
+    }
+
+    /// The offset of `gsi` in the slots, if it lies in the range.
+    fn offset(&self, gsi: Gsi) -> Option<usize> {
+        if self.gsi_range.contains(&gsi.raw()) {
+            usize::try_from(gsi.raw() - self.gsi_range.start).ok()
+        } else {
+            None
+        }
+    }
+
+    pub(super) fn slot(&self, gsi: Gsi) -> Option<&Route> {
+        self.slots.get(self.offset(gsi)?)?.as_ref()
+    }
+
+    pub(super) fn slot_mut(&mut self, gsi: Gsi) -> Option<&mut Route> {
+        let offset = self.offset(gsi)?;
+        self.slots.get_mut(offset)?.as_mut()
+    }
+
+    /// Puts `route` at `gsi`, which must be in the range and empty; returns it otherwise.
+    pub(super) fn insert(&mut self, gsi: Gsi, route: Route) -> Result<(), Route> {
+        let Some(offset) = self.offset(gsi) else {
+            return Err(route);
+        };
+        if self.slots.len() <= offset {
+            self.slots.resize_with(offset + 1, || None);
+        }
+        match self.slots.get_mut(offset) {
+            Some(slot @ None) => {
+                *slot = Some(route);
+                self.len += 1;
+                Ok(())
+            }
+            _ => Err(route),
+        }
+    }
+
+    pub(super) fn take(&mut self, gsi: Gsi) -> Option<Route> {
+        let offset = self.offset(gsi)?;
+        let route = self.slots.get_mut(offset)?.take()?;
+        self.len -= 1;
+        Some(route)
+    }
+
+    /// The GSI at `offset` in the range.
+    pub(super) fn gsi_at(&self, offset: usize) -> Option<Gsi> {
+        let offset = u32::try_from(offset).ok()?;
+        let gsi = self.gsi_range.start.checked_add(offset)?;
+        self.gsi_range.contains(&gsi).then_some(Gsi::new(gsi))
+    }
+
+    /// Returns `gsi` to the free pool.
+    pub(super) fn free_gsi(&mut self, gsi: Gsi) {
+        if let Some(offset) = self.offset(gsi) {
+            self.free.put(offset);
+        }
     }
 
     /// Opens a batch of changes; they reach KVM with one ioctl on [`RouteBatch::commit`], and
@@ -171,7 +258,7 @@ impl KvmRouteTable {
 
     /// Removes every route with one commit.
     pub fn release_all(&mut self) -> Result<(), KvmRouteError> {
-        let gsis: Vec<Gsi> = self.routes.keys().copied().collect();
+        let gsis: Vec<Gsi> = self.routes().map(|(gsi, _)| gsi).collect();
         self.release(&gsis)
     }
 
@@ -180,10 +267,10 @@ impl KvmRouteTable {
     /// keeps the previous one.
     pub(super) fn write_to_kvm(&mut self) -> Result<(), KvmRouteError> {
         let mut entries = self.irqchip_routes.entries();
+        entries.reserve(self.len);
         entries.extend(
-            self.routes
-                .iter()
-                .map(|(gsi, route)| super::msi::routing_entry(*gsi, route.msi)),
+            self.routes()
+                .map(|(gsi, msi)| super::msi::routing_entry(gsi, msi)),
         );
         let routing =
             KvmIrqRouting::from_entries(&entries).map_err(|_| KvmRouteError::TooManyEntries {
@@ -204,7 +291,7 @@ impl Drop for KvmRouteTable {
     fn drop(&mut self) {
         // Dropping the irqfds detaches them; then KVM gets back a table without our routes.
         self.abort();
-        self.routes.clear();
+        self.slots.clear();
         self.stale.clear();
         if self.wrote_kvm {
             let _ = self.write_to_kvm();

@@ -18,6 +18,11 @@ fn eventfd() -> EventFd {
     EventFd::new(EFD_NONBLOCK).unwrap()
 }
 
+/// The table takes the eventfd it attaches; tests keep a duplicate (the same file) to write.
+fn dup(fd: &EventFd) -> EventFd {
+    fd.try_clone().unwrap()
+}
+
 /// Everything observable about a table, to compare before and after a rollback.
 fn state(table: &KvmRouteTable) -> (Vec<(Gsi, MsiMessage)>, Vec<bool>, usize) {
     let routes: Vec<_> = table.routes().collect();
@@ -49,7 +54,7 @@ fn committed_routes_deliver_to_their_vcpu_and_vector() {
     let mut batch = table.batch();
     let gsis = batch.add_all(&msis).unwrap();
     for (gsi, fd) in gsis.iter().zip(&fds) {
-        batch.register_irqfd(*gsi, fd).unwrap();
+        batch.register_irqfd(*gsi, dup(fd)).unwrap();
     }
     batch.commit().unwrap();
 
@@ -74,7 +79,7 @@ fn retarget_moves_delivery_to_the_new_vcpu() {
     let fd = eventfd();
     let mut batch = table.batch();
     let gsi = batch.add(compat(0, 0x70)).unwrap();
-    batch.register_irqfd(gsi, &fd).unwrap();
+    batch.register_irqfd(gsi, dup(&fd)).unwrap();
     batch.commit().unwrap();
     fd.write(1).unwrap();
     assert_eq!(vm.wait_pending(&set(&[(0, 0x70)])), set(&[(0, 0x70)]));
@@ -105,15 +110,15 @@ fn failed_commit_rolls_back_table_and_irqfds() {
     let gsis = batch
         .add_all(&[0x50, 0x51, 0x52].map(|v| compat(0, v)))
         .unwrap();
-    batch.register_irqfd(gsis[0], &fd_a).unwrap();
-    batch.register_irqfd(gsis[1], &fd_b).unwrap();
+    batch.register_irqfd(gsis[0], dup(&fd_a)).unwrap();
+    batch.register_irqfd(gsis[1], dup(&fd_b)).unwrap();
     batch.commit().unwrap();
     let before = state(&table);
 
     let mut batch = table.batch();
     batch.update(gsis[0], compat(1, 0x60)).unwrap();
     batch.remove(gsis[1]).unwrap();
-    batch.register_irqfd(gsis[2], &fd_x).unwrap();
+    batch.register_irqfd(gsis[2], dup(&fd_x)).unwrap();
     let added = batch.add_all(&[compat(1, 0x61); 4]).unwrap();
     assert_eq!(added.last(), Some(&Gsi::new(4096)));
     let err = batch.commit().unwrap_err();
@@ -132,7 +137,7 @@ fn failed_commit_rolls_back_table_and_irqfds() {
     assert_eq!(vm.wait_pending(&expected), expected);
     // KVM refuses an eventfd attached twice, so this also proves the rollback detached it.
     let mut batch = table.batch();
-    batch.register_irqfd(gsis[2], &fd_x).unwrap();
+    batch.register_irqfd(gsis[2], dup(&fd_x)).unwrap();
     batch.commit().unwrap();
     fd_x.write(1).unwrap();
     let expected = set(&[(0, 0x50), (0, 0x51), (0, 0x52)]);
@@ -154,7 +159,7 @@ fn dropped_batch_is_undone() {
 
     let mut batch = table.batch();
     let gsi = batch.add(compat(0, 0x31)).unwrap();
-    batch.register_irqfd(gsi, &fd).unwrap();
+    batch.register_irqfd(gsi, dup(&fd)).unwrap();
     batch.update(kept, compat(0, 0x32)).unwrap();
     batch.remove(kept).unwrap();
     assert_eq!(batch.table().len(), 1);
@@ -164,7 +169,7 @@ fn dropped_batch_is_undone() {
     // The GSI went back to the pool, and the eventfd was detached from KVM.
     let mut batch = table.batch();
     assert_eq!(batch.add(compat(0, 0x33)).unwrap(), gsi);
-    batch.register_irqfd(gsi, &fd).unwrap();
+    batch.register_irqfd(gsi, dup(&fd)).unwrap();
     batch.commit().unwrap();
     fd.write(1).unwrap();
     assert_eq!(vm.wait_pending(&set(&[(0, 0x33)])), set(&[(0, 0x33)]));
@@ -182,7 +187,7 @@ fn exhaustion_reports_what_is_available_and_keeps_earlier_routes() {
     let fd = eventfd();
     let mut batch = table.batch();
     let first = batch.add(compat(0, 0x80)).unwrap();
-    batch.register_irqfd(first, &fd).unwrap();
+    batch.register_irqfd(first, dup(&fd)).unwrap();
     batch.commit().unwrap();
 
     let msis = vec![compat(0, 0x81); 4056];
@@ -284,8 +289,8 @@ fn release_detaches_irqfds_and_frees_gsis() {
     let mut batch = table.batch();
     let a = batch.add(compat(0, 0xA0)).unwrap();
     let b = batch.add(compat(0, 0xA1)).unwrap();
-    batch.register_irqfd(a, &fd_a).unwrap();
-    batch.register_irqfd(b, &fd_b).unwrap();
+    batch.register_irqfd(a, dup(&fd_a)).unwrap();
+    batch.register_irqfd(b, dup(&fd_b)).unwrap();
     batch.commit().unwrap();
     let available = table.available();
 
@@ -302,7 +307,7 @@ fn release_detaches_irqfds_and_frees_gsis() {
     // The freed GSI is handed out again, and its old eventfd is no longer attached.
     let mut batch = table.batch();
     assert_eq!(batch.add(compat(0, 0xA2)).unwrap(), a);
-    batch.register_irqfd(a, &fd_a).unwrap();
+    batch.register_irqfd(a, dup(&fd_a)).unwrap();
     batch.commit().unwrap();
     fd_a.write(1).unwrap();
     let expected = set(&[(0, 0xA1), (0, 0xA2)]);
@@ -319,9 +324,9 @@ fn dropping_the_table_detaches_its_irqfds() {
     let mut table = KvmRouteTable::new(vm.vm.clone());
     let mut batch = table.batch();
     let gsi = batch.add(compat(0, 0xB0)).unwrap();
-    batch.register_irqfd(gsi, &fd).unwrap();
+    batch.register_irqfd(gsi, dup(&fd)).unwrap();
     assert!(matches!(
-        batch.register_irqfd(gsi, &fd),
+        batch.register_irqfd(gsi, dup(&fd)),
         Err(KvmRouteError::IrqfdAlreadyRegistered(g)) if g == gsi
     ));
     batch.commit().unwrap();
@@ -331,7 +336,7 @@ fn dropping_the_table_detaches_its_irqfds() {
     let mut table = KvmRouteTable::new(vm.vm.clone());
     let mut batch = table.batch();
     let gsi = batch.add(compat(0, 0xB1)).unwrap();
-    batch.register_irqfd(gsi, &fd).unwrap();
+    batch.register_irqfd(gsi, dup(&fd)).unwrap();
     batch.commit().unwrap();
     fd.write(1).unwrap();
     assert_eq!(vm.wait_pending(&set(&[(0, 0xB1)])), set(&[(0, 0xB1)]));
@@ -346,14 +351,14 @@ fn staging_on_the_table_spans_calls_and_aborts_like_a_batch() {
     let mut table = KvmRouteTable::new(vm.vm.clone());
     let (fd_a, fd_b) = (eventfd(), eventfd());
     let a = table.stage_add(compat(0, 0x40)).unwrap();
-    table.stage_irqfd(a, &fd_a).unwrap();
+    table.stage_irqfd(a, dup(&fd_a)).unwrap();
     table.commit().unwrap();
     assert!(!table.has_staged());
     let before = state(&table);
 
     // Several separate calls, as a layer staging one vector at a time would make them.
     let b = table.stage_add(compat(1, 0x41)).unwrap();
-    table.stage_irqfd(b, &fd_b).unwrap();
+    table.stage_irqfd(b, dup(&fd_b)).unwrap();
     table.stage_update(a, compat(1, 0x42)).unwrap();
     assert!(table.has_staged());
     table.abort();
@@ -364,11 +369,108 @@ fn staging_on_the_table_spans_calls_and_aborts_like_a_batch() {
     assert_eq!(vm.wait_pending(&set(&[(0, 0x40)])), set(&[(0, 0x40)]));
     // Dropping a table with staged changes undoes them before tearing down.
     let c = table.stage_add(compat(1, 0x43)).unwrap();
-    table.stage_irqfd(c, &fd_b).unwrap();
+    table.stage_irqfd(c, dup(&fd_b)).unwrap();
     drop(table);
     let mut again = KvmRouteTable::new(vm.vm.clone());
     let d = again.stage_add(compat(1, 0x44)).unwrap();
     // The eventfd was detached with the dropped table, so it can be attached again.
-    again.stage_irqfd(d, &fd_b).unwrap();
+    again.stage_irqfd(d, dup(&fd_b)).unwrap();
     again.commit().unwrap();
+}
+
+#[test]
+fn trigger_writes_the_tables_own_eventfd_and_release_gives_it_back() {
+    if !require_kvm_or_skip() {
+        return;
+    }
+    let vm = LapicVm::new(2);
+    let mut table = KvmRouteTable::new(vm.vm.clone());
+    let mut batch = table.batch();
+    let a = batch.add(compat(1, 0x48)).unwrap();
+    let bare = batch.add(compat(0, 0x49)).unwrap();
+    batch.register_irqfd(a, eventfd()).unwrap();
+    batch.commit().unwrap();
+    assert_eq!(table.take_detached().count(), 0);
+
+    table.trigger(a).unwrap();
+    assert_eq!(vm.wait_pending(&set(&[(1, 0x48)])), set(&[(1, 0x48)]));
+    assert!(matches!(table.trigger(bare), Err(KvmRouteError::NoIrqfd(g)) if g == bare));
+    let unknown = Gsi::new(999);
+    assert!(matches!(table.trigger(unknown), Err(KvmRouteError::UnknownGsi(g)) if g == unknown));
+
+    // Refused attachments give the eventfd back too: every eventfd handed over returns.
+    assert!(table.stage_irqfd(unknown, eventfd()).is_err());
+    assert_eq!(table.take_detached().count(), 1);
+    table.release(&[a, bare]).unwrap();
+    let back: Vec<_> = table.take_detached().collect();
+    assert_eq!(back.len(), 1, "one route had an irqfd");
+    // It is detached: KVM accepts it on another GSI, and writing it delivers there.
+    let mut batch = table.batch();
+    let b = batch.add(compat(0, 0x4A)).unwrap();
+    let fd = back.into_iter().next().unwrap();
+    let keep = dup(&fd);
+    batch.register_irqfd(b, fd).unwrap();
+    batch.commit().unwrap();
+    keep.write(1).unwrap();
+    let expected = set(&[(1, 0x48), (0, 0x4A)]);
+    assert_eq!(vm.wait_pending(&expected), expected);
+}
+
+#[test]
+fn a_stale_count_does_not_follow_a_recycled_eventfd_to_its_next_gsi() {
+    if !require_kvm_or_skip() {
+        return;
+    }
+    let vm = LapicVm::new(1);
+    let mut table = KvmRouteTable::new(vm.vm.clone());
+    let mut batch = table.batch();
+    let quiet: Vec<_> = (0..2)
+        .map(|i| batch.add(compat(0, 0x60 + i)).unwrap())
+        .collect();
+    let loud = batch.add(compat(0, 0x62)).unwrap();
+    let barrier = batch.add(compat(0, 0x63)).unwrap();
+    batch.register_irqfd(barrier, eventfd()).unwrap();
+    batch.commit().unwrap();
+
+    // The hazard: KVM injects at assign time when the eventfd is already signalled.
+    let signalled = eventfd();
+    signalled.write(1).unwrap();
+    table.stage_irqfd(loud, signalled).unwrap();
+    table.commit().unwrap();
+    assert_eq!(vm.wait_pending(&set(&[(0, 0x62)])), set(&[(0, 0x62)]));
+
+    // Detached by a rollback: a signalled eventfd attached to a GSI KVM has no route for
+    // yet keeps its count until detached, and comes back with none.
+    let fd = eventfd();
+    fd.write(3).unwrap();
+    let staged = table.stage_add(compat(0, 0x64)).unwrap();
+    table.stage_irqfd(staged, fd).unwrap();
+    table.abort();
+    let detached = table.take_detached().next().unwrap();
+    // Refused (that GSI has an irqfd), so never attached: the table drains it itself.
+    let fd = eventfd();
+    fd.write(5).unwrap();
+    let err = table.stage_irqfd(loud, fd).unwrap_err();
+    assert!(matches!(err, KvmRouteError::IrqfdAlreadyRegistered(g) if g == loud));
+    let refused = table.take_detached().next().unwrap();
+    for fd in [&detached, &refused] {
+        let err = fd.read().unwrap_err();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock,
+            "given back drained"
+        );
+    }
+
+    // Attached to live routes, they fire nothing until written.
+    table.stage_irqfd(quiet[0], detached).unwrap();
+    table.stage_irqfd(quiet[1], refused).unwrap();
+    table.commit().unwrap();
+    table.trigger(barrier).unwrap();
+    let expected = set(&[(0, 0x62), (0, 0x63)]);
+    assert_eq!(vm.wait_pending(&expected), expected);
+    table.trigger(quiet[0]).unwrap();
+    table.trigger(quiet[1]).unwrap();
+    let expected = set(&[(0, 0x60), (0, 0x61), (0, 0x62), (0, 0x63)]);
+    assert_eq!(vm.wait_pending(&expected), expected);
 }

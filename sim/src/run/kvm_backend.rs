@@ -49,8 +49,16 @@ impl Backend for KvmBackend {
         let vcpus = usize::try_from(vm.vcpus).unwrap_or(usize::MAX);
         let guest = KvmGuest::new(vcpus, MIN_MEM_SIZE)
             .map_err(|e| RunError::Backend(format!("VM {}: {e}", vm.name)))?;
-        // A KVM VM has one routing table: this layer owns it for the VM's lifetime.
-        let routes = KvmRoutes::new(guest.route_table());
+        // A KVM VM has one routing table: this layer owns it for the VM's lifetime. Its
+        // eventfds are made here, one per vector the quota allows, as a VMM makes them at
+        // device setup; requests then only attach them.
+        let mut routes = KvmRoutes::new(guest.route_table());
+        let spares = usize::try_from(vm.quota)
+            .unwrap_or(usize::MAX)
+            .min(routes.table().available());
+        routes
+            .reserve_eventfds(spares)
+            .map_err(|e| RunError::Backend(format!("VM {}: eventfds: {e}", vm.name)))?;
         let baseline = guest.snapshot();
         self.guests.insert(index, (guest, baseline));
         Ok(Box::new(routes))
