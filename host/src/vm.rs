@@ -78,8 +78,10 @@ impl VmConfig {
                     units,
                 });
             }
-            if self.devices[..i]
+            if self
+                .devices
                 .iter()
+                .take(i)
                 .any(|o| o.requester_id == d.requester_id)
             {
                 return Err(HostError::SourceIdInUse(d.requester_id));
