@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::test_vm::LapicVm;
+use super::test_vm::{LapicVm, set};
 use super::*;
 use crate::layers::{GuestDest, RouteLayer};
 use crate::{DeviceSpec, Host, HostConfig, LayerError, Vm, VmConfig};
@@ -18,10 +18,6 @@ const SOURCE: u16 = 0x0100;
 
 fn dest(vcpu: u32, vector: u8) -> GuestDest {
     GuestDest { vcpu, vector }
-}
-
-fn set(items: &[(usize, u8)]) -> BTreeSet<(usize, u8)> {
-    items.iter().copied().collect()
 }
 
 fn vm_with(host: &Host, routes: KvmRoutes) -> Vm {

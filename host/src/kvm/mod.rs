@@ -12,7 +12,6 @@
 
 mod availability;
 mod error;
-mod free;
 mod irqchip;
 mod irqfd;
 mod layer;

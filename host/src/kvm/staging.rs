@@ -57,7 +57,9 @@ impl KvmRouteTable {
         if self.available() == 0 {
             return Err(exhausted());
         }
-        let offset = self.free.take_lowest().ok_or_else(exhausted)?;
+        let offset = self.free.first_free().ok_or_else(exhausted)?;
+        self.free.take(offset);
+        let offset = offset as usize;
         // A free offset lies in the range and its slot is empty, so neither check fails.
         let gsi = self.gsi_at(offset).ok_or_else(exhausted)?;
         self.insert(gsi, Route { msi, irqfd: None })

@@ -9,11 +9,11 @@ use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::error::KvmRouteError;
-use super::free::FreeGsis;
 use super::irqchip::{IRQCHIP_GSIS, IrqchipRoutes};
 use super::irqfd::Irqfd;
 use super::msi::Gsi;
 use super::staging::{Pending, RouteBatch};
+use crate::layers::IndexBitmap;
 use pvirq_proto::MsiMessage;
 
 /// KVM rejects any GSI at or above this (`KVM_MAX_IRQ_ROUTES`).
@@ -66,7 +66,7 @@ pub struct KvmRouteTable {
     /// Number of `Some` slots.
     len: usize,
     /// GSIs of the range (as offsets) that carry no route and are not held by an open batch.
-    pub(super) free: FreeGsis,
+    pub(super) free: IndexBitmap,
     /// Irqfds KVM refused to detach; dropping them tries again.
     pub(super) stale: Vec<Irqfd>,
     /// Eventfds detached and not yet taken back by the caller.
@@ -102,7 +102,7 @@ impl KvmRouteTable {
         Self {
             vm,
             irqchip_routes: config.irqchip_routes,
-            free: FreeGsis::all(config.gsi_range.len()),
+            free: IndexBitmap::singles(config.gsi_range.len() as u32),
             gsi_range: config.gsi_range,
             slots: Vec::new(),
             len: 0,
@@ -144,7 +144,7 @@ impl KvmRouteTable {
         let entry_budget = KVM_MAX_IRQ_ROUTES
             .saturating_sub(self.irqchip_routes.len())
             .saturating_sub(self.len);
-        self.free.len().min(entry_budget)
+        (self.free.free_count() as usize).min(entry_budget)
     }
 
     /// The message `gsi` delivers, if the table has a route for it.
@@ -233,7 +233,7 @@ impl KvmRouteTable {
 
     /// Returns `gsi` to the free pool.
     pub(super) fn free_gsi(&mut self, gsi: Gsi) {
-        if let Some(offset) = self.offset(gsi) {
+        if let Some(offset) = self.offset(gsi).and_then(|o| u32::try_from(o).ok()) {
             self.free.put(offset);
         }
     }

@@ -13,6 +13,11 @@ const APIC_SVR: usize = 0xF0;
 /// Offset of the first of the eight 32-bit IRR registers, 16 bytes apart.
 const APIC_IRR: usize = 0x200;
 
+/// A set of (vCPU, vector) pairs, as [`LapicVm::wait_pending`] compares them.
+pub(crate) fn set(items: &[(usize, u8)]) -> BTreeSet<(usize, u8)> {
+    items.iter().copied().collect()
+}
+
 pub(crate) struct LapicVm {
     pub(crate) vm: Arc<VmFd>,
     vcpus: Vec<VcpuFd>,

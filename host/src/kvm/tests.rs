@@ -1,11 +1,9 @@
 //! Route-table tests against real KVM (skipped without `/dev/kvm`, see
 //! [`require_kvm_or_skip`]). Delivery is observed in the IRR of vCPUs that never run.
 
-use std::collections::BTreeSet;
-
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::test_vm::LapicVm;
+use super::test_vm::{LapicVm, set};
 use super::*;
 use pvirq_proto::{CompatMsi, MsiMessage};
 
@@ -31,10 +29,6 @@ fn state(table: &KvmRouteTable) -> (Vec<(Gsi, MsiMessage)>, Vec<bool>, usize) {
         .map(|(gsi, _)| table.has_irqfd(*gsi))
         .collect();
     (routes, irqfds, table.available())
-}
-
-fn set(items: &[(usize, u8)]) -> BTreeSet<(usize, u8)> {
-    items.iter().copied().collect()
 }
 
 #[test]
