@@ -141,15 +141,7 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
         targets: &[Target],
         grants: &'g mut [Grant],
     ) -> Result<Allocation<'g>, Error> {
-        let max = u16::try_from(targets.len()).unwrap_or(u16::MAX);
-        let alloc = Alloc {
-            kind,
-            index: IndexSpec::Any,
-            min,
-            max,
-            pasid: None,
-            targets,
-        };
+        let alloc = Alloc::any(kind, min, targets);
         self.alloc(device, alloc, grants)
     }
 

@@ -192,7 +192,7 @@ mod tests {
     use crate::pool::lock;
     use crate::transaction::tests::{dev, small_host};
     use crate::{Host, Vm, VmConfig};
-    use pvirq_proto::{Alloc, IndexSpec, Kind, Operation, Request, Target};
+    use pvirq_proto::{Alloc, Kind, Operation, Request, Target};
 
     fn vm_with_two_grants(host: &Host) -> Vm {
         let vm = host
@@ -210,14 +210,7 @@ mod tests {
         vm.call(&Request {
             device: 0,
             tag: 0,
-            op: Operation::Alloc(Alloc {
-                kind: Kind::MsiX,
-                index: IndexSpec::Any,
-                min: 2,
-                max: 2,
-                pasid: None,
-                targets: &targets,
-            }),
+            op: Operation::Alloc(Alloc::any(Kind::MsiX, 2, &targets)),
         });
         host.check_invariants().unwrap();
         vm

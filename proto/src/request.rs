@@ -108,6 +108,25 @@ pub struct Alloc<'a> {
     pub targets: &'a [Target],
 }
 
+impl<'a> Alloc<'a> {
+    /// Linux's `pci_alloc_irq_vectors` shape: between `min` and `targets.len()` vectors of
+    /// `kind` at indices the device chooses, no PASID; vector `i` goes to `targets[i]`.
+    ///
+    /// More than 65,535 targets cannot be expressed; `max` saturates and encoding then
+    /// reports the mismatch.
+    pub fn any(kind: Kind, min: u16, targets: &'a [Target]) -> Self {
+        let max = u16::try_from(targets.len()).unwrap_or(u16::MAX);
+        Alloc {
+            kind,
+            index: IndexSpec::Any,
+            min,
+            max,
+            pasid: None,
+            targets,
+        }
+    }
+}
+
 /// A run of indices of one kind: the body of FREE, and of RETARGET before its targets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IndexRange {

@@ -321,14 +321,7 @@ fn max_response_len_covers_every_possible_reply() {
     let alloc = Request {
         device: 0,
         tag: 0,
-        op: Operation::Alloc(Alloc {
-            kind: Kind::MsiX,
-            index: IndexSpec::Any,
-            min: 1,
-            max: 16,
-            pasid: None,
-            targets: &targets,
-        }),
+        op: Operation::Alloc(Alloc::any(Kind::MsiX, 1, &targets)),
     };
     assert_eq!(alloc.max_response_len(), 24 + 16 * 16);
     let query = Request {

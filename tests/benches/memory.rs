@@ -8,7 +8,7 @@
 mod common;
 
 use common::{big_routes, host, report, vm_config};
-use pvirq_proto::{Alloc, IndexSpec, Kind, Operation, Outcome, Request, Response, Target};
+use pvirq_proto::{Alloc, Kind, Operation, Outcome, Request, Response, Target};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
@@ -65,14 +65,7 @@ fn main() {
         let request = Request {
             device: 0,
             tag: 0,
-            op: Operation::Alloc(Alloc {
-                kind: Kind::Ims,
-                index: IndexSpec::Any,
-                min: 4096,
-                max: 4096,
-                pasid: None,
-                targets: &targets,
-            }),
+            op: Operation::Alloc(Alloc::any(Kind::Ims, 4096, &targets)),
         };
         let reply = vm.call(&request);
         match Response::decode(&reply).expect("reply").outcome {

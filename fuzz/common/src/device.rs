@@ -242,14 +242,7 @@ pub fn run(input: &DeviceInput) -> usize {
     other.call(&Request {
         device: 0,
         tag: 1,
-        op: Operation::Alloc(Alloc {
-            kind: Kind::MsiX,
-            index: IndexSpec::Any,
-            min: 2,
-            max: 2,
-            pasid: None,
-            targets: &targets,
-        }),
+        op: Operation::Alloc(Alloc::any(Kind::MsiX, 2, &targets)),
     });
     let other_before = (other.occupancy(), other.grants(0), other.grants(1));
     let vm = vm(&host, 0x100, u32::from(input.quota));

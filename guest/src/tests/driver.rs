@@ -216,14 +216,7 @@ fn no_space_is_a_typed_refusal_with_a_fallback_count() {
     let mut d = driver(&dev);
     let t = targets(8);
     let mut grants = [Grant::new(0, Default::default()); 8];
-    let alloc = Alloc {
-        kind: Kind::MsiX,
-        index: IndexSpec::Any,
-        min: 4,
-        max: 8,
-        pasid: None,
-        targets: &t,
-    };
+    let alloc = Alloc::any(Kind::MsiX, 4, &t);
     let err = d.alloc(0, alloc, &mut grants).unwrap_err();
     assert_eq!(
         err,
@@ -276,14 +269,7 @@ fn requests_the_driver_cannot_carry_are_refused_before_submission() {
     let mut d = driver(&dev);
     let t = targets(65);
     let mut grants = [Grant::new(0, Default::default()); 65];
-    let too_many = Alloc {
-        kind: Kind::MsiX,
-        index: IndexSpec::Any,
-        min: 1,
-        max: 65,
-        pasid: None,
-        targets: &t,
-    };
+    let too_many = Alloc::any(Kind::MsiX, 1, &t);
     assert_eq!(
         d.alloc(0, too_many, &mut grants).unwrap_err(),
         Error::BatchTooLarge {

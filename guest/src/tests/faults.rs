@@ -277,7 +277,7 @@ proptest! {
         let t = targets(4);
         let mut grants = [Grant::new(0, Default::default()); 4];
         let result = if alloc {
-            let a = Alloc { kind: Kind::MsiX, index: IndexSpec::Any, min: 1, max: 4, pasid: None, targets: &t };
+            let a = Alloc::any(Kind::MsiX, 1, &t);
             d.alloc(0, a, &mut grants).map(|_| ())
         } else {
             d.query(0).map(|_| ())

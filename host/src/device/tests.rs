@@ -422,14 +422,7 @@ fn mmio_identity_negotiation_and_inline_notify() {
     let ims = encode(&Request {
         device: 0,
         tag: 3,
-        op: Operation::Alloc(Alloc {
-            kind: Kind::Ims,
-            index: IndexSpec::Any,
-            min: 1,
-            max: 1,
-            pasid: None,
-            targets: &t,
-        }),
+        op: Operation::Alloc(Alloc::any(Kind::Ims, 1, &t)),
     });
     let bufs = drv.send(&ims, &[64]);
     regs.w(VIRTIO_MMIO_QUEUE_NOTIFY, 0);

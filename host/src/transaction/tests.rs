@@ -368,17 +368,7 @@ fn no_space_names_the_first_short_resource_and_what_was_available() {
         )
         .unwrap();
     let t = [Target::new(0, 0x40); 3];
-    let r = vm.call(&req(
-        0,
-        Operation::Alloc(Alloc {
-            kind: Kind::MsiX,
-            index: IndexSpec::Any,
-            min: 3,
-            max: 3,
-            pasid: None,
-            targets: &t,
-        }),
-    ));
+    let r = vm.call(&req(0, Operation::Alloc(Alloc::any(Kind::MsiX, 3, &t))));
     assert_eq!(
         refusal(&r),
         Some(Refusal::NoSpace {
@@ -402,17 +392,7 @@ fn kinds_features_and_targets_are_checked() {
         Some(Refusal::NoDevice)
     );
     let t = [Target::new(0, 0x40), Target::new(4, 0x41)];
-    let r = vm.call(&req(
-        0,
-        Operation::Alloc(Alloc {
-            kind: Kind::MsiX,
-            index: IndexSpec::Any,
-            min: 1,
-            max: 2,
-            pasid: None,
-            targets: &t,
-        }),
-    ));
+    let r = vm.call(&req(0, Operation::Alloc(Alloc::any(Kind::MsiX, 1, &t))));
     assert_eq!(
         refusal(&r),
         Some(Refusal::InvalidTarget {
@@ -503,17 +483,7 @@ fn decode_errors_and_reply_space() {
     );
     // Batch too large (max_batch 64).
     let t = targets(65);
-    let request = req(
-        0,
-        Operation::Alloc(Alloc {
-            kind: Kind::MsiX,
-            index: IndexSpec::Any,
-            min: 1,
-            max: 65,
-            pasid: None,
-            targets: &t,
-        }),
-    );
+    let request = req(0, Operation::Alloc(Alloc::any(Kind::MsiX, 1, &t)));
     let mut bytes = vec![0u8; request.encoded_len()];
     request.encode(&mut bytes).unwrap();
     let mut big = BufferSink::new(4096);
@@ -525,17 +495,7 @@ fn decode_errors_and_reply_space() {
 
     // Reply space: < 24 says nothing; < max reply is RESPONSE_TOO_SMALL; nothing reserved.
     let t = targets(4);
-    let request = req(
-        0,
-        Operation::Alloc(Alloc {
-            kind: Kind::MsiX,
-            index: IndexSpec::Any,
-            min: 1,
-            max: 4,
-            pasid: None,
-            targets: &t,
-        }),
-    );
+    let request = req(0, Operation::Alloc(Alloc::any(Kind::MsiX, 1, &t)));
     let mut bytes = vec![0u8; request.encoded_len()];
     request.encode(&mut bytes).unwrap();
     let mut tiny = BufferSink::new(23);
@@ -698,17 +658,7 @@ fn fire_delivers_through_irte_vector_and_route_and_records_faults() {
     let a = vm_on(&host, 64, vec![dev(0x100, 4, 16, 0)]);
     let b = vm_on(&host, 64, vec![dev(0x200, 0, 16, 0)]);
     let t = [Target::new(2, 0x45)];
-    let r = a.call(&req(
-        0,
-        Operation::Alloc(Alloc {
-            kind: Kind::MsiX,
-            index: IndexSpec::Any,
-            min: 1,
-            max: 1,
-            pasid: None,
-            targets: &t,
-        }),
-    ));
+    let r = a.call(&req(0, Operation::Alloc(Alloc::any(Kind::MsiX, 1, &t))));
     let msg = grants(&r)[0].message();
     let d = host.fire(0x100, msg).unwrap();
     assert_eq!((d.vm, d.vcpu, d.vector), (a.id(), 2, 0x45));
@@ -759,28 +709,8 @@ fn a_failed_reply_write_changes_nothing() {
     let t = targets(4);
     let moved = [Target::new(1, 0x90), Target::new(1, 0x91)];
     let requests = [
-        req(
-            0,
-            Operation::Alloc(Alloc {
-                kind: Kind::MsiX,
-                index: IndexSpec::Any,
-                min: 1,
-                max: 4,
-                pasid: None,
-                targets: &t,
-            }),
-        ),
-        req(
-            0,
-            Operation::Alloc(Alloc {
-                kind: Kind::Msi,
-                index: IndexSpec::Any,
-                min: 1,
-                max: 4,
-                pasid: None,
-                targets: &t,
-            }),
-        ),
+        req(0, Operation::Alloc(Alloc::any(Kind::MsiX, 1, &t))),
+        req(0, Operation::Alloc(Alloc::any(Kind::Msi, 1, &t))),
         req(
             0,
             Operation::Free(IndexRange {
@@ -816,28 +746,8 @@ fn a_failed_reply_write_changes_nothing() {
 /// The requests a rollback sweep runs, against a VM that already holds some grants.
 fn sweep_requests(t: &[Target]) -> Vec<Request<'_>> {
     vec![
-        req(
-            0,
-            Operation::Alloc(Alloc {
-                kind: Kind::MsiX,
-                index: IndexSpec::Any,
-                min: 1,
-                max: 4,
-                pasid: None,
-                targets: t,
-            }),
-        ),
-        req(
-            0,
-            Operation::Alloc(Alloc {
-                kind: Kind::Msi,
-                index: IndexSpec::Any,
-                min: 2,
-                max: 4,
-                pasid: None,
-                targets: t,
-            }),
-        ),
+        req(0, Operation::Alloc(Alloc::any(Kind::MsiX, 1, t))),
+        req(0, Operation::Alloc(Alloc::any(Kind::Msi, 2, t))),
         req(
             0,
             Operation::Alloc(Alloc {
