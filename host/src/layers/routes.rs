@@ -170,7 +170,8 @@ impl RouteLayer for MemoryRoutes {
     }
 
     fn commit(&mut self) -> Result<(), LayerError> {
-        for change in std::mem::take(&mut self.staged) {
+        // `drain` keeps the list's capacity: a commit per request must not allocate.
+        for change in self.staged.drain(..) {
             match change {
                 Staged::Add(id, dest) | Staged::Update(id, dest) => {
                     self.live.insert(id, dest);
@@ -187,7 +188,7 @@ impl RouteLayer for MemoryRoutes {
     }
 
     fn abort(&mut self) {
-        for change in std::mem::take(&mut self.staged) {
+        for change in self.staged.drain(..) {
             if let Staged::Add(id, _) = change {
                 self.ids.put(id - self.first_id);
             }
