@@ -60,6 +60,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod device;
 pub mod error;
 pub mod grants;

@@ -61,7 +61,9 @@ pub use request::{
     Retarget, Target,
 };
 pub use response::{DeviceInfo, Grant, Outcome, Response};
-pub use types::{Field, Kind, KindSet, Opcode, Refusal, Resource, Status};
+pub use types::{
+    Field, GrantMode, Kind, KindSet, MessageFormat, Opcode, Refusal, Resource, Status,
+};
 
 /// Size of the request header.
 pub const HEADER_LEN: usize = core::mem::size_of::<wire::RequestHeader>();

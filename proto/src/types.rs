@@ -131,6 +131,32 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// What the messages of an assigned device's grants are (spec §3.2): how the host's
+    /// interrupt hardware, or the VMM, recognises them.
+    MessageFormat {
+        /// VT-d remappable format: the address carries an IRTE handle (version 1's format).
+        VtdRemappable = 1 => "vtd-remappable",
+        /// AMD IOMMU: compatibility-format address, data = index into the device's own
+        /// interrupt-remapping table.
+        AmdRemapped = 2 => "amd-remapped",
+        /// A token the VMM recognises in its trapped emulation of the device's table; not
+        /// a hardware message (the VFIO case, where the host kernel programs the device).
+        VmmTrapped = 3 => "vmm-trapped",
+    }
+}
+
+wire_enum! {
+    /// How the host delivers a grant (spec §3.4).
+    GrantMode {
+        /// Through a host CPU vector, which forwards it to the guest route.
+        Remapped = 0 => "remapped",
+        /// Posted: the IRTE points at the target vCPU's posted-interrupt descriptor; no host
+        /// vector is consumed.
+        Posted = 1 => "posted",
+    }
+}
+
+wire_enum! {
     /// A request field, named by BAD_REQUEST, UNSUPPORTED and INVALID_TARGET (spec §5).
     Field {
         /// No particular field.
