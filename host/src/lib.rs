@@ -69,6 +69,7 @@ pub mod kvm;
 pub mod layers;
 pub mod pool;
 pub mod transaction;
+pub mod vfio;
 pub mod vm;
 
 pub use device::{MmioInterrupt, MmioTransport, NotifyMode, PvirqDevice, VirtioInterrupt};
