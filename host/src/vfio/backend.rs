@@ -36,11 +36,7 @@ impl VfioBackend<VfioDeviceIrqs> {
     /// directory is `sysfs` (`/sys/bus/pci/devices/BDF`): its `iommu` link tells which
     /// remapping driver's errnos to expect.
     pub fn for_device(device: Arc<VfioDevice>, sysfs: &Path) -> Self {
-        let iommu = std::fs::read_link(sysfs.join("iommu"))
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .map_or(IommuKind::Unknown, |n| IommuKind::from_sysfs_name(&n));
-        VfioBackend::new(VfioDeviceIrqs::new(device), iommu)
+        VfioBackend::new(VfioDeviceIrqs::new(device), IommuKind::detect(sysfs))
     }
 }
 

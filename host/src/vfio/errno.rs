@@ -51,6 +51,15 @@ impl IommuKind {
             IommuKind::Unknown
         }
     }
+
+    /// The driver serving the PCI device whose sysfs directory is `sysfs`
+    /// (`/sys/bus/pci/devices/BDF`), read from its `iommu` link.
+    pub fn detect(sysfs: &std::path::Path) -> Self {
+        std::fs::read_link(sysfs.join("iommu"))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .map_or(IommuKind::Unknown, |n| IommuKind::from_sysfs_name(&n))
+    }
 }
 
 /// The resource a `ENOSPC` (or a positive "fewer" return) names under `iommu`.

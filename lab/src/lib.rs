@@ -1,0 +1,20 @@
+//! The VFIO lab: `pvirq_host::vfio::VfioBackend` against a real Linux 6.12 kernel with
+//! VT-d interrupt remapping and VFIO, inside QEMU, on an emulated NVMe controller with
+//! 2048 MSI-X vectors bound to `vfio-pci`.
+//!
+//! - In the guest ([`checks`], run by the `pvirq-vfio-guest` binary): the backend through
+//!   the `InterruptBackend` trait until the kernel refuses, free and re-grant, batches,
+//!   a failure walk, and an NVMe completion arriving on the trigger's eventfd. It prints
+//!   one [`report::LabReport`] line on the console.
+//! - On the host ([`lab_env`], [`initramfs`], [`qemu`]): find the kernel and QEMU that
+//!   `.ci/vfio-lab-setup.sh` installed, build an initramfs around the binary, boot it and
+//!   read the report back. `tests/vfio_qemu.rs` asserts on it.
+#![deny(missing_docs)]
+
+pub mod checks;
+pub mod initramfs;
+pub mod lab_env;
+pub mod nvme;
+pub mod procfs;
+pub mod qemu;
+pub mod report;

@@ -1,0 +1,162 @@
+//! What the in-guest program found, as one JSON line on the console.
+
+use pvirq_host::backend::BackendError;
+use serde::{Deserialize, Serialize};
+
+/// The prefix of the console line that carries the report.
+pub const REPORT_PREFIX: &str = "PVIRQ-LAB-REPORT ";
+
+/// A refusal of the backend, in a form the host test can read back.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// `exhausted`, `fragmented`, `errno`, `no-resize`, `unsupported` or `not-an-eventfd`.
+    pub what: String,
+    /// The resource named (`Resource::name`), or empty.
+    pub resource: String,
+    /// `Exhausted::supplied`.
+    pub supplied: u32,
+    /// `Errno::errno`.
+    pub errno: i32,
+}
+
+impl From<&BackendError> for Refusal {
+    fn from(e: &BackendError) -> Self {
+        let mut r = Refusal::default();
+        match e {
+            BackendError::Exhausted { resource, supplied } => {
+                r.what = "exhausted".into();
+                r.resource = resource.name().into();
+                r.supplied = *supplied;
+            }
+            BackendError::Fragmented { largest } => {
+                r.what = "fragmented".into();
+                r.supplied = *largest;
+            }
+            BackendError::Errno { errno, resource } => {
+                r.what = "errno".into();
+                r.resource = resource.name().into();
+                r.errno = *errno;
+            }
+            BackendError::NoResize { .. } => r.what = "no-resize".into(),
+            BackendError::Unsupported(_) => r.what = "unsupported".into(),
+            BackendError::NotAnEventFd { .. } => r.what = "not-an-eventfd".into(),
+        }
+        r
+    }
+}
+
+/// Vectors enabled one per request until the kernel refused.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OneByOne {
+    /// How many were granted.
+    pub granted: u32,
+    /// The refusal that ended it.
+    pub refusal: Option<Refusal>,
+    /// `vfio-msix` lines in /proc/interrupts after the refusal.
+    pub lines_after_refusal: u32,
+    /// The same index asked again right away: refused again?
+    pub retry_refused: bool,
+    /// Lines after the retry.
+    pub lines_after_retry: u32,
+    /// Lines that also say `IR-PCI-MSIX` (interrupt remapping in the path).
+    pub remapped_lines: u32,
+    /// Mean microseconds per granted vector (one request each, in the guest).
+    pub mean_us: f64,
+}
+
+/// Vectors freed and granted again.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FreeRegrant {
+    /// How many were freed from the middle.
+    pub freed: u32,
+    /// Lines after freeing.
+    pub lines_after_free: u32,
+    /// How many of them were granted again.
+    pub regranted: u32,
+    /// After freeing one more, the index refused before was granted.
+    pub refused_index_granted: bool,
+    /// Lines at the end.
+    pub lines_at_end: u32,
+}
+
+/// One request for more than the host has.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Batch {
+    /// Vectors asked for.
+    pub asked: u32,
+    /// Granted with `min = 1`.
+    pub granted: u32,
+    /// `VFIO_DEVICE_SET_IRQS` calls that request made.
+    pub calls: u64,
+    /// Lines after it.
+    pub lines: u32,
+    /// With `min = asked`: the refusal.
+    pub below_min: Option<Refusal>,
+    /// Lines after that refusal.
+    pub lines_after_below_min: u32,
+    /// Calls that refused request made (including its undo).
+    pub below_min_calls: u64,
+}
+
+/// One injected failure.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FaultCase {
+    /// Which call of the request was refused (from 1).
+    pub nth: u64,
+    /// The errno injected.
+    pub errno: i32,
+    /// The request's outcome: `ok:N` or the refusal.
+    pub outcome: String,
+    /// Vectors the backend says are enabled afterwards.
+    pub enabled_after: u32,
+    /// `vfio-msix` lines afterwards.
+    pub lines_after: u32,
+    /// What must be left: the grants held before the request (plus, for `ok:N`, N).
+    pub expected: u32,
+}
+
+/// An interrupt the device raised.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The controller's model string (Identify), proof the admin queue worked.
+    pub model: String,
+    /// The Identify completion arrived on vector 0's eventfd.
+    pub admin_vector0_fired: bool,
+    /// The I/O completion queue's vector.
+    pub io_vector: u32,
+    /// A Flush completion arrived on that vector's eventfd.
+    pub io_fired: bool,
+    /// After the vector was freed, a Flush completion did not reach the old eventfd.
+    pub freed_stayed_silent: bool,
+    /// After it was granted again with a new eventfd, a Flush completion arrived there.
+    pub regranted_fired: bool,
+}
+
+/// Everything the in-guest program found.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LabReport {
+    /// MSI-X table size (`VFIO_DEVICE_GET_IRQ_INFO`).
+    pub table_size: u32,
+    /// `NORESIZE` clear.
+    pub dynamic_msix: bool,
+    /// The remapping driver the backend assumed.
+    pub iommu: String,
+    /// Online CPUs in the guest.
+    pub cpus: u32,
+    /// Vectors one by one.
+    pub one_by_one: OneByOne,
+    /// Free and re-grant.
+    pub free_regrant: FreeRegrant,
+    /// Batches.
+    pub batch: Batch,
+    /// The failure walk.
+    pub faults: Vec<FaultCase>,
+    /// Delivery.
+    pub delivery: Delivery,
+    /// Lines and enabled vectors after everything was freed.
+    pub lines_at_exit: u32,
+    /// Detach calls the kernel refused (the backend's counter).
+    pub disable_failures: u64,
+    /// What went wrong setting up, if anything.
+    pub setup_error: Option<String>,
+}
