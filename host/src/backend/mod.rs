@@ -165,6 +165,12 @@ pub trait InterruptBackend: Send {
         false
     }
 
+    /// The largest multi-MSI block the host's remapping hardware allows (a power of two
+    /// ≤ 32; VT-d's ECAP.MHMV bounds it). The device reports `msi_max` no larger.
+    fn max_msi_block(&self) -> u32 {
+        32
+    }
+
     /// What the host can tell about its supply for `kind` now.
     fn supply(&self, kind: Kind) -> HostSupply;
 

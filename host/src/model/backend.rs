@@ -26,19 +26,26 @@ impl std::fmt::Debug for ModelBackend {
 
 impl InterruptBackend for ModelBackend {
     fn format(&self) -> MessageFormat {
-        MessageFormat::VtdRemappable
+        lock(&self.kernel)
+            .devices
+            .get(&self.requester_id)
+            .map_or(MessageFormat::VtdRemappable, |d| d.format())
     }
 
     fn can_post(&self) -> bool {
         lock(&self.kernel).can_post
     }
 
+    fn max_msi_block(&self) -> u32 {
+        lock(&self.kernel).max_msi_block(self.requester_id)
+    }
+
     fn supply(&self, _kind: Kind) -> HostSupply {
         let kernel = lock(&self.kernel);
-        let unit = kernel.devices.get(&self.requester_id).map_or(0, |d| d.unit);
+        let (irte, block) = kernel.free_entries(self.requester_id);
         HostSupply {
-            irte: Some(kernel.remap.free_entries(unit)),
-            irte_block: Some(kernel.remap.largest_block(unit, 32)),
+            irte: Some(irte),
+            irte_block: Some(block.min(kernel.max_msi_block(self.requester_id))),
             host_vectors: Some(kernel.vectors.available()),
         }
     }

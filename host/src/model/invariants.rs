@@ -12,6 +12,7 @@
 //! Call it when no request is in flight (it takes the locks VM by VM, then the kernel).
 
 use super::ModelHost;
+use super::kernel::DeviceRemap;
 use super::remap::IrteDest;
 use super::vectors::HostVector;
 use crate::sync::lock;
@@ -28,7 +29,7 @@ impl ModelHost {
             .filter_map(|(id, w)| Weak::upgrade(w).map(|shared| (*id, Vm { shared })))
             .collect();
         let mut errors = Vec::new();
-        let mut backed_total: u64 = 0;
+        let mut backed_vtd: u64 = 0;
         let mut vectors_seen: HashSet<HostVector> = HashSet::new();
         let mut irtes_seen: HashSet<(u16, u16)> = HashSet::new();
         let mut devices_seen = 0usize;
@@ -71,10 +72,17 @@ impl ModelHost {
                             ));
                         }
                         irtes.push(v.irte);
-                        if !irtes_seen.insert((kdev.unit, v.irte)) {
-                            errors.push(format!("IRTE {}:{} backs two vectors", kdev.unit, v.irte));
+                        let unit = kdev.unit();
+                        if let DeviceRemap::Vtd { .. } = kdev.remap
+                            && !irtes_seen.insert((unit, v.irte))
+                        {
+                            errors.push(format!("IRTE {unit}:{} backs two vectors", v.irte));
                         }
-                        match kernel.remap.entry(kdev.unit, v.irte) {
+                        let table = match &kdev.remap {
+                            DeviceRemap::Vtd { .. } => &kernel.remap,
+                            DeviceRemap::Amd { table } => table,
+                        };
+                        match table.entry(unit, v.irte) {
                             Some(e) if e.source_id == rid && e.owner == Some((kind, index)) => {
                                 let expected = match v.host_vector {
                                     Some(hv) => Some(IrteDest::Remapped(hv)),
@@ -83,7 +91,7 @@ impl ModelHost {
                                 if e.dest != expected {
                                     errors.push(format!(
                                         "IRTE {}:{} goes to {:?}, expected {expected:?}",
-                                        kdev.unit, v.irte, e.dest
+                                        unit, v.irte, e.dest
                                     ));
                                 }
                             }
@@ -114,13 +122,23 @@ impl ModelHost {
                         }
                     }
                 }
+                if let DeviceRemap::Amd { table } = &kdev.remap {
+                    let used = table.capacity(0) - table.free_entries(0);
+                    if used as usize != kdev.vectors.len() {
+                        errors.push(format!(
+                            "vm {id} dev {handle}: AMD table has {used} entries in use for {} vectors",
+                            kdev.vectors.len()
+                        ));
+                    }
+                } else {
+                    backed_vtd += kdev.vectors.len() as u64;
+                }
                 if kdev.vectors.len() != granted {
                     errors.push(format!(
                         "vm {id} dev {handle}: kernel backs {} vectors, {granted} granted",
                         kdev.vectors.len()
                     ));
                 }
-                backed_total += kdev.vectors.len() as u64;
             }
         }
         let kernel = lock(&self.kernel);
@@ -133,9 +151,9 @@ impl ModelHost {
         let irtes_used: u64 = (0..kernel.remap.units())
             .map(|u| u64::from(kernel.remap.capacity(u) - kernel.remap.free_entries(u)))
             .sum();
-        if irtes_used != irtes_seen.len() as u64 || irtes_used != backed_total {
+        if irtes_used != irtes_seen.len() as u64 || irtes_used != backed_vtd {
             errors.push(format!(
-                "{irtes_used} IRTEs in use, {} seen, {backed_total} vectors backed",
+                "{irtes_used} VT-d IRTEs in use, {} seen, {backed_vtd} vectors backed on VT-d",
                 irtes_seen.len()
             ));
         }

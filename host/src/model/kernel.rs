@@ -1,12 +1,13 @@
 //! The modelled host kernel's state: what a real kernel's interrupt-remapping driver and
 //! vector matrix hold for every assigned device on the host, whichever VM it belongs to.
 
-use super::remap::{IrteDest, RemapUnits};
+use super::amd::{amd_index, amd_message};
+use super::remap::{IrteDest, RemapConfig, RemapUnits};
 use super::vectors::{HostVector, VectorMatrix};
 use super::{Fault, FaultReason};
 use crate::backend::{BackendError, EnableRequest, Enabled, GuestDest, Trigger};
 use crate::bitmap::floor_pow2;
-use pvirq_proto::{GrantMode, Kind, MsiMessage, RemappableMsi, Resource};
+use pvirq_proto::{GrantMode, Kind, MessageFormat, MsiMessage, RemappableMsi, Resource};
 use std::collections::{HashMap, VecDeque};
 
 /// A VM's identity on the modelled host (never 0).
@@ -28,12 +29,66 @@ pub(crate) struct EnabledVector {
     pub(crate) message: MsiMessage,
 }
 
-/// An assigned device the kernel knows: its VM, its remapping unit and its vectors.
-#[derive(Debug, Default)]
+/// Which remapping table serves a device.
+pub(crate) enum DeviceRemap {
+    /// A VT-d unit, shared with every device in its scope.
+    Vtd { unit: u16 },
+    /// The device's own AMD IOMMU table (one unit of 512 or 2,048 entries).
+    Amd { table: RemapUnits },
+}
+
+/// An assigned device the kernel knows: its VM, its remapping table and its vectors.
 pub(crate) struct ModelDevice {
     pub(crate) vm: VmId,
-    pub(crate) unit: u16,
+    pub(crate) remap: DeviceRemap,
     pub(crate) vectors: HashMap<(Kind, u32), EnabledVector>,
+}
+
+impl ModelDevice {
+    pub(crate) fn format(&self) -> MessageFormat {
+        match self.remap {
+            DeviceRemap::Vtd { .. } => MessageFormat::VtdRemappable,
+            DeviceRemap::Amd { .. } => MessageFormat::AmdRemapped,
+        }
+    }
+
+    /// The unit a VT-d device is on (0 for an AMD table's one unit).
+    pub(crate) fn unit(&self) -> u16 {
+        match self.remap {
+            DeviceRemap::Vtd { unit } => unit,
+            DeviceRemap::Amd { .. } => 0,
+        }
+    }
+}
+
+/// Where a device sits on the modelled host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Behind VT-d remapping unit `unit` (its DRHD's device scope).
+    Vtd {
+        /// The unit.
+        unit: u16,
+    },
+    /// Behind an AMD IOMMU, with its own table of `entries` (512 or 2,048).
+    Amd {
+        /// Table size.
+        entries: u32,
+    },
+}
+
+impl Placement {
+    /// The device's remapping state when it is attached.
+    pub(crate) fn attach(self) -> Option<DeviceRemap> {
+        match self {
+            Placement::Vtd { unit } => Some(DeviceRemap::Vtd { unit }),
+            Placement::Amd { entries } => RemapUnits::new(RemapConfig {
+                units: 1,
+                entries_per_unit: entries,
+            })
+            .ok()
+            .map(|table| DeviceRemap::Amd { table }),
+        }
+    }
 }
 
 pub(crate) struct Kernel {
@@ -43,9 +98,10 @@ pub(crate) struct Kernel {
     pub(crate) can_post: bool,
     /// Devices by requester ID.
     pub(crate) devices: HashMap<u16, ModelDevice>,
-    /// The remapping unit serving each requester ID (a DRHD's device scope); unit 0
-    /// otherwise.
-    pub(crate) placements: HashMap<u16, u16>,
+    /// Where each requester ID sits (VT-d unit 0 unless placed).
+    pub(crate) placements: HashMap<u16, Placement>,
+    /// The largest multi-MSI block VT-d supports (ECAP.MHMV).
+    pub(crate) vtd_max_block: u32,
     pub(crate) fault_count: u64,
     pub(crate) faults: VecDeque<Fault>,
     /// Interrupts resolved and signalled to their route.
@@ -61,6 +117,26 @@ impl Kernel {
         self.faults.push_back(fault);
     }
 
+    /// The free entries (all, and the largest aligned block ≤ 32) of `rid`'s table.
+    pub(crate) fn free_entries(&self, rid: u16) -> (u32, u32) {
+        let Some(device) = self.devices.get(&rid) else {
+            return (0, 0);
+        };
+        let (table, unit) = match &device.remap {
+            DeviceRemap::Vtd { unit } => (&self.remap, *unit),
+            DeviceRemap::Amd { table } => (table, 0),
+        };
+        (table.free_entries(unit), table.largest_block(unit, 32))
+    }
+
+    /// The largest multi-MSI block `rid`'s remapping hardware allows.
+    pub(crate) fn max_msi_block(&self, rid: u16) -> u32 {
+        match self.devices.get(&rid).map(|d| &d.remap) {
+            Some(DeviceRemap::Vtd { .. }) => self.vtd_max_block,
+            _ => 32,
+        }
+    }
+
     /// Backs a prefix of `request.vectors` of device `rid`, at least `request.min` long:
     /// counts what is free and reserves it in one go (the caller holds the kernel lock, so
     /// no other VM takes what was counted).
@@ -70,25 +146,35 @@ impl Kernel {
         request: &EnableRequest<'_>,
         out: &mut Vec<Enabled>,
     ) -> Result<(), BackendError> {
-        let unit = self.devices.get(&rid).map_or(0, |d| d.unit);
+        let max_block = self.max_msi_block(rid);
+        let posted_ok = self.can_post;
+        let Kernel {
+            remap,
+            vectors: matrix,
+            devices,
+            ..
+        } = self;
+        let Some(device) = devices.get_mut(&rid) else {
+            return Err(BackendError::Unsupported(request.kind));
+        };
+        let format = device.format();
+        let (table, unit) = match &mut device.remap {
+            DeviceRemap::Vtd { unit } => (remap, *unit),
+            DeviceRemap::Amd { table } => (table, 0),
+        };
         let msi = request.kind == Kind::Msi;
         let wanted = u32::try_from(request.vectors.len()).unwrap_or(u32::MAX);
         let min = u32::try_from(request.min).unwrap_or(u32::MAX);
-        let posted = request.allow_posted
-            && self.can_post
-            && request.vectors.iter().all(|v| v.dest.is_some());
-        let free_irtes = self.remap.free_entries(unit);
+        let posted =
+            request.allow_posted && posted_ok && request.vectors.iter().all(|v| v.dest.is_some());
+        let free_irtes = table.free_entries(unit);
         let irtes = if msi {
-            self.remap.largest_block(unit, 32)
+            table.largest_block(unit, max_block.min(32))
         } else {
             free_irtes
         };
-        let vectors = if posted {
-            u32::MAX
-        } else {
-            self.vectors.available()
-        };
-        let mut n = wanted.min(irtes).min(vectors);
+        let free_vectors = if posted { u32::MAX } else { matrix.available() };
+        let mut n = wanted.min(irtes).min(free_vectors);
         if msi {
             n = floor_pow2(n);
         }
@@ -108,15 +194,15 @@ impl Kernel {
             });
         }
         let setups = request.vectors.get(..n as usize).unwrap_or_default();
-        let irte_list = self.reserve_irtes(unit, rid, n, msi)?;
+        let irte_list = reserve_irtes(table, unit, rid, n, msi)?;
         let mut host_vectors = Vec::with_capacity(setups.len());
         if !posted {
             for _ in setups {
-                match self.vectors.alloc() {
+                match matrix.alloc() {
                     Some(hv) => host_vectors.push(hv),
                     None => {
                         // Not reachable: the count was checked under the same lock.
-                        self.unreserve(unit, &irte_list, &host_vectors);
+                        unreserve(table, matrix, unit, &irte_list, &host_vectors);
                         return Err(BackendError::Exhausted {
                             resource: Resource::HostVector,
                             supplied: host_vectors.len() as u32,
@@ -126,7 +212,6 @@ impl Kernel {
             }
         }
         let base = irte_list.first().copied().unwrap_or(0);
-        let mut enabled = Vec::with_capacity(setups.len());
         for (i, (setup, irte)) in setups.iter().zip(&irte_list).enumerate() {
             let host_vector = host_vectors.get(i).copied();
             let dest = match (host_vector, setup.dest) {
@@ -135,27 +220,15 @@ impl Kernel {
                 // Not reachable: posting needs every destination.
                 (None, None) => IrteDest::Remapped(HostVector { cpu: 0, vector: 0 }),
             };
-            self.remap
-                .program(unit, *irte, dest, (request.kind, setup.index));
-            let message = if msi {
-                RemappableMsi {
-                    handle: base,
-                    subhandle: Some(i as u16),
-                }
-            } else {
-                RemappableMsi {
-                    handle: *irte,
-                    subhandle: Some(0),
-                }
-            }
-            .message();
+            table.program(unit, *irte, dest, (request.kind, setup.index));
+            let message = message(format, msi, base, *irte, i as u16);
             let mode = if host_vector.is_some() {
                 GrantMode::Remapped
             } else {
                 GrantMode::Posted
             };
-            enabled.push((
-                setup.index,
+            device.vectors.insert(
+                (request.kind, setup.index),
                 EnabledVector {
                     irte: *irte,
                     host_vector,
@@ -165,87 +238,53 @@ impl Kernel {
                     mode,
                     message,
                 },
-            ));
+            );
             out.push(Enabled { message, mode });
-        }
-        let device = self.devices.entry(rid).or_default();
-        for (index, vector) in enabled {
-            device.vectors.insert((request.kind, index), vector);
         }
         Ok(())
     }
 
-    fn reserve_irtes(
-        &mut self,
-        unit: u16,
-        rid: u16,
-        n: u32,
-        msi: bool,
-    ) -> Result<Vec<u16>, BackendError> {
-        let short = |supplied| BackendError::Exhausted {
-            resource: Resource::Irte,
-            supplied,
-        };
-        if msi {
-            let base = self.remap.alloc_block(unit, n, rid).ok_or(short(0))?;
-            return Ok((0..n).map(|i| base.wrapping_add(i as u16)).collect());
-        }
-        let mut list = Vec::with_capacity(n as usize);
-        for i in 0..n {
-            match self.remap.alloc(unit, rid) {
-                Some(irte) => list.push(irte),
-                None => {
-                    self.unreserve(unit, &list, &[]);
-                    return Err(short(i));
-                }
-            }
-        }
-        Ok(list)
-    }
-
-    fn unreserve(&mut self, unit: u16, irtes: &[u16], vectors: &[HostVector]) {
-        for irte in irtes {
-            self.remap.free(unit, *irte);
-        }
-        for hv in vectors {
-            self.vectors.free(*hv);
-        }
-    }
-
     /// Stops backing the vectors at `indices` of `kind` of device `rid`.
     pub(crate) fn disable(&mut self, rid: u16, kind: Kind, indices: &[u32]) {
-        let Some(device) = self.devices.get_mut(&rid) else {
+        let Kernel {
+            remap,
+            vectors: matrix,
+            devices,
+            ..
+        } = self;
+        let Some(device) = devices.get_mut(&rid) else {
             return;
         };
-        let unit = device.unit;
-        let mut released = Vec::with_capacity(indices.len());
+        let (table, unit) = match &mut device.remap {
+            DeviceRemap::Vtd { unit } => (remap, *unit),
+            DeviceRemap::Amd { table } => (table, 0),
+        };
         for index in indices {
             if let Some(vector) = device.vectors.remove(&(kind, *index)) {
-                released.push(vector);
-            }
-        }
-        for vector in released {
-            self.remap.free(unit, vector.irte);
-            if let Some(hv) = vector.host_vector {
-                self.vectors.free(hv);
+                table.free(unit, vector.irte);
+                if let Some(hv) = vector.host_vector {
+                    matrix.free(hv);
+                }
             }
         }
     }
 
     /// A vector's guest destination changed: a posted IRTE points at the new vCPU.
     pub(crate) fn retarget(&mut self, rid: u16, kind: Kind, index: u32, dest: Option<GuestDest>) {
-        let Some(device) = self.devices.get_mut(&rid) else {
+        let Kernel { remap, devices, .. } = self;
+        let Some(device) = devices.get_mut(&rid) else {
             return;
         };
-        let unit = device.unit;
+        let (table, unit) = match &mut device.remap {
+            DeviceRemap::Vtd { unit } => (remap, *unit),
+            DeviceRemap::Amd { table } => (table, 0),
+        };
         let Some(vector) = device.vectors.get_mut(&(kind, index)) else {
             return;
         };
         vector.dest = dest;
         if let (GrantMode::Posted, Some(dest)) = (vector.mode, dest) {
-            let irte = vector.irte;
-            self.remap
-                .program(unit, irte, IrteDest::Posted(dest), (kind, index));
+            table.program(unit, vector.irte, IrteDest::Posted(dest), (kind, index));
         }
     }
 
@@ -261,10 +300,13 @@ impl Kernel {
             .devices
             .get(&source_id)
             .ok_or(FaultReason::Remap(super::RemapFault::UnknownSource))?;
-        let entry = self
-            .remap
-            .deliver(device.unit, source_id, message)
-            .map_err(FaultReason::Remap)?;
+        let entry = match &device.remap {
+            DeviceRemap::Vtd { unit } => self.remap.deliver(*unit, source_id, message),
+            DeviceRemap::Amd { table } => {
+                amd_index(message).and_then(|index| table.lookup(0, source_id, index))
+            }
+        }
+        .map_err(FaultReason::Remap)?;
         let owner = entry.owner.ok_or(FaultReason::NotGranted)?;
         let vector = device.vectors.get(&owner).ok_or(FaultReason::NotGranted)?;
         if let Some(pasid) = pasid
@@ -276,5 +318,70 @@ impl Kernel {
             });
         }
         Ok((vector.trigger.clone(), device.vm, vector.dest, vector.mode))
+    }
+}
+
+/// The message of grant `i` of a request whose entries start at `base` (an MSI block) or
+/// whose own entry is `irte`.
+fn message(format: MessageFormat, msi: bool, base: u16, irte: u16, i: u16) -> MsiMessage {
+    match (format, msi) {
+        (MessageFormat::AmdRemapped, true) => amd_message(u32::from(base) + u32::from(i)),
+        (MessageFormat::AmdRemapped, false) => amd_message(u32::from(irte)),
+        (_, true) => RemappableMsi {
+            handle: base,
+            subhandle: Some(i),
+        }
+        .message(),
+        (_, false) => RemappableMsi {
+            handle: irte,
+            subhandle: Some(0),
+        }
+        .message(),
+    }
+}
+
+/// Reserves `n` entries of `table`'s `unit` for `rid` (an aligned block for MSI).
+fn reserve_irtes(
+    table: &mut RemapUnits,
+    unit: u16,
+    rid: u16,
+    n: u32,
+    msi: bool,
+) -> Result<Vec<u16>, BackendError> {
+    let short = |supplied| BackendError::Exhausted {
+        resource: Resource::Irte,
+        supplied,
+    };
+    if msi {
+        let base = table.alloc_block(unit, n, rid).ok_or(short(0))?;
+        return Ok((0..n).map(|i| base.wrapping_add(i as u16)).collect());
+    }
+    let mut list = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        match table.alloc(unit, rid) {
+            Some(irte) => list.push(irte),
+            None => {
+                for irte in &list {
+                    table.free(unit, *irte);
+                }
+                return Err(short(i));
+            }
+        }
+    }
+    Ok(list)
+}
+
+fn unreserve(
+    table: &mut RemapUnits,
+    matrix: &mut VectorMatrix,
+    unit: u16,
+    irtes: &[u16],
+    vectors: &[HostVector],
+) {
+    for irte in irtes {
+        table.free(unit, *irte);
+    }
+    for hv in vectors {
+        matrix.free(*hv);
     }
 }

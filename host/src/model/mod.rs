@@ -12,6 +12,7 @@
 //! - [`ModelHost::fire`]: a device's interrupt write, checked and resolved as the hardware
 //!   does, signalling the route's trigger, or a recorded [`Fault`].
 
+pub mod amd;
 mod backend;
 mod invariants;
 mod kernel;
@@ -19,7 +20,7 @@ pub mod remap;
 pub mod vectors;
 
 pub use backend::ModelBackend;
-pub use kernel::VmId;
+pub use kernel::{Placement, VmId};
 pub use remap::{Irte, IrteDest, IrteOwner, RemapConfig, RemapFault, RemapUnits};
 pub use vectors::{HostVector, VectorConfig, VectorMatrix};
 
@@ -43,6 +44,9 @@ pub struct ModelConfig {
     pub vectors: VectorConfig,
     /// Whether the remapping hardware can post interrupts (VT-d PI, AMD AVIC).
     pub posted: bool,
+    /// The largest multi-MSI block the VT-d units support (ECAP.MHMV: `2^MHMV`); 0 means
+    /// 32, the protocol's largest.
+    pub vtd_max_msi_block: u32,
 }
 
 /// Why an interrupt a device sent was not delivered.
@@ -149,6 +153,15 @@ impl ModelHost {
                 remap: RemapUnits::new(config.remap)?,
                 vectors: VectorMatrix::new(&config.vectors)?,
                 can_post: config.posted,
+                vtd_max_block: match config.vtd_max_msi_block {
+                    0 => 32,
+                    n if n.is_power_of_two() && n <= 32 => n,
+                    _ => {
+                        return Err(HostError::InvalidConfig(
+                            "vtd_max_msi_block must be a power of two ≤ 32",
+                        ));
+                    }
+                },
                 devices: HashMap::new(),
                 placements: HashMap::new(),
                 fault_count: 0,
@@ -160,21 +173,34 @@ impl ModelHost {
         })
     }
 
-    /// Puts the device with `requester_id` behind remapping unit `unit` (a DRHD's device
-    /// scope, on real hardware). Devices not placed are behind unit 0.
+    /// Puts the device with `requester_id` behind VT-d remapping unit `unit` (a DRHD's
+    /// device scope, on real hardware). Devices not placed are behind unit 0.
     pub fn place(&self, requester_id: u16, unit: u16) -> Result<(), HostError> {
+        self.place_as(requester_id, Placement::Vtd { unit })
+    }
+
+    /// Puts the device with `requester_id` where `placement` says, before it is attached.
+    pub fn place_as(&self, requester_id: u16, placement: Placement) -> Result<(), HostError> {
         let mut kernel = lock(&self.kernel);
-        let units = kernel.remap.units();
-        if unit >= units {
-            return Err(HostError::NoSuchUnit { unit, units });
-        }
-        kernel.placements.insert(requester_id, unit);
-        if let Some(device) = kernel.devices.get_mut(&requester_id) {
-            // Only a device holding nothing may move.
-            if device.vectors.is_empty() {
-                device.unit = unit;
+        match placement {
+            Placement::Vtd { unit } => {
+                let units = kernel.remap.units();
+                if unit >= units {
+                    return Err(HostError::NoSuchUnit { unit, units });
+                }
+            }
+            Placement::Amd { entries } => {
+                if !amd::AMD_TABLE_SIZES.contains(&entries) {
+                    return Err(HostError::InvalidConfig(
+                        "an AMD remapping table has 512 or 2048 entries",
+                    ));
+                }
             }
         }
+        if kernel.devices.contains_key(&requester_id) {
+            return Err(HostError::SourceIdInUse(requester_id));
+        }
+        kernel.placements.insert(requester_id, placement);
         Ok(())
     }
 
@@ -190,12 +216,19 @@ impl ModelHost {
         if kernel.devices.contains_key(&requester_id) {
             return Err(HostError::SourceIdInUse(requester_id));
         }
-        let unit = kernel.placements.get(&requester_id).copied().unwrap_or(0);
+        let placement = kernel
+            .placements
+            .get(&requester_id)
+            .copied()
+            .unwrap_or(Placement::Vtd { unit: 0 });
+        let remap = placement
+            .attach()
+            .ok_or(HostError::InvalidConfig("unusable placement"))?;
         kernel.devices.insert(
             requester_id,
             kernel::ModelDevice {
                 vm,
-                unit,
+                remap,
                 vectors: HashMap::new(),
             },
         );
@@ -323,3 +356,6 @@ impl ModelHost {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

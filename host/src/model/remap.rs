@@ -223,9 +223,14 @@ impl RemapUnits {
         source_id: u16,
         message: MsiMessage,
     ) -> Result<Irte, RemapFault> {
-        let u = self.unit(unit).ok_or(RemapFault::UnknownSource)?;
         let msi = RemappableMsi::decode(message).map_err(|_| RemapFault::NotRemappable)?;
-        let index = msi.irte_index();
+        self.lookup(unit, source_id, msi.irte_index())
+    }
+
+    /// The entry at `index` of `unit` as the hardware checks it for a write from
+    /// `source_id`: present, the sender's, programmed.
+    pub fn lookup(&self, unit: u16, source_id: u16, index: u32) -> Result<Irte, RemapFault> {
+        let u = self.unit(unit).ok_or(RemapFault::UnknownSource)?;
         let slot = u
             .entries
             .get(index as usize)

@@ -4,7 +4,7 @@
 use super::backed::Backed;
 use super::reply::{Ctx, Handled};
 use super::sizing::Supply;
-use super::{backend_refusal, route_failure, route_refusal, usable};
+use super::{backend_refusal, route_failure, route_refusal, table_size, usable};
 use crate::backend::{EnableRequest, Enabled, GuestDest, VectorSetup};
 use crate::grants::GrantRecord;
 use crate::routes::RouteBatch;
@@ -75,7 +75,7 @@ pub(super) fn alloc(
             if table.granted() > 0 {
                 return ctx.refuse(Refusal::IndexInUse { index: 0 });
             }
-            table.size()
+            table_size(dev, Kind::Msi)
         }
         (false, IndexSpec::At(first)) => {
             let size = table.size();

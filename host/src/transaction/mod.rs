@@ -26,9 +26,10 @@ mod sizing;
 pub use reply::{BufferSink, Handled, ReplySink};
 
 use crate::backend::BackendError;
+use crate::bitmap::floor_pow2;
 use crate::routes::RouteError;
 use crate::sync::lock;
-use crate::vm::{DeviceSpec, Vm};
+use crate::vm::{DeviceSpec, DeviceState, Vm};
 use pvirq_proto::{
     Field, Kind, Operation, RESPONSE_HEADER_LEN, Refusal, Request, Resource, feature,
 };
@@ -45,6 +46,17 @@ fn kind_feature(kind: Kind) -> u64 {
 /// Whether the device has `kind` and the driver negotiated it.
 fn usable(spec: &DeviceSpec, features: u64, kind: Kind) -> bool {
     spec.supports(kind) && features & kind_feature(kind) != 0
+}
+
+/// The size of a device's `kind` table as the guest sees it: MSI blocks are bounded by
+/// what the host's remapping hardware allows too (VT-d: ECAP.MHMV).
+fn table_size(dev: &DeviceState, kind: Kind) -> u32 {
+    let size = dev.spec.table_size(kind);
+    if kind == Kind::Msi {
+        size.min(floor_pow2(dev.backend.max_msi_block().min(32)))
+    } else {
+        size
+    }
 }
 
 /// The guest-visible refusal for a backend that did not back a request.

@@ -2,7 +2,7 @@
 
 use super::reply::{Ctx, Handled};
 use super::sizing::Supply;
-use super::usable;
+use super::{table_size, usable};
 use crate::vm::{VmConfig, VmState};
 use pvirq_proto::{DeviceInfo, Kind, KindSet, Outcome, Refusal, Status};
 
@@ -22,7 +22,7 @@ pub(super) fn query(ctx: &mut Ctx<'_>, config: &VmConfig, st: &VmState, handle: 
         let table = dev.grants.table(kind);
         let slots = match kind {
             Kind::Msi if table.granted() > 0 => 0,
-            Kind::Msi => table.size(),
+            Kind::Msi => table_size(dev, kind),
             _ => table.free.free_count(),
         };
         let supply = Supply {
@@ -36,7 +36,7 @@ pub(super) fn query(ctx: &mut Ctx<'_>, config: &VmConfig, st: &VmState, handle: 
     }
     let size = |kind: Kind| {
         if kinds.contains(kind) {
-            dev.spec.table_size(kind)
+            table_size(dev, kind)
         } else {
             0
         }
