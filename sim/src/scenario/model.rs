@@ -51,7 +51,7 @@ impl HostDecl {
                 end: self.end_vector,
                 reserved: self.reserved_vectors.clone(),
             },
-            posted: false,
+            ..ModelConfig::default()
         }
     }
 }

@@ -70,7 +70,7 @@ fn build(s: &Scenario) -> Result<Real, String> {
             end: 0x20 + s.host.vectors_per_cpu,
             reserved: Vec::new(),
         },
-        posted: false,
+        ..ModelConfig::default()
     })
     .map_err(|e| format!("host: {e}"))?;
     for shape in &s.vms {
