@@ -51,6 +51,7 @@ impl DirectLayers {
             index: 0,
             trigger: route.trigger,
             dest,
+            previous: None,
         }];
         let request = EnableRequest {
             kind: Kind::MsiX,

@@ -67,6 +67,9 @@ pub struct VectorSetup {
     /// Where the guest route delivers it; `None` for a parked grant (no destination yet).
     /// A backend that posts interrupts needs it; others may ignore it.
     pub dest: Option<GuestDest>,
+    /// The message the vector had before (a restored snapshot, a migrated VM): a backend
+    /// gives the same one where it can, so that the guest need not reprogram it.
+    pub previous: Option<MsiMessage>,
 }
 
 /// A request to back vectors of one kind of one assigned device.

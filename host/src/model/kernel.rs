@@ -5,7 +5,7 @@ use super::amd::{amd_index, amd_message};
 use super::remap::{IrteDest, RemapConfig, RemapUnits};
 use super::vectors::{HostVector, VectorMatrix};
 use super::{Fault, FaultReason};
-use crate::backend::{BackendError, EnableRequest, Enabled, GuestDest, Trigger};
+use crate::backend::{BackendError, EnableRequest, Enabled, GuestDest, Trigger, VectorSetup};
 use crate::bitmap::floor_pow2;
 use pvirq_proto::{GrantMode, Kind, MessageFormat, MsiMessage, RemappableMsi, Resource};
 use std::collections::{HashMap, VecDeque};
@@ -194,7 +194,12 @@ impl Kernel {
             });
         }
         let setups = request.vectors.get(..n as usize).unwrap_or_default();
-        let irte_list = reserve_irtes(table, unit, rid, n, msi)?;
+        // The same entries as before where they are free (a restore, a migration), so the
+        // guest keeps its messages; else the lowest free ones.
+        let irte_list = match reserve_previous(table, unit, rid, format, setups, msi) {
+            Some(list) => list,
+            None => reserve_irtes(table, unit, rid, n, msi)?,
+        };
         let mut host_vectors = Vec::with_capacity(setups.len());
         if !posted {
             for _ in setups {
@@ -338,6 +343,52 @@ fn message(format: MessageFormat, msi: bool, base: u16, irte: u16, i: u16) -> Ms
         }
         .message(),
     }
+}
+
+/// The entry a message selected, in `format`.
+fn entry_of(format: MessageFormat, message: MsiMessage) -> Option<u32> {
+    match format {
+        MessageFormat::AmdRemapped => amd_index(message).ok(),
+        _ => RemappableMsi::decode(message).ok().map(|m| m.irte_index()),
+    }
+}
+
+/// Reserves the entries the vectors' previous messages selected, all or none.
+fn reserve_previous(
+    table: &mut RemapUnits,
+    unit: u16,
+    rid: u16,
+    format: MessageFormat,
+    setups: &[VectorSetup],
+    msi: bool,
+) -> Option<Vec<u16>> {
+    let wanted: Vec<u32> = setups
+        .iter()
+        .map(|s| s.previous.and_then(|m| entry_of(format, m)))
+        .collect::<Option<_>>()?;
+    let first = *wanted.first()?;
+    if msi {
+        let n = wanted.len() as u32;
+        let contiguous = wanted.iter().zip(first..).all(|(w, i)| *w == i);
+        if !contiguous {
+            return None;
+        }
+        let base = table.alloc_at(unit, first, n, rid)?;
+        return Some((0..n).map(|i| base.wrapping_add(i as u16)).collect());
+    }
+    let mut taken = Vec::with_capacity(wanted.len());
+    for entry in wanted {
+        match table.alloc_at(unit, entry, 1, rid) {
+            Some(irte) => taken.push(irte),
+            None => {
+                for irte in &taken {
+                    table.free(unit, *irte);
+                }
+                return None;
+            }
+        }
+    }
+    Some(taken)
 }
 
 /// Reserves `n` entries of `table`'s `unit` for `rid` (an aligned block for MSI).

@@ -174,6 +174,20 @@ impl RemapUnits {
         u.claim(index, 1, source_id)
     }
 
+    /// Reserves exactly `first..first + count` for `source_id`, if all are free (and, for a
+    /// block, `first` is aligned to `count`); its base.
+    pub fn alloc_at(&mut self, unit: u16, first: u32, count: u32, source_id: u16) -> Option<u16> {
+        let u = self.unit_mut(unit)?;
+        let end = first.checked_add(count)?;
+        if count == 0 || first % count.next_power_of_two() != 0 && count > 1 {
+            return None;
+        }
+        if end > u.free.len() || !(first..end).all(|i| u.free.is_free(i)) {
+            return None;
+        }
+        u.claim(first, count, source_id)
+    }
+
     /// Reserves a naturally aligned block of `count` (power of two ≤ 32) entries; its base.
     pub fn alloc_block(&mut self, unit: u16, count: u32, source_id: u16) -> Option<u16> {
         let u = self.unit_mut(unit)?;

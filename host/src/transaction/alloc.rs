@@ -125,6 +125,7 @@ pub(super) fn alloc(
                     index: *index,
                     trigger: route.trigger,
                     dest: *dest,
+                    previous: None,
                 });
             }
             Err(e) => return ctx.refuse(route_refusal(&e, i as u32)),

@@ -20,10 +20,12 @@ mod backed;
 mod free;
 mod query;
 mod reply;
+mod restore;
 mod retarget;
 mod sizing;
 
 pub use reply::{BufferSink, Handled, ReplySink};
+pub use restore::{Restored, RestoredGrant};
 
 use crate::backend::BackendError;
 use crate::bitmap::floor_pow2;
@@ -163,3 +165,6 @@ impl Vm {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod restore_tests;

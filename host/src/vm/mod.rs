@@ -4,8 +4,10 @@
 
 mod config;
 mod invariants;
+pub mod snapshot;
 
 pub use config::{ApicIds, DeviceSpec, MAX_IMS_SLOTS, MAX_MSIX_TABLE, VmConfig};
+pub use snapshot::{DeviceSnapshot, GrantSnapshot, RestoreError, SNAPSHOT_VERSION, VmSnapshot};
 
 use crate::backend::{GuestDest, InterruptBackend};
 use crate::error::HostError;
@@ -190,6 +192,36 @@ impl Vm {
             .devices
             .get(handle as usize)
             .map(|d| f(d.backend.as_ref()))
+    }
+
+    /// The VM's negotiated features and every grant, as a snapshot to restore elsewhere.
+    pub fn snapshot(&self) -> VmSnapshot {
+        let state = lock(&self.shared.state);
+        VmSnapshot {
+            version: SNAPSHOT_VERSION,
+            features: state.features,
+            devices: state
+                .devices
+                .iter()
+                .map(|d| DeviceSnapshot {
+                    requester_id: d.spec.requester_id,
+                    grants: d
+                        .grants
+                        .all()
+                        .into_iter()
+                        .map(|(kind, index, r)| GrantSnapshot {
+                            kind: kind.to_wire(),
+                            index,
+                            dest: r.dest.map(|d| (d.apic_id, d.vector)),
+                            address: r.message.address,
+                            data: r.message.data,
+                            mode: r.mode.to_wire(),
+                            pasid: r.pasid,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
     }
 
     /// The destination a version-1 target (a vCPU index) names, if the VM has that vCPU.
