@@ -1,7 +1,5 @@
-//! The crate's error types: one for building hosts and VMs, one for the resource-layer
-//! traits (what a VMM's own layer reports back).
-
-use pvirq_proto::Resource;
+//! The errors of setting the host side up and of writing replies. Errors of the two seams
+//! live with them: [`crate::backend::BackendError`], [`crate::routes::RouteError`].
 
 /// Why a host, a VM or a device could not be set up. Never caused by guest input.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -9,7 +7,7 @@ pub enum HostError {
     /// A configuration value is out of its allowed range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(&'static str),
-    /// A device's IOMMU unit does not exist on this host.
+    /// A device's IOMMU unit does not exist on the modelled host.
     #[error("IOMMU unit {unit} does not exist (the host has {units})")]
     NoSuchUnit {
         /// The unit asked for.
@@ -20,42 +18,26 @@ pub enum HostError {
     /// Two devices (possibly of different VMs) claim the same requester ID.
     #[error("requester ID {0:#06x} is already assigned to a device")]
     SourceIdInUse(u16),
+    /// The VM has a different number of devices and backends.
+    #[error("{devices} devices but {backends} interrupt backends")]
+    BackendCount {
+        /// Devices in the configuration.
+        devices: usize,
+        /// Backends given.
+        backends: usize,
+    },
     /// The virtio device cannot be activated in its current state.
     #[error("device activation failed: {0}")]
     Activation(&'static str),
     /// An eventfd could not be created or used.
-    #[error("eventfd: {0}")]
-    EventFd(String),
+    #[error("eventfd: errno {0}")]
+    EventFd(i32),
 }
 
-/// Why a resource layer refused an operation. The transaction turns it into the guest's
-/// `NO_SPACE` (for [`LayerError::Exhausted`]) or `DEVICE_ERROR` (for
-/// [`LayerError::Failed`]) naming the layer's [`Resource`].
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum LayerError {
-    /// The layer has no room left for this reservation.
-    #[error("{0} exhausted")]
-    Exhausted(Resource),
-    /// The layer failed internally (an ioctl error, an injected fault, ...).
-    #[error("{resource} failed: {reason}")]
-    Failed {
-        /// The layer that failed.
-        resource: Resource,
-        /// What went wrong, for logs.
-        reason: String,
-    },
-    /// The operation named an entry the layer does not hold (a bug in the caller).
-    #[error("{0}: no such entry")]
-    NoEntry(Resource),
-}
-
-impl LayerError {
-    /// The layer's resource.
-    pub fn resource(&self) -> Resource {
-        match self {
-            LayerError::Exhausted(r) | LayerError::NoEntry(r) => *r,
-            LayerError::Failed { resource, .. } => *resource,
-        }
+impl HostError {
+    /// The error for a failed eventfd call.
+    pub fn eventfd(err: &std::io::Error) -> Self {
+        HostError::EventFd(err.raw_os_error().unwrap_or(0))
     }
 }
 
@@ -73,6 +55,9 @@ pub enum ReplyError {
         /// Writable bytes.
         capacity: usize,
     },
+    /// The encoder refused the reply (a bug: every reply the core builds encodes).
+    #[error("the reply could not be encoded")]
+    Encode,
     /// A test sink was told to fail.
     #[error("injected write failure")]
     Injected,

@@ -1,79 +1,88 @@
 //! pvirq host backend: the part of a VMM that answers a guest's interrupt-allocation
 //! requests, reserving everything delivery needs before it acknowledges.
 //!
-//! - [`layers`]: the host resources, each behind a trait with the implementation we ship:
-//!   interrupt remapping ([`layers::RemapLayer`], [`layers::RemapUnits`]), host vectors
-//!   ([`layers::VectorLayer`], [`layers::VectorMatrix`]) and per-VM guest routes
-//!   ([`layers::RouteLayer`], [`layers::MemoryRoutes`]); fault injection
-//!   ([`layers::Faulty`]).
-//! - [`Host`]: the pool shared by every VM (thread-safe), [`Host::fire`] for end-to-end
-//!   delivery, [`Host::check_invariants`].
-//! - [`Vm`]: one VM's devices, quota and grants; [`Vm::handle`] runs one request as a
-//!   transaction ([`transaction`]).
+//! The design is in `docs/architecture.md`. The pieces:
+//! - [`Vm`]: the VM core — one VM's assigned devices, quota and grants; [`Vm::handle`] runs
+//!   one request as a transaction ([`transaction`]).
+//! - [`backend`]: the seam to the host that owns IRTEs and host vectors, one
+//!   [`backend::InterruptBackend`] per assigned device: [`vfio::VfioBackend`] for a real
+//!   host (feature `vfio`), [`model::ModelBackend`] on the modelled host kernel.
+//! - [`routes`]: the VM's guest routes, [`routes::GuestRoutes`]: [`kvm::KvmRoutes`] over the
+//!   VMM's own routing table ([`kvm::RouteOwner`]), or [`routes::MemoryRoutes`].
+//! - [`model`]: the modelled host kernel ([`model::ModelHost`]) for the simulator, tests,
+//!   fuzzing and benchmarks: VT-d remapping, the vector matrix, posted interrupts, faults.
 //! - [`device`]: the virtio device, its event handler and its virtio-mmio front.
-//! - [`kvm`]: real KVM delivery: [`kvm::KvmRoutes`] is the [`layers::RouteLayer`] that
-//!   gives each granted vector a GSI route and an irqfd, committed once per request.
 //!
 //! ```
-//! use pvirq_host::{DeviceSpec, Host, HostConfig, VmConfig, layers::MemoryRoutes};
-//! use pvirq_proto::{Alloc, IndexSpec, Kind, Operation, Outcome, Request, Response, Target};
+//! use pvirq_host::model::{ModelConfig, ModelHost};
+//! use pvirq_host::routes::MemoryRoutes;
+//! use pvirq_host::{DeviceSpec, VmConfig};
+//! use pvirq_proto::{Alloc, Kind, Operation, Outcome, Request, Response, Target};
 //!
-//! let host = Host::new(&HostConfig::default()).unwrap();
-//! let vm = host
-//!     .create_vm(
-//!         VmConfig {
-//!             quota: 32,
-//!             num_vcpus: 2,
-//!             max_batch: 64,
-//!             devices: vec![DeviceSpec {
-//!                 requester_id: 0x0100,
-//!                 unit: 0,
-//!                 msi_max: 0,
-//!                 msix_table_size: 16,
-//!                 ims_slots: 0,
-//!             }],
-//!         },
-//!         Box::new(MemoryRoutes::kvm_like()),
-//!     )
-//!     .unwrap();
+//! let host = ModelHost::new(&ModelConfig::default()).unwrap();
+//! let config = VmConfig {
+//!     quota: 32,
+//!     num_vcpus: 2,
+//!     max_batch: 64,
+//!     devices: vec![DeviceSpec {
+//!         requester_id: 0x0100,
+//!         msi_max: 0,
+//!         msix_table_size: 16,
+//!         ims_slots: 0,
+//!     }],
+//!     ..VmConfig::default()
+//! };
+//! let routes = MemoryRoutes::kvm_like();
+//! let book = routes.book();
+//! let vm = host.create_vm(config, Box::new(routes)).unwrap();
 //! let targets = [Target::new(1, 0x40)];
-//! let reply = vm.call(&Request {
-//!     device: 0,
-//!     tag: 1,
-//!     op: Operation::Alloc(Alloc {
-//!         kind: Kind::MsiX,
-//!         index: IndexSpec::Any,
-//!         min: 1,
-//!         max: 1,
-//!         pasid: None,
-//!         targets: &targets,
-//!     }),
-//! });
-//! let Outcome::Allocated { grants, .. } = Response::decode(&reply).unwrap().outcome else {
+//! let mut reply = [0u8; 64];
+//! let request = Request { device: 0, tag: 1, op: Operation::Alloc(Alloc::any(Kind::MsiX, 1, &targets)) };
+//! let mut bytes = [0u8; 64];
+//! let len = request.encode(&mut bytes).unwrap();
+//! let mut sink = pvirq_host::BufferSink::new(reply.len());
+//! vm.handle(&bytes[..len], &mut sink);
+//! reply[..sink.bytes().len()].copy_from_slice(sink.bytes());
+//! let Outcome::Allocated { grants, .. } = Response::decode(sink.bytes()).unwrap().outcome else {
 //!     panic!("refused");
 //! };
-//! // The device writes the granted message; it arrives at vCPU 1, vector 0x40.
-//! let delivery = host.fire(0x0100, grants[0].message()).unwrap();
-//! assert_eq!((delivery.vcpu, delivery.vector), (1, 0x40));
+//! // The device writes the granted message; the remapping unit resolves it and the route
+//! // delivers it to vCPU 1 (APIC ID 1), vector 0x40.
+//! host.fire(0x0100, grants[0].message()).unwrap();
+//! assert_eq!(book.lock().unwrap().delivered(), 1);
 //! // Another device sending the same message is stopped by the remapping unit.
 //! assert!(host.fire(0x0200, grants[0].message()).is_err());
 //! ```
 #![deny(missing_docs)]
+// No panic reachable from guest bytes, by construction (issue 11): no indexing, no unwrap.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 pub mod backend;
+mod bitmap;
 pub mod device;
 pub mod error;
 pub mod grants;
-pub mod invariants;
 pub mod kvm;
-pub mod layers;
-pub mod pool;
+pub mod model;
+pub mod routes;
+mod sync;
 pub mod transaction;
+#[cfg(feature = "vfio")]
 pub mod vfio;
 pub mod vm;
 
+pub use backend::{GuestDest, InterruptBackend};
 pub use device::{MmioInterrupt, MmioTransport, NotifyMode, PvirqDevice, VirtioInterrupt};
-pub use error::{HostError, LayerError, ReplyError};
-pub use pool::{Delivery, Fault, FaultReason, FaultReport, Host, HostConfig, HostOccupancy, VmId};
+pub use error::{HostError, ReplyError};
+/// The wire types a VMM meets in this crate's API, so it need not depend on `pvirq-proto`.
+pub use pvirq_proto::{GrantMode, Kind, MessageFormat, MsiMessage};
 pub use transaction::{BufferSink, Handled, ReplySink};
-pub use vm::{DeviceSpec, Vm, VmConfig, VmOccupancy};
+pub use vm::{ApicIds, DeviceSpec, Vm, VmConfig, VmOccupancy};

@@ -53,6 +53,7 @@ pub fn grant(
             index,
             trigger: t.get(index),
             dest: None,
+            previous: None,
         })
         .collect();
     let request = EnableRequest {
@@ -71,7 +72,8 @@ fn free_all(b: &mut LabBackend) {
     b.disable(Kind::MsiX, &all);
 }
 
-fn lines() -> u32 {
+/// `vfio-msix` lines in /proc/interrupts.
+pub fn lines() -> u32 {
     vfio_msix_lines().0
 }
 
@@ -111,8 +113,17 @@ pub fn run(bdf: &str) -> LabReport {
         Err(e) => report.setup_error = Some(format!("nvme: {e}")),
     }
     free_all(&mut b);
-    report.lines_at_exit = lines() + b.enabled(Kind::MsiX).len() as u32;
     report.disable_failures = b.disable_failures();
+    // The phase-1 backend goes (its Drop disables everything); the full path gets its own.
+    drop(b);
+    match crate::pvirq_path::run(&opened, &sysfs) {
+        Ok((path, cost)) => {
+            report.pvirq_path = path;
+            report.cost = cost;
+        }
+        Err(e) => report.setup_error = Some(format!("pvirq path: {e}")),
+    }
+    report.lines_at_exit = lines();
     report
 }
 
@@ -232,7 +243,8 @@ fn faults(b: &mut LabBackend, t: &mut Triggers) -> Vec<FaultCase> {
     cases
 }
 
-fn fired(fd: &EventFd, wait: Duration) -> bool {
+/// Whether `fd` is signalled within `wait`; consumes the signal.
+pub fn fired(fd: &EventFd, wait: Duration) -> bool {
     let t0 = Instant::now();
     loop {
         if fd.read().is_ok() {

@@ -6,6 +6,9 @@
 //!   the `InterruptBackend` trait until the kernel refuses, free and re-grant, batches,
 //!   a failure walk, and an NVMe completion arriving on the trigger's eventfd. It prints
 //!   one [`report::LabReport`] line on the console.
+//! - Then the same through the whole pvirq path ([`pvirq_path`]): guest driver, ring,
+//!   virtio device, transaction, `VfioBackend`, over `pvirq_sim::Channel`; and the cost
+//!   per vector of a grant against the bare `VFIO_DEVICE_SET_IRQS`, in the same run.
 //! - On the host ([`lab_env`], [`initramfs`], [`qemu`]): find the kernel and QEMU that
 //!   `.ci/vfio-lab-setup.sh` installed, build an initramfs around the binary, boot it and
 //!   read the report back. `tests/vfio_qemu.rs` asserts on it.
@@ -16,5 +19,7 @@ pub mod initramfs;
 pub mod lab_env;
 pub mod nvme;
 pub mod procfs;
+pub mod pvirq_path;
 pub mod qemu;
 pub mod report;
+pub mod routes;

@@ -278,9 +278,15 @@ impl Nvme {
     pub fn flush(&mut self) -> Result<(), NvmeError> {
         self.submit(true, 0x00, 1, 0, 0, 0).map(|_| ())
     }
+}
 
-    /// The container (kept alive with the DMA mapping).
-    pub fn container(&self) -> &Arc<VfioContainer> {
-        &self.container
+impl Drop for Nvme {
+    fn drop(&mut self) {
+        // Disable the controller, give the IOVA range back, then the memory.
+        self.wr32(0x14, 0);
+        let _ = self.wait_ready(false);
+        let _ = self.container.vfio_dma_unmap(IOVA, DMA_SIZE);
+        // SAFETY: the mapping made in `new`, no longer reachable by the device.
+        unsafe { libc::munmap(self.dma.cast(), DMA_SIZE) };
     }
 }

@@ -132,6 +132,70 @@ pub struct Delivery {
     pub regranted_fired: bool,
 }
 
+/// The same checks through the whole pvirq path: guest driver, virtqueue, device,
+/// transaction, `VfioBackend`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PvirqPath {
+    /// Vectors granted one ALLOC each until NO_SPACE.
+    pub granted: u32,
+    /// The refusal's resource (NO_SPACE), as the guest decoded it.
+    pub refusal_resource: String,
+    /// Its `available`.
+    pub refusal_available: u32,
+    /// `vfio-msix` lines after the refusal.
+    pub lines_after_refusal: u32,
+    /// Vectors the VM holds after the refusal (the core's books).
+    pub held_after_refusal: u32,
+    /// Lines after FREE of 10 from the middle.
+    pub lines_after_free: u32,
+    /// Those 10 granted again with one ALLOC at their index.
+    pub regranted: u32,
+    /// Lines after that.
+    pub lines_after_regrant: u32,
+    /// ALLOC of min 500, max 600 with nothing held: the refusal's resource.
+    pub below_min_resource: String,
+    /// Its `available`.
+    pub below_min_available: u32,
+    /// Lines after it.
+    pub lines_after_below_min: u32,
+    /// ALLOC of min 1, max 600: how many granted.
+    pub prefix_granted: u32,
+    /// Lines after it.
+    pub lines_after_prefix: u32,
+    /// Grants carry VmmTrapped tokens naming their index.
+    pub tokens_name_indices: bool,
+    /// A completion on the grant of index 300 arrived on its route's eventfd.
+    pub route_fired: bool,
+    /// And the admin queue's, on the grant of index 0's route eventfd.
+    pub admin_route_fired: bool,
+    /// Lines after RESET of the device.
+    pub lines_after_reset: u32,
+    /// Requests that failed where the check expected success.
+    pub errors: Vec<String>,
+}
+
+/// Cost per vector of a grant through pvirq against the bare call, same run, in the
+/// guest (TCG: every instruction, user and kernel, is emulated).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Cost {
+    /// Alternating rounds of each measurement.
+    pub rounds: u32,
+    /// Vectors per round.
+    pub vectors: u32,
+    /// Median µs per vector: one ALLOC per vector through pvirq.
+    pub pvirq_single_us: f64,
+    /// Median µs per vector: one `VFIO_DEVICE_SET_IRQS` per vector.
+    pub bare_single_us: f64,
+    /// `pvirq_single_us / bare_single_us`.
+    pub single_ratio: f64,
+    /// Median µs per vector: one ALLOC of all the round's vectors.
+    pub pvirq_batch_us: f64,
+    /// Median µs per vector: one `VFIO_DEVICE_SET_IRQS` of all of them.
+    pub bare_batch_us: f64,
+    /// `pvirq_batch_us / bare_batch_us`.
+    pub batch_ratio: f64,
+}
+
 /// Everything the in-guest program found.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LabReport {
@@ -153,7 +217,11 @@ pub struct LabReport {
     pub faults: Vec<FaultCase>,
     /// Delivery.
     pub delivery: Delivery,
-    /// Lines and enabled vectors after everything was freed.
+    /// The full pvirq path.
+    pub pvirq_path: PvirqPath,
+    /// Its cost against the bare call.
+    pub cost: Cost,
+    /// Lines after everything was freed.
     pub lines_at_exit: u32,
     /// Detach calls the kernel refused (the backend's counter).
     pub disable_failures: u64,

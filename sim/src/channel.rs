@@ -9,8 +9,9 @@
 use crate::error::SimError;
 use pvirq_guest::test_utils::{ByteRegs, GuestMemoryHal};
 use pvirq_guest::{Driver, Options};
-use pvirq_host::layers::RouteLayer;
-use pvirq_host::{Host, MmioInterrupt, MmioTransport, NotifyMode, PvirqDevice, Vm, VmConfig};
+use pvirq_host::model::ModelHost;
+use pvirq_host::routes::GuestRoutes;
+use pvirq_host::{MmioInterrupt, MmioTransport, NotifyMode, PvirqDevice, Vm, VmConfig};
 use std::sync::{Arc, Mutex, PoisonError};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -43,7 +44,7 @@ pub struct Channel {
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Channel")
-            .field("vm", &self.vm.id())
+            .field("vm", &self.vm)
             .finish_non_exhaustive()
     }
 }
@@ -54,34 +55,30 @@ impl Channel {
     /// negotiation, queue setup, DRIVER_OK). QueueNotify is handled inline, so every
     /// request is answered before the notifying register write returns.
     pub fn new(
-        host: &Host,
+        host: &ModelHost,
         config: VmConfig,
-        routes: Box<dyn RouteLayer>,
+        routes: Box<dyn GuestRoutes>,
         options: Options,
     ) -> Result<Channel, SimError> {
-        Self::build(host, config, routes, options, None)
+        Self::build(host.create_vm(config, routes)?, options, None)
     }
 
-    /// As [`Channel::new`], with `tap` called on every register write before the device
+    /// The channel of a VM made elsewhere (over any backends and routes).
+    pub fn for_vm(vm: Vm, options: Options) -> Result<Channel, SimError> {
+        Self::build(vm, options, None)
+    }
+
+    /// As [`Channel::for_vm`], with `tap` called on every register write before the device
     /// sees it.
-    pub fn with_write_tap(
-        host: &Host,
-        config: VmConfig,
-        routes: Box<dyn RouteLayer>,
+    pub fn for_vm_with_write_tap(
+        vm: Vm,
         options: Options,
         tap: WriteTap,
     ) -> Result<Channel, SimError> {
-        Self::build(host, config, routes, options, Some(tap))
+        Self::build(vm, options, Some(tap))
     }
 
-    fn build(
-        host: &Host,
-        config: VmConfig,
-        routes: Box<dyn RouteLayer>,
-        options: Options,
-        tap: Option<WriteTap>,
-    ) -> Result<Channel, SimError> {
-        let vm = host.create_vm(config, routes)?;
+    fn build(vm: Vm, options: Options, tap: Option<WriteTap>) -> Result<Channel, SimError> {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), GUEST_MEMORY_SIZE)])
             .map_err(|e| SimError::GuestMemory(e.to_string()))?;
         let interrupt = Arc::new(MmioInterrupt::new());

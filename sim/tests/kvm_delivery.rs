@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pvirq_host::kvm::{Gsi, KvmRouteError, KvmRouteTable};
+use pvirq_host::GuestDest;
+use pvirq_host::backend::Trigger;
+use pvirq_host::kvm::{KvmRouteTable, KvmRoutes};
+use pvirq_host::routes::{GuestRoutes, RouteError};
 use pvirq_sim::kvm::{InterruptCounts, KvmGuest, require_kvm_or_skip};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// Guard against hangs only; delivery normally takes microseconds.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -15,34 +17,26 @@ const MEM: usize = 1 << 20;
 /// when each vCPU has counted it, anything sent before it has been counted too.
 const BARRIER: u8 = 0x20;
 
-fn eventfd() -> EventFd {
-    EventFd::new(EFD_NONBLOCK).unwrap()
+fn to(vcpu: usize, vector: u8) -> Option<GuestDest> {
+    Some(GuestDest {
+        apic_id: vcpu as u32,
+        vector,
+    })
 }
 
-/// The route table takes the eventfd it attaches; tests keep a duplicate to write.
-fn dup(fd: &EventFd) -> EventFd {
-    fd.try_clone().unwrap()
+fn routes(guest: &KvmGuest, capacity: u32) -> KvmRoutes<KvmRouteTable> {
+    KvmRoutes::new(guest.route_table(), guest.vm_fd(), capacity).unwrap()
 }
 
-/// Writes `fd`, waits for `expected` (the whole table of counts, barrier aside), then
+/// Raises `trigger`, waits for `expected` (the whole table of counts, barrier aside), then
 /// checks that nothing else arrives: after a barrier the counts are still exactly
 /// `expected`.
-fn fire_and_expect(guest: &KvmGuest, fd: &EventFd, expected: &InterruptCounts) {
-    fd.write(1).unwrap();
+fn fire_and_expect(guest: &KvmGuest, trigger: &Trigger, expected: &InterruptCounts) {
+    trigger.raise().unwrap();
     let seen = guest.wait_until(|c| c.clone().without_vector(BARRIER) == *expected, TIMEOUT);
     assert!(seen.is_ok(), "{seen:?}");
     guest.barrier(BARRIER, TIMEOUT).unwrap();
     assert_eq!(guest.snapshot().without_vector(BARRIER), *expected);
-}
-
-/// One committed route with an irqfd to (`vcpu`, `vector`).
-fn route(table: &mut KvmRouteTable, guest: &KvmGuest, vcpu: usize, vector: u8) -> (Gsi, EventFd) {
-    let fd = eventfd();
-    let mut batch = table.batch();
-    let gsi = batch.add(guest.msi(vcpu, vector).unwrap()).unwrap();
-    batch.register_irqfd(gsi, dup(&fd)).unwrap();
-    batch.commit().unwrap();
-    (gsi, fd)
 }
 
 #[test]
@@ -51,39 +45,37 @@ fn each_route_reaches_exactly_its_vcpu_and_vector_once() {
         return;
     }
     let guest = KvmGuest::new(2, MEM).unwrap();
-    let mut table = guest.route_table();
+    let mut routes = routes(&guest, 8);
     let targets: Vec<(usize, u8)> = [0x41, 0x62, 0xA3, 0xFE]
         .into_iter()
         .flat_map(|vector| [(0, vector), (1, vector + 1)])
         .collect();
-    let msis: Vec<_> = targets
-        .iter()
-        .map(|&(vcpu, vector)| guest.msi(vcpu, vector).unwrap())
-        .collect();
-    let fds: Vec<_> = targets.iter().map(|_| eventfd()).collect();
     // The whole request in one batch: one KVM_SET_GSI_ROUTING for all eight routes.
-    let mut batch = table.batch();
-    let gsis = batch.add_all(&msis).unwrap();
-    for (gsi, fd) in gsis.iter().zip(&fds) {
-        batch.register_irqfd(*gsi, dup(fd)).unwrap();
-    }
-    batch.commit().unwrap();
+    let staged: Vec<_> = targets
+        .iter()
+        .map(|&(vcpu, vector)| routes.stage_add(to(vcpu, vector)).unwrap())
+        .collect();
+    routes.commit().unwrap();
+    assert_eq!(routes.owner().commits(), 1);
 
     let mut expected = BTreeMap::new();
-    for (target, fd) in targets.iter().zip(&fds) {
+    for (target, route) in targets.iter().zip(&staged) {
         expected.insert(*target, 1);
         let expected: InterruptCounts = expected.clone().into_iter().collect();
-        fire_and_expect(&guest, fd, &expected);
+        fire_and_expect(&guest, &route.trigger, &expected);
     }
 
-    // Released routes deliver nothing; the one kept still does.
-    table.release(&gsis[1..]).unwrap();
-    for fd in &fds[1..] {
-        fd.write(1).unwrap();
+    // Removed routes deliver nothing; the one kept still does.
+    for route in &staged[1..] {
+        routes.stage_remove(route.id).unwrap();
+    }
+    routes.commit().unwrap();
+    for route in &staged[1..] {
+        route.trigger.raise().unwrap();
     }
     expected.insert(targets[0], 2);
     let expected: InterruptCounts = expected.into_iter().collect();
-    fire_and_expect(&guest, &fds[0], &expected);
+    fire_and_expect(&guest, &staged[0].trigger, &expected);
     guest.shutdown().unwrap();
 }
 
@@ -93,30 +85,32 @@ fn retargeting_a_route_moves_delivery() {
         return;
     }
     let guest = KvmGuest::new(2, MEM).unwrap();
-    let mut table = guest.route_table();
-    let (gsi, fd) = route(&mut table, &guest, 0, 0x50);
-    fire_and_expect(&guest, &fd, &[((0, 0x50), 1)].into_iter().collect());
+    let mut routes = routes(&guest, 2);
+    let route = routes.stage_add(to(0, 0x50)).unwrap();
+    routes.commit().unwrap();
+    fire_and_expect(
+        &guest,
+        &route.trigger,
+        &[((0, 0x50), 1)].into_iter().collect(),
+    );
 
     // Same GSI and eventfd, other vCPU.
-    let mut batch = table.batch();
-    batch.update(gsi, guest.msi(1, 0x50).unwrap()).unwrap();
-    batch.commit().unwrap();
+    routes.stage_update(route.id, to(1, 0x50)).unwrap();
+    routes.commit().unwrap();
     let expected = [((0, 0x50), 1), ((1, 0x50), 1)];
-    fire_and_expect(&guest, &fd, &expected.into_iter().collect());
+    fire_and_expect(&guest, &route.trigger, &expected.into_iter().collect());
 
-    // A retarget that is dropped before commit changes nothing.
-    let mut batch = table.batch();
-    batch.update(gsi, guest.msi(0, 0x51).unwrap()).unwrap();
-    drop(batch);
+    // A retarget aborted before commit changes nothing.
+    routes.stage_update(route.id, to(0, 0x51)).unwrap();
+    routes.abort();
     let expected = [((0, 0x50), 1), ((1, 0x50), 2)];
-    fire_and_expect(&guest, &fd, &expected.into_iter().collect());
+    fire_and_expect(&guest, &route.trigger, &expected.into_iter().collect());
 
     // Back to vCPU 0, on another vector.
-    let mut batch = table.batch();
-    batch.update(gsi, guest.msi(0, 0x51).unwrap()).unwrap();
-    batch.commit().unwrap();
+    routes.stage_update(route.id, to(0, 0x51)).unwrap();
+    routes.commit().unwrap();
     let expected = [((0, 0x50), 1), ((0, 0x51), 1), ((1, 0x50), 2)];
-    fire_and_expect(&guest, &fd, &expected.into_iter().collect());
+    fire_and_expect(&guest, &route.trigger, &expected.into_iter().collect());
     guest.shutdown().unwrap();
 }
 
@@ -126,50 +120,33 @@ fn exhausted_routes_are_a_typed_error_and_earlier_routes_still_deliver() {
         return;
     }
     let guest = KvmGuest::new(2, MEM).unwrap();
-    let mut table = guest.route_table();
-    let (_, fd0) = route(&mut table, &guest, 0, 0x70);
-    let (_, fd1) = route(&mut table, &guest, 1, 0x71);
-    // 4096 KVM entries - 40 irqchip routes - the 2 above.
-    assert_eq!(table.available(), 4054);
-
-    let filler = vec![guest.msi(1, 0x90).unwrap(); 4055];
-    let last_fd = eventfd();
-    let mut batch = table.batch();
-    let err = batch.add_all(&filler).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            KvmRouteError::Exhausted {
-                requested: 4055,
-                available: 4054
-            }
-        ),
-        "{err:?}"
-    );
-    let gsis = batch.add_all(&filler[1..]).unwrap();
-    let err = batch.add(guest.msi(0, 0x91).unwrap()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            KvmRouteError::Exhausted {
-                requested: 1,
-                available: 0
-            }
-        ),
-        "{err:?}"
-    );
-    let last = *gsis.last().unwrap();
-    // KVM's entry limit, not the GSI range (24..4096), is what ran out.
-    assert_eq!(last, Gsi::new(24 + 4056 - 1));
-    batch.register_irqfd(last, dup(&last_fd)).unwrap();
-    batch.commit().unwrap();
-    assert_eq!(table.available(), 0);
+    // 4096 KVM entries - 40 irqchip routes: every GSI the table can give.
+    let table = guest.route_table();
+    assert_eq!(table.available(), 4056);
+    assert!(KvmRoutes::new(guest.route_table(), guest.vm_fd(), 4057).is_err());
+    let mut routes = KvmRoutes::new(table, guest.vm_fd(), 4056).unwrap();
+    let a = routes.stage_add(to(0, 0x70)).unwrap();
+    let b = routes.stage_add(to(1, 0x71)).unwrap();
+    routes.commit().unwrap();
+    let filler: Vec<_> = (0..4054)
+        .map(|_| routes.stage_add(to(1, 0x90)).unwrap())
+        .collect();
+    assert!(matches!(
+        routes.stage_add(to(0, 0x91)),
+        Err(RouteError::Exhausted)
+    ));
+    routes.commit().unwrap();
+    assert_eq!((routes.available(), routes.live()), (0, 4056));
 
     let mut expected = vec![((0, 0x70), 1)];
-    fire_and_expect(&guest, &fd0, &expected.iter().copied().collect());
+    fire_and_expect(&guest, &a.trigger, &expected.iter().copied().collect());
     expected.push(((1, 0x71), 1));
-    fire_and_expect(&guest, &fd1, &expected.iter().copied().collect());
+    fire_and_expect(&guest, &b.trigger, &expected.iter().copied().collect());
     expected.push(((1, 0x90), 1));
-    fire_and_expect(&guest, &last_fd, &expected.iter().copied().collect());
+    fire_and_expect(
+        &guest,
+        &filler[4053].trigger,
+        &expected.iter().copied().collect(),
+    );
     guest.shutdown().unwrap();
 }

@@ -9,59 +9,66 @@
 
 mod common;
 
-use common::{SOURCE_ID, channel, host, interleaved, keep, median_of, report};
+use common::{channel, host, interleaved, keep, median_of, report};
 use criterion::{Criterion, criterion_group};
-use pvirq_host::layers::{
-    GuestDest, IrteDest, MemoryRoutes, RemapConfig, RemapLayer, RemapUnits, RouteLayer,
-    VectorConfig, VectorLayer, VectorMatrix,
-};
-use pvirq_proto::{Grant, IndexRange, IndexSpec, Kind, MsiMessage, RemappableMsi, Target};
+use pvirq_host::GuestDest;
+use pvirq_host::backend::{EnableRequest, Enabled, InterruptBackend, VectorSetup};
+use pvirq_host::model::{ModelBackend, ModelHost};
+use pvirq_host::routes::{GuestRoutes, MemoryRoutes};
+use pvirq_proto::{Grant, IndexRange, IndexSpec, Kind, MsiMessage, Target};
 use pvirq_sim::Channel;
 use std::time::{Duration, Instant};
 
 const TARGET: Target = Target::new(1, 0x40);
+/// The requester ID of the device the direct baseline backs.
+const DIRECT_SOURCE: u16 = 0x0200;
 
-/// The host-side work of one grant and its release, with no protocol around it.
+/// The host-side work of one grant and its release, with no protocol around it: the
+/// device's backend on the modelled host and the VM's routes, called directly.
 struct DirectLayers {
-    remap: RemapUnits,
-    vectors: VectorMatrix,
+    backend: ModelBackend,
     routes: MemoryRoutes,
+    enabled: Vec<Enabled>,
 }
 
 impl DirectLayers {
-    fn new() -> Self {
+    fn new(host: &ModelHost) -> Self {
+        let vm = host.new_vm_id();
         DirectLayers {
-            remap: RemapUnits::new(RemapConfig::default()).expect("remap"),
-            vectors: VectorMatrix::new(&VectorConfig::default()).expect("vectors"),
+            backend: host.attach(vm, DIRECT_SOURCE).expect("backend"),
             routes: MemoryRoutes::kvm_like(),
+            enabled: Vec::with_capacity(1),
         }
     }
 
     fn alloc_free(&mut self) {
-        let irte = self.remap.alloc(0, SOURCE_ID).expect("irte");
-        let hv = self.vectors.alloc().expect("vector");
-        self.remap
-            .program(0, irte, IrteDest::Remapped(hv))
-            .expect("program");
-        let route = self
-            .routes
-            .stage_add(GuestDest {
-                vcpu: 1,
-                vector: 0x40,
-            })
-            .expect("route");
+        let dest = Some(GuestDest {
+            apic_id: 1,
+            vector: 0x40,
+        });
+        let route = self.routes.stage_add(dest).expect("route");
+        let vectors = [VectorSetup {
+            index: 0,
+            trigger: route.trigger,
+            dest,
+            previous: None,
+        }];
+        let request = EnableRequest {
+            kind: Kind::MsiX,
+            vectors: &vectors,
+            min: 1,
+            pasid: None,
+            allow_posted: false,
+        };
+        self.enabled.clear();
+        self.backend
+            .enable(&request, &mut self.enabled)
+            .expect("enable");
         self.routes.commit().expect("commit");
-        keep(
-            RemappableMsi {
-                handle: irte,
-                subhandle: Some(0),
-            }
-            .message(),
-        );
-        self.routes.stage_remove(route).expect("remove");
+        keep(self.enabled.first().map(|e| e.message));
+        self.routes.stage_remove(route.id).expect("remove");
         self.routes.commit().expect("commit");
-        self.vectors.free(hv);
-        self.remap.free(0, irte);
+        self.backend.disable(Kind::MsiX, &[0]);
     }
 }
 
@@ -100,7 +107,7 @@ fn timed_batch_alloc(channel: &mut Channel, targets: &[Target], grants: &mut [Gr
 fn protocol_cost(c: &mut Criterion) {
     let host = host(2);
     let mut full = channel(&host, 4096);
-    let mut direct = DirectLayers::new();
+    let mut direct = DirectLayers::new(&host);
 
     // Benchmark 1, as a ratio of interleaved medians.
     let (full_ns, direct_ns) = interleaved(

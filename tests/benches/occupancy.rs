@@ -11,10 +11,8 @@ mod common;
 
 use common::{direct_vm, host, keep, median, report};
 use criterion::{Criterion, criterion_group};
-use pvirq_host::Host;
-use pvirq_host::layers::{
-    RemapConfig, RemapLayer, RemapUnits, VectorConfig, VectorLayer, VectorMatrix,
-};
+use pvirq_host::model::ModelHost;
+use pvirq_host::model::{RemapConfig, RemapUnits, VectorConfig, VectorMatrix};
 use pvirq_proto::{
     Alloc, IndexRange, IndexSpec, Kind, Operation, Outcome, Request, Response, Target,
 };
@@ -42,7 +40,7 @@ fn alloc_request<'a>(kind: Kind, count: u16, targets: &'a [Target]) -> Request<'
 /// A host whose vectors are `percent` % taken by a filler VM, and a probe VM.
 struct Filled {
     percent: u32,
-    host: Host,
+    host: ModelHost,
     _filler: pvirq_host::Vm,
     probe: pvirq_host::Vm,
 }

@@ -3,8 +3,10 @@
 
 use pvirq_guest::Options;
 use pvirq_host::grants::GrantRecord;
-use pvirq_host::layers::{GuestDest, MemoryRoutes, RemapConfig, VectorConfig};
-use pvirq_host::{DeviceSpec, Host, HostConfig, HostOccupancy, Vm, VmConfig, VmOccupancy};
+use pvirq_host::model::{HostOccupancy, ModelConfig, ModelHost};
+use pvirq_host::model::{RemapConfig, VectorConfig};
+use pvirq_host::routes::{MemoryRoutes, RouteState};
+use pvirq_host::{DeviceSpec, Vm, VmConfig, VmOccupancy};
 use pvirq_proto::{Kind, Target};
 use pvirq_sim::Channel;
 
@@ -12,7 +14,6 @@ use pvirq_sim::Channel;
 pub fn dev(requester_id: u16, msi_max: u16, msix_table_size: u16, ims_slots: u32) -> DeviceSpec {
     DeviceSpec {
         requester_id,
-        unit: 0,
         msi_max,
         msix_table_size,
         ims_slots,
@@ -26,12 +27,13 @@ pub fn vm_config(quota: u32, devices: Vec<DeviceSpec>) -> VmConfig {
         num_vcpus: 4,
         max_batch: 64,
         devices,
+        ..VmConfig::default()
     }
 }
 
 /// A host with one remapping unit of `irtes` entries and `cpus` host CPUs with the
 /// default usable vector range (0x20..0xEC minus 0x80: 203 vectors per CPU).
-pub fn host(irtes: u32, cpus: u32) -> Host {
+pub fn host(irtes: u32, cpus: u32) -> ModelHost {
     host_with_vectors(
         irtes,
         VectorConfig {
@@ -42,19 +44,20 @@ pub fn host(irtes: u32, cpus: u32) -> Host {
 }
 
 /// A host with one remapping unit of `irtes` entries and the given vector matrix.
-pub fn host_with_vectors(irtes: u32, vectors: VectorConfig) -> Host {
-    Host::new(&HostConfig {
+pub fn host_with_vectors(irtes: u32, vectors: VectorConfig) -> ModelHost {
+    ModelHost::new(&ModelConfig {
         remap: RemapConfig {
             units: 1,
             entries_per_unit: irtes,
         },
         vectors,
+        ..ModelConfig::default()
     })
     .expect("host")
 }
 
 /// A channel (VM, device, driver) on `host` with KVM-like routes and default options.
-pub fn channel(host: &Host, config: VmConfig) -> Channel {
+pub fn channel(host: &ModelHost, config: VmConfig) -> Channel {
     Channel::new(
         host,
         config,
@@ -72,7 +75,7 @@ pub fn targets(n: usize, first_vector: u8) -> Vec<Target> {
 }
 
 /// One grant as the host holds it: kind, index, record, live route destination.
-pub type GrantView = (Kind, u32, GrantRecord, Option<GuestDest>);
+pub type GrantView = (Kind, u32, GrantRecord, Option<RouteState>);
 
 /// Everything observable about the host pool and some VMs: compared before and after a
 /// request that must change nothing.
@@ -85,7 +88,7 @@ pub struct Snapshot {
 }
 
 /// Takes a [`Snapshot`], after checking the host's invariants (panics on a violation).
-pub fn snapshot(host: &Host, vms: &[&Vm]) -> Snapshot {
+pub fn snapshot(host: &ModelHost, vms: &[&Vm]) -> Snapshot {
     if let Err(errors) = host.check_invariants() {
         panic!("host invariants violated: {errors:#?}");
     }
@@ -108,6 +111,6 @@ fn vm_view(vm: &Vm) -> (VmOccupancy, Vec<Vec<GrantView>>) {
 }
 
 /// IRTEs in use over all units of `host`.
-pub fn irtes_used(host: &Host) -> u32 {
+pub fn irtes_used(host: &ModelHost) -> u32 {
     host.occupancy().units.iter().map(|u| u.used).sum()
 }

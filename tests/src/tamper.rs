@@ -15,8 +15,9 @@
 //! slots: arm a fault only when that request is the only one in flight.
 
 use pvirq_guest::Options;
-use pvirq_host::layers::RouteLayer;
-use pvirq_host::{Host, Vm, VmConfig};
+use pvirq_host::model::ModelHost;
+use pvirq_host::routes::GuestRoutes;
+use pvirq_host::{Vm, VmConfig};
 use pvirq_sim::channel::{ChannelDriver, GUEST_MEMORY_SIZE, WriteTap};
 use pvirq_sim::{Channel, SimError};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -188,11 +189,16 @@ impl TamperChannel {
     /// with a guest that watches its queue registers and, at QueueNotify, applies the armed
     /// fault to the chain just published.
     pub fn new(
-        host: &Host,
+        host: &ModelHost,
         config: VmConfig,
-        routes: Box<dyn RouteLayer>,
+        routes: Box<dyn GuestRoutes>,
         options: Options,
     ) -> Result<TamperChannel, SimError> {
+        Self::for_vm(host.create_vm(config, routes)?, options)
+    }
+
+    /// As [`TamperChannel::new`], for a VM made elsewhere.
+    pub fn for_vm(vm: Vm, options: Options) -> Result<TamperChannel, SimError> {
         let armed: Arc<Mutex<Option<ReplyFault>>> = Arc::default();
         let queue: Mutex<QueueRegs> = Mutex::default();
         let fault = armed.clone();
@@ -208,7 +214,7 @@ impl TamperChannel {
                 q.record(offset, u32::from_le_bytes(bytes));
             }
         });
-        let channel = Channel::with_write_tap(host, config, routes, options, tap)?;
+        let channel = Channel::for_vm_with_write_tap(vm, options, tap)?;
         Ok(TamperChannel { channel, armed })
     }
 

@@ -3,7 +3,7 @@
 //! IMS with PASID, MSI blocks, the QUERY figures, free and re-allocate.
 
 use pvirq_guest::{Error, Options};
-use pvirq_host::layers::MemoryRoutes;
+use pvirq_host::routes::MemoryRoutes;
 use pvirq_proto::{
     Alloc, Field, Grant, IndexRange, IndexSpec, Kind, MsiMessage, Refusal, RemappableMsi, Resource,
     feature,
@@ -119,7 +119,7 @@ fn ims_with_pasid_is_granted_and_needs_the_feature() {
         .unwrap();
     assert_eq!(g.index(), 40);
     let d = host.fire(0x100, g.message()).unwrap();
-    assert_eq!((d.vcpu, d.vector), (3, 0x77));
+    assert_eq!(d.to(), Some((3, 0x77)));
     let any = ch
         .driver()
         .alloc_irq_at(0, Kind::Ims, IndexSpec::Any, target, Some(7))

@@ -1,7 +1,7 @@
 //! What a granted message does when the assigned device sends it: it reaches the target
 //! the guest asked for, only from its own requester ID ([DEV-2]), and stops with FREE.
 
-use pvirq_host::{FaultReason, Host};
+use pvirq_host::model::{FaultReason, ModelHost};
 use pvirq_proto::{Grant, IndexRange, Kind, MsiMessage, Target};
 use pvirq_sim::Channel;
 use pvirq_tests::setup::{channel, dev, host, targets, vm_config};
@@ -16,9 +16,9 @@ fn grant_n(ch: &mut Channel, kind: Kind, t: &[Target]) -> Vec<Grant> {
         .to_vec()
 }
 
-fn lands(host: &Host, rid: u16, message: MsiMessage) -> (u32, u8) {
+fn lands(host: &ModelHost, rid: u16, message: MsiMessage) -> (u32, u8) {
     let d = host.fire(rid, message).unwrap();
-    (d.vcpu, d.vector)
+    d.to().expect("a destination")
 }
 
 /// Every kind's grants deliver to their own targets; for an MSI block the device sends

@@ -2,8 +2,10 @@
 //! right `available` ([DEV-7]), and several VMs drawing on one host pool ([DEV-17]).
 
 use pvirq_guest::Options;
-use pvirq_host::layers::{MemoryRoutes, RouteLayer, VectorConfig};
-use pvirq_host::{Host, VmConfig};
+use pvirq_host::VmConfig;
+use pvirq_host::model::ModelHost;
+use pvirq_host::model::VectorConfig;
+use pvirq_host::routes::{GuestRoutes, MemoryRoutes};
 use pvirq_proto::{Grant, IndexRange, IndexSpec, Kind, MsiMessage, Refusal, Resource, Target};
 use pvirq_sim::Channel;
 use pvirq_tests::setup::{
@@ -15,9 +17,9 @@ const LIMIT: u32 = 6;
 
 /// A host, VM configuration and route layer in which `resource` is the only one that
 /// runs out, after [`LIMIT`] vectors.
-fn shortage_of(resource: Resource) -> (Host, VmConfig, Box<dyn RouteLayer>) {
+fn shortage_of(resource: Resource) -> (ModelHost, VmConfig, Box<dyn GuestRoutes>) {
     let ample_vm = vm_config(64, vec![dev(0x100, 0, 64, 0)]);
-    let kvm = || -> Box<dyn RouteLayer> { Box::new(MemoryRoutes::kvm_like()) };
+    let kvm = || -> Box<dyn GuestRoutes> { Box::new(MemoryRoutes::kvm_like()) };
     match resource {
         Resource::VmQuota => (
             host(256, 2),

@@ -2,7 +2,7 @@
 //! virtio device reset, and several requests in flight at once.
 
 use pvirq_guest::{Error, Options};
-use pvirq_host::layers::MemoryRoutes;
+use pvirq_host::routes::MemoryRoutes;
 use pvirq_proto::{
     Alloc, Field, Grant, IndexRange, IndexSpec, Kind, MsiMessage, Operation, Outcome, Refusal,
     Target, feature,
@@ -20,9 +20,9 @@ fn grant_n(ch: &mut Channel, device: u32, kind: Kind, t: &[Target]) -> Vec<Grant
         .to_vec()
 }
 
-fn lands(host: &pvirq_host::Host, rid: u16, g: &Grant) -> (u32, u8) {
+fn lands(host: &pvirq_host::model::ModelHost, rid: u16, g: &Grant) -> (u32, u8) {
     let d = host.fire(rid, g.message()).unwrap();
-    (d.vcpu, d.vector)
+    d.to().expect("a destination")
 }
 
 fn run(kind: Kind, first: u32, count: u16) -> IndexRange {

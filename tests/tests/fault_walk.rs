@@ -7,11 +7,9 @@
 //! without the fault must get exactly the answer a fault-free run gets.
 
 use pvirq_guest::{Error, Options};
-use pvirq_host::Host;
-use pvirq_host::layers::{
-    FaultKind, FaultPlan, Faulty, LayerCall, MemoryRoutes, RemapConfig, RemapUnits, VectorConfig,
-    VectorMatrix,
-};
+use pvirq_host::backend::fault::{FaultKind, FaultPlan, Faulty, LayerCall};
+use pvirq_host::model::{ModelConfig, ModelHost, RemapConfig};
+use pvirq_host::routes::MemoryRoutes;
 use pvirq_proto::{
     Alloc, IndexRange, IndexSpec, Kind, Operation, Outcome, Refusal, Retarget, Target,
 };
@@ -21,7 +19,7 @@ use pvirq_tests::tamper::{BadBuffer, ReplyFault, TamperChannel};
 /// A VM with two devices and some grants to roll back to, on a host whose every layer
 /// counts (and can fail) its reserving calls and records them.
 struct Rig {
-    host: Host,
+    host: ModelHost,
     ch: TamperChannel,
     plan: FaultPlan,
 }
@@ -29,20 +27,24 @@ struct Rig {
 impl Rig {
     fn new() -> Rig {
         let plan = FaultPlan::new();
-        let remap = RemapUnits::new(RemapConfig {
-            units: 1,
-            entries_per_unit: 128,
+        let host = ModelHost::new(&ModelConfig {
+            remap: RemapConfig {
+                units: 1,
+                entries_per_unit: 128,
+            },
+            ..ModelConfig::default()
         })
         .unwrap();
-        let vectors = VectorMatrix::new(&VectorConfig::default()).unwrap();
-        let host = Host::with_layers(
-            Box::new(Faulty::new(remap, plan.clone())),
-            Box::new(Faulty::new(vectors, plan.clone())),
-        );
         let routes = Faulty::new(MemoryRoutes::kvm_like(), plan.clone());
         let config = vm_config(64, vec![dev(0x100, 4, 16, 16), dev(0x101, 4, 0, 0)]);
-        let mut ch =
-            TamperChannel::new(&host, config, Box::new(routes), Options::default()).unwrap();
+        let vm = host
+            .create_vm_wrapped(
+                config,
+                |b| Box::new(Faulty::new(b, plan.clone())),
+                Box::new(routes),
+            )
+            .unwrap();
+        let mut ch = TamperChannel::for_vm(vm, Options::default()).unwrap();
         let t = targets(4, 0x30);
         let mut grants = [pvirq_proto::Grant::new(0, Default::default()); 4];
         let d = ch.driver();

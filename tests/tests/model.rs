@@ -78,7 +78,7 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn device(units: u16) -> impl Strategy<Value = DeviceSpec> {
+fn device(units: u16) -> impl Strategy<Value = (DeviceSpec, u16)> {
     (
         0..units,
         prop_oneof![
@@ -93,12 +93,14 @@ fn device(units: u16) -> impl Strategy<Value = DeviceSpec> {
         prop_oneof![1 => Just(0u16), 3 => 1u16..=24],
         prop_oneof![1 => Just(0u32), 3 => 1u32..=24],
     )
-        .prop_map(|(unit, msi_max, msix_table_size, ims_slots)| DeviceSpec {
-            requester_id: 0, // set once the VM's position is known
-            unit,
-            msi_max,
-            msix_table_size,
-            ims_slots,
+        .prop_map(|(unit, msi_max, msix_table_size, ims_slots)| {
+            let spec = DeviceSpec {
+                requester_id: 0, // set once the VM's position is known
+                msi_max,
+                msix_table_size,
+                ims_slots,
+            };
+            (spec, unit)
         })
 }
 
@@ -125,7 +127,8 @@ fn vm_shape(units: u16) -> impl Strategy<Value = VmShape> {
                 max_batch,
                 features,
                 routes,
-                devices,
+                units: devices.iter().map(|(_, unit)| *unit).collect(),
+                devices: devices.into_iter().map(|(spec, _)| spec).collect(),
             },
         )
 }

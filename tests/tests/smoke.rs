@@ -2,25 +2,26 @@
 //! guest; then the granted message fired by the device reaches the requested vCPU.
 
 use pvirq_guest::Options;
-use pvirq_host::layers::MemoryRoutes;
-use pvirq_host::{DeviceSpec, Host, HostConfig, VmConfig};
+use pvirq_host::model::{ModelConfig, ModelHost};
+use pvirq_host::routes::MemoryRoutes;
+use pvirq_host::{DeviceSpec, VmConfig};
 use pvirq_proto::{Grant, Kind, MsiMessage, Target};
 use pvirq_sim::Channel;
 
 #[test]
 fn a_granted_msix_vector_delivers_where_the_guest_asked() {
-    let host = Host::new(&HostConfig::default()).expect("default host");
+    let host = ModelHost::new(&ModelConfig::default()).expect("default host");
     let config = VmConfig {
         quota: 8,
         num_vcpus: 2,
         max_batch: 64,
         devices: vec![DeviceSpec {
             requester_id: 0x0100,
-            unit: 0,
             msi_max: 0,
             msix_table_size: 4,
             ims_slots: 0,
         }],
+        ..VmConfig::default()
     };
     let routes = Box::new(MemoryRoutes::kvm_like());
     let mut channel = Channel::new(&host, config, routes, Options::default()).expect("channel");
@@ -34,10 +35,7 @@ fn a_granted_msix_vector_delivers_where_the_guest_asked() {
     assert_eq!(allocation.quota_remaining, 6);
     for (grant, target) in allocation.grants.iter().zip(&targets) {
         let delivery = host.fire(0x0100, grant.message()).expect("delivered");
-        assert_eq!(
-            (delivery.vcpu, delivery.vector),
-            (target.vcpu(), target.vector())
-        );
+        assert_eq!(delivery.to(), Some((target.vcpu(), target.vector())));
     }
     assert_eq!(channel.vm().occupancy().held, 2);
 }

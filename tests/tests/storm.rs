@@ -7,8 +7,9 @@
 //!
 //! Bounded: a fixed number of operations per thread; no timing assertions.
 
-use pvirq_host::layers::VectorConfig;
-use pvirq_host::{Host, Vm};
+use pvirq_host::Vm;
+use pvirq_host::model::ModelHost;
+use pvirq_host::model::VectorConfig;
 use pvirq_proto::{Grant, IndexRange, IndexSpec, Kind, MsiMessage, Refusal, Resource, Target};
 use pvirq_sim::Channel;
 use pvirq_tests::setup::{channel, dev, host_with_vectors, irtes_used, vm_config};
@@ -65,7 +66,7 @@ struct Storm {
 }
 
 impl Storm {
-    fn open(host: &Host, index: usize, generation: u16, vms: &mpsc::Sender<Vm>) -> Channel {
+    fn open(host: &ModelHost, index: usize, generation: u16, vms: &mpsc::Sender<Vm>) -> Channel {
         let rid = 0x1000 + (index as u16) * 0x10 + generation;
         let ch = channel(host, vm_config(QUOTA, vec![dev(rid, MSI, MSIX, IMS)]));
         vms.send(ch.vm().clone()).unwrap();
@@ -235,7 +236,7 @@ impl Storm {
 
     /// Virtio device reset mid-storm: drop the driver, check the VM holds nothing, and come
     /// back as a new VM (new requester ID: the old VM lives on in the monitor's hands).
-    fn virtio_reset(&mut self, host: &Host, vms: &mpsc::Sender<Vm>) {
+    fn virtio_reset(&mut self, host: &ModelHost, vms: &mpsc::Sender<Vm>) {
         self.generation += 1;
         let fresh = Storm::open(host, self.index, self.generation, vms);
         let old = std::mem::replace(&mut self.ch, fresh);
@@ -248,7 +249,7 @@ impl Storm {
 
     /// After each of its requests: what the host says this VM holds. Only this VM's own
     /// requests change its count, so checking after each of them sees every value it takes.
-    fn check_occupancy(&self, host: &Host, total_vectors: u32) {
+    fn check_occupancy(&self, host: &ModelHost, total_vectors: u32) {
         let occ = self.ch.vm().occupancy();
         assert!(occ.held <= QUOTA, "[DEV-16] {occ:?}");
         assert_eq!(occ.held as usize, self.held.len(), "{occ:?}");
@@ -275,7 +276,7 @@ impl Storm {
     }
 }
 
-fn storm(host: &Host, index: usize, vms: &mpsc::Sender<Vm>, start: &Barrier) -> [u64; 6] {
+fn storm(host: &ModelHost, index: usize, vms: &mpsc::Sender<Vm>, start: &Barrier) -> [u64; 6] {
     let mut s = Storm {
         ch: Storm::open(host, index, 0, vms),
         held: BTreeSet::new(),

@@ -5,8 +5,9 @@
 
 use crate::wire::Blob;
 use crate::wire_struct;
-use pvirq_host::layers::MemoryRoutes;
-use pvirq_host::{DeviceSpec, Host, HostConfig, MmioInterrupt, PvirqDevice, Vm, VmConfig};
+use pvirq_host::routes::MemoryRoutes;
+use pvirq_host::model::{ModelConfig, ModelHost};
+use pvirq_host::{DeviceSpec, MmioInterrupt, PvirqDevice, Vm, VmConfig};
 use pvirq_proto::{
     Alloc, IndexRange, IndexSpec, Kind, Operation, Request, Retarget, Target, feature,
 };
@@ -92,27 +93,27 @@ wire_struct! {
 fn spec(requester_id: u16) -> DeviceSpec {
     DeviceSpec {
         requester_id,
-        unit: 0,
         msi_max: 8,
         msix_table_size: 64,
         ims_slots: 64,
     }
 }
 
-fn vm(host: &Host, base: u16, quota: u32) -> Vm {
+fn vm(host: &ModelHost, base: u16, quota: u32) -> Vm {
     host.create_vm(
         VmConfig {
             quota,
             num_vcpus: 2,
             max_batch: 64,
             devices: vec![spec(base), spec(base + 1)],
+            ..VmConfig::default()
         },
         Box::new(MemoryRoutes::kvm_like()),
     )
     .expect("a valid VM")
 }
 
-fn check(host: &Host, when: &str) {
+fn check(host: &ModelHost, when: &str) {
     if let Err(errors) = host.check_invariants() {
         panic!("invariants broken {when}: {errors:#?}");
     }
@@ -220,7 +221,7 @@ fn publish(
 
 /// Processes one chain at a time until the queue is idle, checking the invariants after
 /// every request; how many chains were returned.
-fn drain(dev: &mut PvirqDevice, host: &Host) -> usize {
+fn drain(dev: &mut PvirqDevice, host: &ModelHost) -> usize {
     let mut chains = 0;
     for _ in 0..MAX_CALLS {
         let done = dev.process_queue(1);
@@ -235,7 +236,7 @@ fn drain(dev: &mut PvirqDevice, host: &Host) -> usize {
 
 /// Runs one input; how many chains the device returned.
 pub fn run(input: &DeviceInput) -> usize {
-    let host = Host::new(&HostConfig::default()).expect("default host");
+    let host = ModelHost::new(&ModelConfig::default()).expect("default host");
     // A bystander VM with grants of its own: nothing the fuzzed VM does may touch them.
     let other = vm(&host, 0x200, 8);
     let targets = [Target::new(1, 0x50), Target::new(0, 0x51)];

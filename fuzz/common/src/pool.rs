@@ -130,6 +130,12 @@ impl PoolInput {
                 },
                 features: feature::ALL & !u64::from(vm.features_off & 0x1F),
                 routes: 1 + u32::from(vm.routes),
+                units: vm
+                    .devices
+                    .iter()
+                    .take(MAX_DEVICES)
+                    .map(|dev| u16::from(dev.unit) % units)
+                    .collect(),
                 devices: vm
                     .devices
                     .iter()
@@ -137,7 +143,6 @@ impl PoolInput {
                     .enumerate()
                     .map(|(d, dev)| DeviceSpec {
                         requester_id: 0x100 * (v as u16 + 1) + d as u16,
-                        unit: u16::from(dev.unit) % units,
                         msi_max: MSI_SIZES[usize::from(dev.msi) % MSI_SIZES.len()],
                         msix_table_size: u16::from(dev.msix % 33),
                         ims_slots: u32::from(dev.ims % 33),

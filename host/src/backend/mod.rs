@@ -10,7 +10,10 @@
 //!
 //! Backends shipped: [`crate::vfio::VfioBackend`] (the real host, through VFIO) and the
 //! modelled host kernel ([`crate::model`]), for the simulator, tests, fuzzing and
-//! benchmarks. [`fault::FaultyBackend`] wraps either and fails on command.
+//! benchmarks. `fault::Faulty` (feature `test-utils`) wraps either and fails on command.
+
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fault;
 
 use pvirq_proto::{GrantMode, Kind, MessageFormat, MsiMessage, Resource};
 use std::fmt;
@@ -64,6 +67,9 @@ pub struct VectorSetup {
     /// Where the guest route delivers it; `None` for a parked grant (no destination yet).
     /// A backend that posts interrupts needs it; others may ignore it.
     pub dest: Option<GuestDest>,
+    /// The message the vector had before (a restored snapshot, a migrated VM): a backend
+    /// gives the same one where it can, so that the guest need not reprogram it.
+    pub previous: Option<MsiMessage>,
 }
 
 /// A request to back vectors of one kind of one assigned device.
@@ -160,6 +166,12 @@ pub trait InterruptBackend: Send {
     /// Whether this backend can post interrupts (VT-d PI, AMD AVIC).
     fn can_post(&self) -> bool {
         false
+    }
+
+    /// The largest multi-MSI block the host's remapping hardware allows (a power of two
+    /// ≤ 32; VT-d's ECAP.MHMV bounds it). The device reports `msi_max` no larger.
+    fn max_msi_block(&self) -> u32 {
+        32
     }
 
     /// What the host can tell about its supply for `kind` now.

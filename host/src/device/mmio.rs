@@ -6,7 +6,7 @@
 //! signalling the device's eventfd for the event loop ([`NotifyMode`]).
 
 use super::device::{InterruptType, PvirqDevice, QUEUE_SIZE, VirtioInterrupt};
-use crate::pool::lock;
+use crate::sync::lock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_config::{

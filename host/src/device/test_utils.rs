@@ -3,8 +3,8 @@
 
 use super::device::PvirqDevice;
 use super::mmio::MmioInterrupt;
-use crate::layers::MemoryRoutes;
-use crate::pool::{Host, HostConfig};
+use crate::model::{ModelConfig, ModelHost};
+use crate::routes::MemoryRoutes;
 use crate::vm::{DeviceSpec, Vm, VmConfig};
 use pvirq_proto::{Request, feature};
 use std::sync::Arc;
@@ -24,28 +24,28 @@ pub(crate) fn guest_memory() -> GuestMemoryMmap {
 pub(crate) fn spec(requester_id: u16) -> DeviceSpec {
     DeviceSpec {
         requester_id,
-        unit: 0,
         msi_max: 8,
         msix_table_size: 64,
         ims_slots: 64,
     }
 }
 
-pub(crate) fn vm(host: &Host, base: u16, quota: u32) -> Vm {
+pub(crate) fn vm(host: &ModelHost, base: u16, quota: u32) -> Vm {
     host.create_vm(
         VmConfig {
             quota,
             num_vcpus: 2,
             max_batch: 64,
             devices: vec![spec(base), spec(base + 1)],
+            ..VmConfig::default()
         },
         Box::new(MemoryRoutes::kvm_like()),
     )
     .unwrap()
 }
 
-pub(crate) fn host() -> Host {
-    Host::new(&HostConfig::default()).unwrap()
+pub(crate) fn host() -> ModelHost {
+    ModelHost::new(&ModelConfig::default()).unwrap()
 }
 
 /// A device over `vm`, activated on `q`'s queue with every feature.

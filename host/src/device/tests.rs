@@ -2,8 +2,7 @@
 
 use super::test_utils::*;
 use super::*;
-use crate::layers::RemapFault;
-use crate::pool::FaultReason;
+use crate::model::{FaultReason, RemapFault};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use pvirq_proto::{
     Alloc, Config, Field, IndexSpec, Kind, Operation, Outcome, Refusal, Request, Response, Status,
@@ -106,7 +105,8 @@ fn alloc_through_the_queue_writes_grants_and_signals() {
             assert_eq!(grants.len(), 3);
             assert_eq!(quota_remaining, 29);
             let d = host.fire(0x100, grants[1].message()).unwrap();
-            assert_eq!((d.vcpu, d.vector), (1, 0x41));
+            let dest = d.dest.unwrap();
+            assert_eq!((dest.apic_id, dest.vector), (1, 0x41));
         }
         other => panic!("{other:?}"),
     }
@@ -345,7 +345,7 @@ impl Regs {
 
 fn mmio(
     mem: &vm_memory::GuestMemoryMmap,
-    host: &crate::Host,
+    host: &crate::model::ModelHost,
     mode: NotifyMode,
 ) -> (Regs, Arc<MmioInterrupt>) {
     let irq = Arc::new(MmioInterrupt::new());
@@ -497,21 +497,26 @@ fn a_freed_handle_faults_when_the_device_fires_it() {
 
 #[test]
 fn every_status_is_reached_through_the_queue() {
-    use crate::layers::{
-        FaultKind, FaultPlan, Faulty, RemapConfig, RemapUnits, VectorConfig, VectorMatrix,
-    };
+    use crate::backend::fault::{FaultKind, FaultPlan, Faulty};
     use pvirq_proto::{IndexRange, Retarget};
     let plan = FaultPlan::new();
-    let host = crate::Host::with_layers(
-        Box::new(Faulty::new(
-            RemapUnits::new(RemapConfig::default()).unwrap(),
-            plan.clone(),
-        )),
-        Box::new(VectorMatrix::new(&VectorConfig::default()).unwrap()),
-    );
+    let host = host();
+    let faulty_vm = host
+        .create_vm_wrapped(
+            crate::VmConfig {
+                quota: 4,
+                num_vcpus: 2,
+                max_batch: 64,
+                devices: vec![spec(0x100), spec(0x101)],
+                ..crate::VmConfig::default()
+            },
+            |b| Box::new(Faulty::new(b, plan.clone())),
+            Box::new(crate::routes::MemoryRoutes::kvm_like()),
+        )
+        .unwrap();
     let mem = guest_memory();
     let mut drv = Driver::new(&mem, 64);
-    let (mut dev, _irq) = active_device(vm(&host, 0x100, 4), &mem, &drv.q);
+    let (mut dev, _irq) = active_device(faulty_vm, &mem, &drv.q);
     let t = [Target::new(0, 0x40), Target::new(7, 0x41)];
     let alloc = |kind, index, min, max, targets: &[Target]| {
         encode(&Request {
@@ -572,7 +577,7 @@ fn every_status_is_reached_through_the_queue() {
     }
     drv.send(&requests[0].clone(), &[30]); // response-too-small (needs 40)
     dev.process_all();
-    // device-error: the IRTE layer fails.
+    // device-error: the host backend fails.
     plan.fail_nth(1, FaultKind::Failed);
     drv.send(&alloc(Kind::MsiX, IndexSpec::Any, 1, 1, &t[..1]), &[64]);
     dev.process_all();

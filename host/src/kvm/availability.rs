@@ -1,14 +1,17 @@
 //! The one rule every KVM test follows when `/dev/kvm` is missing.
 
+#[cfg(any(test, feature = "test-utils"))]
 use std::fmt::Display;
 
 /// The device KVM tests need.
 pub const KVM_DEVICE: &str = "/dev/kvm";
 /// The only KVM API version there has ever been.
+#[cfg(any(test, feature = "test-utils"))]
 const KVM_API_VERSION: i32 = 12;
 /// Set this environment variable to `1` to make KVM tests fail, not skip, without KVM.
 pub const REQUIRE_KVM_ENV: &str = "PVIRQ_REQUIRE_KVM";
 
+#[cfg(any(test, feature = "test-utils"))]
 /// What a KVM test does, given whether KVM opened and the value of [`REQUIRE_KVM_ENV`].
 #[derive(Debug, PartialEq, Eq)]
 enum Decision {
@@ -17,6 +20,7 @@ enum Decision {
     Fail(String),
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 fn decide<E: Display>(opened: Result<(), E>, require: Option<&str>) -> Decision {
     match opened {
         Ok(()) => Decision::Run,
@@ -27,6 +31,7 @@ fn decide<E: Display>(opened: Result<(), E>, require: Option<&str>) -> Decision 
     }
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 /// Test support: whether a test that needs KVM should run.
 ///
 /// Returns `true` if `/dev/kvm` opens and answers `KVM_GET_API_VERSION`. Otherwise prints `SKIPPED: /dev/kvm not available
@@ -53,6 +58,8 @@ pub fn require_kvm_or_skip() -> bool {
             println!("{line}");
             false
         }
+        // Test support: failing the test that needs KVM is the point.
+        #[allow(clippy::panic)]
         Decision::Fail(message) => panic!("{message}"),
     }
 }

@@ -22,36 +22,19 @@ pub enum KvmRouteError {
         /// How many routes could still be added (free GSIs, capped by KVM's entry limit).
         available: usize,
     },
-    /// The GSI has no route in this table.
-    #[error("{0} has no route in this table")]
+    /// The GSI is not one of this table's.
+    #[error("{0} is not one of this table's GSIs")]
     UnknownGsi(Gsi),
-    /// The GSI already has an irqfd; a GSI carries at most one.
-    #[error("{0} already has an irqfd")]
-    IrqfdAlreadyRegistered(Gsi),
-    /// The GSI's route has no irqfd to trigger.
-    #[error("{0} has no irqfd")]
-    NoIrqfd(Gsi),
-    /// Writing the irqfd of the GSI failed.
-    #[error("writing the irqfd of {gsi} failed: {source}")]
-    Trigger {
-        /// GSI whose eventfd was written.
-        gsi: Gsi,
-        /// The `write` failure.
-        source: std::io::Error,
+    /// An eventfd for an irqfd could not be created.
+    #[error("eventfd: errno {errno}")]
+    EventFd {
+        /// The errno.
+        errno: i32,
     },
     /// `KVM_IRQFD` refused to attach the eventfd to the GSI.
     #[error("KVM_IRQFD assign for {gsi} failed: {source}")]
     IrqfdRegister {
         /// GSI the eventfd was meant for.
-        gsi: Gsi,
-        /// The ioctl's error.
-        source: kvm_ioctls::Error,
-    },
-    /// The routing change was committed, but `KVM_IRQFD` refused to detach the eventfd of a
-    /// released GSI; that GSI is withheld from reuse and detaching is retried on drop.
-    #[error("routes committed, but KVM_IRQFD deassign for {gsi} failed: {source}")]
-    IrqfdUnregister {
-        /// GSI whose eventfd is still attached.
         gsi: Gsi,
         /// The ioctl's error.
         source: kvm_ioctls::Error,

@@ -1,19 +1,17 @@
-//! `KvmRouteTable`: one VM's MSI routes, kept as our own list because KVM only accepts the
-//! whole table at once.
+//! `KvmRouteTable`: a VM's whole KVM routing table, kept as our own list because KVM only
+//! accepts the whole table at once. The [`RouteOwner`] for a VMM that has none.
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use kvm_bindings::{KVM_MAX_IRQ_ROUTES, KvmIrqRouting};
 use kvm_ioctls::VmFd;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::error::KvmRouteError;
 use super::irqchip::{IRQCHIP_GSIS, IrqchipRoutes};
-use super::irqfd::Irqfd;
-use super::msi::Gsi;
-use super::staging::{Pending, RouteBatch};
-use crate::layers::IndexBitmap;
+use super::msi::{Gsi, routing_entry};
+use super::owner::RouteOwner;
+use crate::bitmap::IndexBitmap;
 use pvirq_proto::MsiMessage;
 
 /// KVM rejects any GSI at or above this (`KVM_MAX_IRQ_ROUTES`).
@@ -38,43 +36,23 @@ impl Default for RouteTableConfig {
     }
 }
 
-/// One route: the message KVM delivers for the GSI and the eventfd that triggers it, if any.
-#[derive(Debug)]
-pub(super) struct Route {
-    pub(super) msi: MsiMessage,
-    pub(super) irqfd: Option<Irqfd>,
-}
-
-/// The MSI routes of one VM.
-///
-/// With nothing staged the table is exactly what KVM has. Changes are staged (`stage_*`, or
-/// scoped in a [`RouteBatch`]) and reach KVM with one `KVM_SET_GSI_ROUTING` on commit.
-/// A VM must have a single table: each commit replaces KVM's whole routing table.
-/// Dropping the table detaches its irqfds and removes its routes from KVM.
-///
-/// The table owns the eventfd of every irqfd it attaches. Those detached again — by a
-/// committed removal, or by rolling back the batch that attached them — are given back,
-/// drained, through [`take_detached`](Self::take_detached), for the caller to reuse or
-/// close; until then the table holds them.
+/// The MSI routes of one VM. With no commit in progress it is exactly what KVM has.
+/// Dropping it sends KVM a table without its routes (if it ever wrote one).
 #[derive(Debug)]
 pub struct KvmRouteTable {
-    pub(super) vm: Arc<VmFd>,
+    vm: Arc<VmFd>,
     irqchip_routes: IrqchipRoutes,
     gsi_range: Range<u32>,
     /// Routes by GSI offset from `gsi_range.start`; grows up to the highest GSI used.
-    slots: Vec<Option<Route>>,
-    /// Number of `Some` slots.
+    routes: Vec<Option<MsiMessage>>,
+    /// Number of `Some` routes.
     len: usize,
-    /// GSIs of the range (as offsets) that carry no route and are not held by an open batch.
-    pub(super) free: IndexBitmap,
-    /// Irqfds KVM refused to detach; dropping them tries again.
-    pub(super) stale: Vec<Irqfd>,
-    /// Eventfds detached and not yet taken back by the caller.
-    pub(super) detached: Vec<EventFd>,
-    /// Changes staged and not yet committed.
-    pub(super) pending: Pending,
+    /// GSIs of the range (as offsets) not reserved by anybody.
+    free: IndexBitmap,
     /// Whether a commit has replaced KVM's table, so dropping must restore it.
     wrote_kvm: bool,
+    /// Commits sent to KVM.
+    commits: u64,
 }
 
 impl KvmRouteTable {
@@ -93,8 +71,8 @@ impl KvmRouteTable {
     }
 
     /// No range check: lets tests hand out GSIs KVM rejects, to force a failing commit.
-    #[cfg(test)]
-    pub(crate) fn with_unchecked_config(vm: Arc<VmFd>, config: RouteTableConfig) -> Self {
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn with_unchecked_config(vm: Arc<VmFd>, config: RouteTableConfig) -> Self {
         Self::build(vm, config)
     }
 
@@ -104,12 +82,10 @@ impl KvmRouteTable {
             irqchip_routes: config.irqchip_routes,
             free: IndexBitmap::singles(config.gsi_range.len() as u32),
             gsi_range: config.gsi_range,
-            slots: Vec::new(),
+            routes: Vec::new(),
             len: 0,
-            stale: Vec::new(),
-            detached: Vec::new(),
-            pending: Pending::default(),
             wrote_kvm: false,
+            commits: 0,
         }
     }
 
@@ -123,11 +99,6 @@ impl KvmRouteTable {
         self.gsi_range.clone()
     }
 
-    /// Whether commits keep the irqchip's default routes.
-    pub fn irqchip_routes(&self) -> IrqchipRoutes {
-        self.irqchip_routes
-    }
-
     /// Number of routes in the table.
     pub fn len(&self) -> usize {
         self.len
@@ -138,50 +109,33 @@ impl KvmRouteTable {
         self.len == 0
     }
 
-    /// How many routes can still be added: free GSIs, capped by what is left of KVM's 4096
-    /// routing entries after the irqchip routes and ours.
+    /// Commits sent to KVM so far (each one `KVM_SET_GSI_ROUTING`).
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+
+    /// GSIs that can still be reserved: free GSIs, capped by what is left of KVM's 4096
+    /// routing entries after the irqchip routes.
     pub fn available(&self) -> usize {
+        let reserved = self.free.len() - self.free.free_count();
         let entry_budget = KVM_MAX_IRQ_ROUTES
             .saturating_sub(self.irqchip_routes.len())
-            .saturating_sub(self.len);
+            .saturating_sub(reserved as usize);
         (self.free.free_count() as usize).min(entry_budget)
     }
 
     /// The message `gsi` delivers, if the table has a route for it.
     pub fn route(&self, gsi: Gsi) -> Option<MsiMessage> {
-        self.slot(gsi).map(|route| route.msi)
+        self.routes.get(self.offset(gsi)?).copied().flatten()
     }
 
     /// Every route, by ascending GSI.
     pub fn routes(&self) -> impl Iterator<Item = (Gsi, MsiMessage)> + '_ {
-        let start = self.gsi_range.start;
-        (start..)
-            .zip(&self.slots)
-            .filter_map(|(gsi, slot)| slot.as_ref().map(|route| (Gsi::new(gsi), route.msi)))
+        (self.gsi_range.start..)
+            .zip(&self.routes)
+            .filter_map(|(gsi, msi)| msi.map(|msi| (Gsi::new(gsi), msi)))
     }
 
-    /// Whether `gsi` has an irqfd attached.
-    pub fn has_irqfd(&self, gsi: Gsi) -> bool {
-        self.slot(gsi).is_some_and(|route| route.irqfd.is_some())
-    }
-
-    /// Writes the irqfd of `gsi`: KVM delivers its route (once committed).
-    pub fn trigger(&self, gsi: Gsi) -> Result<(), KvmRouteError> {
-        let route = self.slot(gsi).ok_or(KvmRouteError::UnknownGsi(gsi))?;
-        let irqfd = route.irqfd.as_ref().ok_or(KvmRouteError::NoIrqfd(gsi))?;
-        irqfd
-            .trigger()
-            .map_err(|source| KvmRouteError::Trigger { gsi, source })
-    }
-
-    /// Takes back the eventfds detached since the last call, each with its counter drained:
-    /// those of committed removals, of rolled-back attachments, and those the table refused
-    /// to attach.
-    pub fn take_detached(&mut self) -> std::vec::Drain<'_, EventFd> {
-        self.detached.drain(..)
-    }
-
-    /// The offset of `gsi` in the slots, if it lies in the range.
     fn offset(&self, gsi: Gsi) -> Option<usize> {
         if self.gsi_range.contains(&gsi.raw()) {
             usize::try_from(gsi.raw() - self.gsi_range.start).ok()
@@ -190,88 +144,28 @@ impl KvmRouteTable {
         }
     }
 
-    pub(super) fn slot(&self, gsi: Gsi) -> Option<&Route> {
-        self.slots.get(self.offset(gsi)?)?.as_ref()
-    }
-
-    pub(super) fn slot_mut(&mut self, gsi: Gsi) -> Option<&mut Route> {
-        let offset = self.offset(gsi)?;
-        self.slots.get_mut(offset)?.as_mut()
-    }
-
-    /// Puts `route` at `gsi`, which must be in the range and empty; returns it otherwise.
-    pub(super) fn insert(&mut self, gsi: Gsi, route: Route) -> Result<(), Route> {
-        let Some(offset) = self.offset(gsi) else {
-            return Err(route);
-        };
-        if self.slots.len() <= offset {
-            self.slots.resize_with(offset + 1, || None);
+    /// Sets the route of `gsi`; the previous one.
+    fn set(&mut self, offset: usize, msi: Option<MsiMessage>) -> Option<MsiMessage> {
+        if self.routes.len() <= offset {
+            self.routes.resize(offset + 1, None);
         }
-        match self.slots.get_mut(offset) {
-            Some(slot @ None) => {
-                *slot = Some(route);
-                self.len += 1;
-                Ok(())
-            }
-            _ => Err(route),
+        let slot = self.routes.get_mut(offset)?;
+        let previous = std::mem::replace(slot, msi);
+        match (previous.is_some(), msi.is_some()) {
+            (false, true) => self.len += 1,
+            (true, false) => self.len -= 1,
+            _ => {}
         }
-    }
-
-    pub(super) fn take(&mut self, gsi: Gsi) -> Option<Route> {
-        let offset = self.offset(gsi)?;
-        let route = self.slots.get_mut(offset)?.take()?;
-        self.len -= 1;
-        Some(route)
-    }
-
-    /// The GSI at `offset` in the range.
-    pub(super) fn gsi_at(&self, offset: usize) -> Option<Gsi> {
-        let offset = u32::try_from(offset).ok()?;
-        let gsi = self.gsi_range.start.checked_add(offset)?;
-        self.gsi_range.contains(&gsi).then_some(Gsi::new(gsi))
-    }
-
-    /// Returns `gsi` to the free pool.
-    pub(super) fn free_gsi(&mut self, gsi: Gsi) {
-        if let Some(offset) = self.offset(gsi).and_then(|o| u32::try_from(o).ok()) {
-            self.free.put(offset);
-        }
-    }
-
-    /// Opens a batch of changes; they reach KVM with one ioctl on [`RouteBatch::commit`], and
-    /// are undone if the batch is dropped uncommitted or the commit fails.
-    pub fn batch(&mut self) -> RouteBatch<'_> {
-        RouteBatch::new(self)
-    }
-
-    /// Removes the routes of `gsis` (detaching their irqfds) with one commit. If any GSI is
-    /// not in the table, nothing is removed.
-    ///
-    /// Changes staged before the call are committed with it.
-    pub fn release(&mut self, gsis: &[Gsi]) -> Result<(), KvmRouteError> {
-        let mut batch = self.batch();
-        for &gsi in gsis {
-            batch.remove(gsi)?;
-        }
-        batch.commit()
-    }
-
-    /// Removes every route with one commit.
-    pub fn release_all(&mut self) -> Result<(), KvmRouteError> {
-        let gsis: Vec<Gsi> = self.routes().map(|(gsi, _)| gsi).collect();
-        self.release(&gsis)
+        previous
     }
 
     /// Sends the irqchip routes and every route of the table to KVM with one
     /// `KVM_SET_GSI_ROUTING`. KVM checks the whole table before swapping it in, so on error it
     /// keeps the previous one.
-    pub(super) fn write_to_kvm(&mut self) -> Result<(), KvmRouteError> {
+    fn write_to_kvm(&mut self) -> Result<(), KvmRouteError> {
         let mut entries = self.irqchip_routes.entries();
         entries.reserve(self.len);
-        entries.extend(
-            self.routes()
-                .map(|(gsi, msi)| super::msi::routing_entry(gsi, msi)),
-        );
+        entries.extend(self.routes().map(|(gsi, msi)| routing_entry(gsi, msi)));
         let routing =
             KvmIrqRouting::from_entries(&entries).map_err(|_| KvmRouteError::TooManyEntries {
                 entries: entries.len(),
@@ -283,17 +177,62 @@ impl KvmRouteTable {
                 source,
             })?;
         self.wrote_kvm = true;
+        self.commits += 1;
         Ok(())
+    }
+}
+
+impl RouteOwner for KvmRouteTable {
+    fn reserve_gsi(&mut self) -> Result<Gsi, KvmRouteError> {
+        let exhausted = KvmRouteError::Exhausted {
+            requested: 1,
+            available: 0,
+        };
+        if self.available() == 0 {
+            return Err(exhausted);
+        }
+        let offset = self.free.first_free().ok_or(exhausted)?;
+        self.free.take(offset);
+        Ok(Gsi::new(self.gsi_range.start + offset))
+    }
+
+    fn release_gsi(&mut self, gsi: Gsi) {
+        if let Some(offset) = self.offset(gsi) {
+            self.set(offset, None);
+            self.free.put(offset as u32);
+        }
+    }
+
+    fn commit(&mut self, changes: &[(Gsi, Option<MsiMessage>)]) -> Result<(), KvmRouteError> {
+        let mut undo = Vec::with_capacity(changes.len());
+        for (gsi, msi) in changes {
+            let Some(offset) = self.offset(*gsi) else {
+                self.revert(undo);
+                return Err(KvmRouteError::UnknownGsi(*gsi));
+            };
+            undo.push((offset, self.set(offset, *msi)));
+        }
+        let result = self.write_to_kvm();
+        if result.is_err() {
+            self.revert(undo);
+        }
+        result
+    }
+}
+
+impl KvmRouteTable {
+    fn revert(&mut self, undo: Vec<(usize, Option<MsiMessage>)>) {
+        for (offset, previous) in undo.into_iter().rev() {
+            self.set(offset, previous);
+        }
     }
 }
 
 impl Drop for KvmRouteTable {
     fn drop(&mut self) {
-        // Dropping the irqfds detaches them; then KVM gets back a table without our routes.
-        self.abort();
-        self.slots.clear();
-        self.stale.clear();
-        if self.wrote_kvm {
+        if self.wrote_kvm && self.len > 0 {
+            self.routes.clear();
+            self.len = 0;
             let _ = self.write_to_kvm();
         }
     }

@@ -1,26 +1,30 @@
 //! Transaction tests at the VM API (no virtio): statuses, counts, rollback, isolation.
 
-use super::*;
-use crate::layers::{
-    FaultKind, FaultPlan, Faulty, MemoryRoutes, RemapConfig, RemapFault, RemapUnits, VectorConfig,
-    VectorMatrix,
+use crate::backend::GuestDest;
+use crate::backend::fault::{FaultKind, FaultPlan, Faulty};
+use crate::grants::GrantRecord;
+use crate::model::{
+    FaultReason, HostOccupancy, ModelConfig, ModelHost, RemapConfig, RemapFault, VectorConfig,
 };
-use crate::pool::{FaultReason, Host, HostConfig, HostOccupancy};
-use crate::vm::{DeviceSpec, VmConfig, VmOccupancy};
-use pvirq_proto::{Response, Target};
+use crate::routes::{GuestRoutes, MemoryRoutes, RouteError, RouteId, RouteState, StagedRoute};
+use crate::transaction::BufferSink;
+use crate::vm::{DeviceSpec, Vm, VmConfig, VmOccupancy};
+use pvirq_proto::{
+    Alloc, DeviceInfo, Field, Grant, IndexRange, IndexSpec, Kind, KindSet, Operation, Outcome,
+    Refusal, RemappableMsi, Request, Resource, Response, Retarget, Status, Target, feature,
+};
 
 pub(crate) fn dev(requester_id: u16, msi: u16, msix: u16, ims: u32) -> DeviceSpec {
     DeviceSpec {
         requester_id,
-        unit: 0,
         msi_max: msi,
         msix_table_size: msix,
         ims_slots: ims,
     }
 }
 
-pub(crate) fn small_host(entries: u32, cpus: u32) -> Host {
-    Host::new(&HostConfig {
+pub(crate) fn small_host(entries: u32, cpus: u32) -> ModelHost {
+    ModelHost::new(&ModelConfig {
         remap: RemapConfig {
             units: 2,
             entries_per_unit: entries,
@@ -29,17 +33,19 @@ pub(crate) fn small_host(entries: u32, cpus: u32) -> Host {
             cpus,
             ..VectorConfig::default()
         },
+        ..ModelConfig::default()
     })
     .unwrap()
 }
 
-fn vm_on(host: &Host, quota: u32, devices: Vec<DeviceSpec>) -> Vm {
+fn vm_on(host: &ModelHost, quota: u32, devices: Vec<DeviceSpec>) -> Vm {
     host.create_vm(
         VmConfig {
             quota,
             num_vcpus: 4,
             max_batch: 64,
             devices,
+            ..VmConfig::default()
         },
         Box::new(MemoryRoutes::kvm_like()),
     )
@@ -155,7 +161,7 @@ fn remap_msg(handle: u16, sub: u16) -> pvirq_proto::MsiMessage {
 }
 
 /// One grant as a test sees it: kind, index, record, live route destination.
-type GrantView = (Kind, u32, GrantRecord, Option<GuestDest>);
+type GrantView = (Kind, u32, GrantRecord, Option<RouteState>);
 
 /// Everything observable about the pools: compared before and after a refused request.
 #[derive(Debug, PartialEq)]
@@ -164,7 +170,7 @@ struct Snapshot {
     vms: Vec<(VmOccupancy, Vec<Vec<GrantView>>)>,
 }
 
-fn snapshot(host: &Host, vms: &[&Vm]) -> Snapshot {
+fn snapshot(host: &ModelHost, vms: &[&Vm]) -> Snapshot {
     host.check_invariants().unwrap();
     Snapshot {
         host: host.occupancy(),
@@ -336,7 +342,7 @@ fn no_space_names_the_first_short_resource_and_what_was_available() {
         })
     );
     // Host vectors: one CPU with 3 usable vectors.
-    let host = Host::new(&HostConfig {
+    let host = ModelHost::new(&ModelConfig {
         remap: RemapConfig::default(),
         vectors: VectorConfig {
             cpus: 1,
@@ -344,6 +350,7 @@ fn no_space_names_the_first_short_resource_and_what_was_available() {
             end: 0x23,
             reserved: vec![],
         },
+        ..ModelConfig::default()
     })
     .unwrap();
     let vm = vm_on(&host, 64, vec![dev(0x100, 0, 16, 0)]);
@@ -363,6 +370,7 @@ fn no_space_names_the_first_short_resource_and_what_was_available() {
                 num_vcpus: 1,
                 max_batch: 64,
                 devices: vec![dev(0x100, 0, 16, 0)],
+                ..VmConfig::default()
             },
             Box::new(MemoryRoutes::with_range(24, 2).unwrap()),
         )
@@ -549,21 +557,22 @@ fn free_retarget_reset_are_checked_and_all_or_nothing() {
     );
     let before = vm.grants(0);
     assert_eq!(counted(&retarget_req(&vm, 0, Kind::MsiX, 3, &t)), (2, 61));
-    // Records (IRTE, vector, route) unchanged; the routes moved.
-    assert_eq!(vm.grants(0), before);
-    let route_of = |i: u32| before.iter().find(|g| g.1 == i).unwrap().2.route;
+    // Messages and routes unchanged; the routes moved, and the records say where.
+    let after = vm.grants(0);
+    let same = |g: &(Kind, u32, GrantRecord)| (g.0, g.1, g.2.route, g.2.message, g.2.mode);
     assert_eq!(
-        vm.route(route_of(3)),
-        Some(GuestDest {
-            vcpu: 3,
-            vector: 0x99
-        })
+        after.iter().map(same).collect::<Vec<_>>(),
+        before.iter().map(same).collect::<Vec<_>>()
     );
+    let route_of = |i: u32| before.iter().find(|g| g.1 == i).unwrap().2.route;
+    let moved = |apic_id, vector| Some(RouteState::Live(GuestDest { apic_id, vector }));
+    assert_eq!(vm.route(route_of(3)), moved(3, 0x99));
+    assert_eq!(vm.route(route_of(4)), moved(2, 0x98));
     assert_eq!(
-        vm.route(route_of(4)),
+        after.iter().find(|g| g.1 == 3).unwrap().2.dest,
         Some(GuestDest {
-            vcpu: 2,
-            vector: 0x98
+            apic_id: 3,
+            vector: 0x99
         })
     );
     assert_eq!(counted(&free_req(&vm, 0, Kind::MsiX, 3, 2)), (2, 63));
@@ -625,7 +634,8 @@ fn handles_are_per_vm_and_vms_do_not_touch_each_other() {
                 quota: 1,
                 num_vcpus: 1,
                 max_batch: 1,
-                devices: vec![dev(0x100, 0, 1, 0)]
+                devices: vec![dev(0x100, 0, 1, 0)],
+                ..VmConfig::default()
             },
             Box::new(MemoryRoutes::kvm_like())
         )
@@ -639,7 +649,7 @@ fn dropping_a_vm_or_resetting_it_returns_everything() {
     let a = vm_on(&host, 64, vec![dev(0x100, 8, 16, 0)]);
     grants(&alloc(&a, 0, Kind::MsiX, IndexSpec::Any, 10, 10));
     grants(&alloc(&a, 0, Kind::Msi, IndexSpec::Any, 8, 8));
-    assert_eq!(a.reset_all(), Ok(18));
+    assert_eq!(a.reset_all(), 18);
     assert_eq!(a.occupancy().held, 0);
     assert_eq!(host.occupancy().vectors_used, 0);
     grants(&alloc(&a, 0, Kind::MsiX, IndexSpec::Any, 10, 10));
@@ -661,13 +671,14 @@ fn fire_delivers_through_irte_vector_and_route_and_records_faults() {
     let r = a.call(&req(0, Operation::Alloc(Alloc::any(Kind::MsiX, 1, &t))));
     let msg = grants(&r)[0].message();
     let d = host.fire(0x100, msg).unwrap();
-    assert_eq!((d.vm, d.vcpu, d.vector), (a.id(), 2, 0x45));
+    let dest = |apic_id, vector| Some(GuestDest { apic_id, vector });
+    assert_eq!((Some(d.vm), d.dest), (host.vm_id(&a), dest(2, 0x45)));
     // Multi-MSI: the device ORs the vector number into the data.
     let block = grants(&alloc(&a, 0, Kind::Msi, IndexSpec::Any, 4, 4));
     let mut m = block[0].message();
     m.data |= 3;
     let d = host.fire(0x100, m).unwrap();
-    assert_eq!((d.vcpu, d.vector), (3, 0x33));
+    assert_eq!(d.dest, dest(3, 0x33));
     // Another device (another VM's) using A's message: source-id mismatch.
     let f = host.fire(0x200, msg).unwrap_err();
     assert_eq!(
@@ -783,35 +794,24 @@ fn sweep_requests(t: &[Target]) -> Vec<Request<'_>> {
 }
 
 struct Rig {
-    host: Host,
+    host: ModelHost,
     vm: Vm,
     plan: FaultPlan,
 }
 
 fn rig() -> Rig {
     let plan = FaultPlan::new();
-    let host = Host::with_layers(
-        Box::new(Faulty::new(
-            RemapUnits::new(RemapConfig {
-                units: 1,
-                entries_per_unit: 128,
-            })
-            .unwrap(),
-            plan.clone(),
-        )),
-        Box::new(Faulty::new(
-            VectorMatrix::new(&VectorConfig::default()).unwrap(),
-            plan.clone(),
-        )),
-    );
+    let host = small_host(128, 2);
     let vm = host
-        .create_vm(
+        .create_vm_wrapped(
             VmConfig {
                 quota: 64,
                 num_vcpus: 4,
                 max_batch: 64,
                 devices: vec![dev(0x100, 4, 16, 16)],
+                ..VmConfig::default()
             },
+            |b| Box::new(Faulty::new(b, plan.clone())),
             Box::new(Faulty::new(MemoryRoutes::kvm_like(), plan.clone())),
         )
         .unwrap();
@@ -888,34 +888,34 @@ fn a_failed_commit_after_the_write_is_rolled_back_and_reported() {
 /// Counts route commits.
 struct CountingRoutes(MemoryRoutes, std::sync::Arc<std::sync::atomic::AtomicU64>);
 
-impl RouteLayer for CountingRoutes {
+impl GuestRoutes for CountingRoutes {
     fn available(&self) -> u32 {
         self.0.available()
     }
-    fn stage_add(&mut self, d: GuestDest) -> Result<RouteId, LayerError> {
+    fn stage_add(&mut self, d: Option<GuestDest>) -> Result<StagedRoute, RouteError> {
         self.0.stage_add(d)
     }
-    fn stage_update(&mut self, id: RouteId, d: GuestDest) -> Result<(), LayerError> {
+    fn stage_update(&mut self, id: RouteId, d: Option<GuestDest>) -> Result<(), RouteError> {
         self.0.stage_update(id, d)
     }
-    fn stage_remove(&mut self, id: RouteId) -> Result<(), LayerError> {
+    fn stage_remove(&mut self, id: RouteId) -> Result<(), RouteError> {
         self.0.stage_remove(id)
     }
-    fn commit(&mut self) -> Result<(), LayerError> {
+    fn commit(&mut self) -> Result<(), RouteError> {
         self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.0.commit()
     }
     fn abort(&mut self) {
         self.0.abort()
     }
-    fn route(&self, id: RouteId) -> Option<GuestDest> {
+    fn route(&self, id: RouteId) -> Option<RouteState> {
         self.0.route(id)
     }
     fn live(&self) -> u32 {
         self.0.live()
     }
-    fn fire(&mut self, id: RouteId) -> Result<(), LayerError> {
-        self.0.fire(id)
+    fn clear(&mut self) {
+        self.0.clear()
     }
 }
 
@@ -930,6 +930,7 @@ fn routes_are_committed_once_per_request() {
                 num_vcpus: 4,
                 max_batch: 64,
                 devices: vec![dev(0x100, 32, 64, 0)],
+                ..VmConfig::default()
             },
             Box::new(CountingRoutes(MemoryRoutes::kvm_like(), commits.clone())),
         )
@@ -1075,15 +1076,15 @@ mod properties {
                             // Live iff some grant of this device now holds that IRTE (a
                             // freed IRTE may have been granted again, to any kind).
                             let irte = RemappableMsi::decode(*m).unwrap().irte_index();
-                            let granted = vms[vm].grants(dev).iter().any(|g| u32::from(g.2.irte) == irte);
+                            let granted = vms[vm].grants(dev).iter().any(|g| RemappableMsi::decode(g.2.message).unwrap().irte_index() == irte);
                             let source = [0x100u16, 0x200][vm] + dev as u16;
                             match host.fire(source, *m) {
-                                Ok(d) => { prop_assert!(granted); prop_assert_eq!(d.vm, vms[vm].id()); }
+                                Ok(d) => { prop_assert!(granted); prop_assert_eq!(Some(d.vm), host.vm_id(&vms[vm])); }
                                 Err(_) => prop_assert!(!granted),
                             }
                             // The other VM's device with the same message never lands in this VM.
                             let other = [0x200u16, 0x100][vm] + dev as u16;
-                            if let Ok(d) = host.fire(other, *m) { prop_assert_ne!(d.vm, vms[vm].id()); }
+                            if let Ok(d) = host.fire(other, *m) { prop_assert_ne!(Some(d.vm), host.vm_id(&vms[vm])); }
                         }
                         continue;
                     }
@@ -1105,4 +1106,26 @@ mod properties {
             }
         }
     }
+}
+
+#[test]
+fn a_device_reset_frees_everything_even_when_the_route_commit_is_refused() {
+    // [DEV-1]: the virtio reset releases every grant whatever the route layer says.
+    let rig = rig();
+    grants(&alloc(&rig.vm, 0, Kind::Msi, IndexSpec::Any, 4, 4));
+    assert_eq!(rig.vm.occupancy().held, 6);
+    rig.plan.fail_nth_commit(1);
+    assert_eq!(rig.vm.reset_all(), 6);
+    assert_eq!(rig.plan.injected(), 1);
+    let occ = rig.vm.occupancy();
+    assert_eq!((occ.held, occ.routes), (0, 0));
+    let host = rig.host.occupancy();
+    assert_eq!((host.units[0].used, host.vectors_used), (0, 0));
+    rig.host.check_invariants().unwrap();
+    // And the VM can start again from nothing.
+    rig.plan.disarm();
+    assert_eq!(
+        counted(&alloc(&rig.vm, 0, Kind::MsiX, IndexSpec::Any, 16, 16)).0,
+        16
+    );
 }

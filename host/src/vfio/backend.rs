@@ -127,6 +127,12 @@ impl<H: IrqHost> InterruptBackend for VfioBackend<H> {
         MessageFormat::VmmTrapped
     }
 
+    fn max_msi_block(&self) -> u32 {
+        // What VFIO reports for the MSI index is the capability's multi-message count.
+        let count = self.msi.as_ref().map_or(1, |s| s.info.count).clamp(1, 32);
+        1 << count.ilog2()
+    }
+
     fn supply(&self, _kind: Kind) -> HostSupply {
         // VFIO never says how many vectors or IRTEs are left.
         HostSupply::default()

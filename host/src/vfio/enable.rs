@@ -93,7 +93,18 @@ pub fn enable<H: IrqHost>(
             },
         });
     }
-    for &index in run.indices.get(..backed).unwrap_or(&[]) {
+    for (v, &index) in request
+        .vectors
+        .iter()
+        .zip(run.indices.get(..backed).unwrap_or(&[]))
+    {
+        // A restored grant whose old message is this index's token keeps it: the guest
+        // need not reprogram the entry.
+        if let Some(old) = v.previous.and_then(VmmToken::decode) {
+            if old.kind == kind && u32::from(old.index) == index {
+                run.state.set_generation(index, old.generation);
+            }
+        }
         let token = VmmToken {
             kind,
             // Tables have at most 2048 entries; the kernel refused anything larger.

@@ -84,6 +84,16 @@ impl KindState {
         }
     }
 
+    /// Sets the generation of `index` (a restored grant keeps its message).
+    pub fn set_generation(&mut self, index: u32, generation: u8) {
+        if let Some(g) = self
+            .generation
+            .get_mut(usize::try_from(index).unwrap_or(usize::MAX))
+        {
+            *g = generation;
+        }
+    }
+
     /// Records that `index` has no trigger any more.
     pub fn mark_disabled(&mut self, index: u32) {
         let i = usize::try_from(index).unwrap_or(usize::MAX);

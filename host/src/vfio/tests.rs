@@ -16,6 +16,7 @@ fn vectors(indices: impl IntoIterator<Item = u32>) -> Vec<VectorSetup> {
             index,
             trigger: Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
             dest: None,
+            previous: None,
         })
         .collect()
 }
@@ -361,6 +362,9 @@ fn refusals_without_a_call() {
     ));
     assert!(b.host().calls.is_empty());
 
+    let mut odd = FakeKernel::new(64, 100);
+    odd.msi_count = 12;
+    assert_eq!(VfioBackend::new(odd, IommuKind::Unknown).max_msi_block(), 8);
     let mut kernel = FakeKernel::new(0, 100);
     kernel.msi_count = 0;
     let mut b = VfioBackend::new(kernel, IommuKind::Unknown);
@@ -394,4 +398,21 @@ fn dropping_the_backend_disables_everything() {
     assert_eq!(k.on, None);
     assert!(k.triggers.is_empty() && k.allocated.is_empty());
     assert_eq!(k.calls.last(), Some(&(2, 0, 0, true)));
+}
+
+#[test]
+fn a_restored_grant_keeps_its_previous_token() {
+    let mut b = backend(64, 100);
+    let first = enable(&mut b, Kind::MsiX, &vectors([9]), 1).unwrap();
+    let old = first[0].message;
+    // The VM moves: a new backend (generation 0 everywhere) restores index 9 with the
+    // message the guest already programmed, and an unrelated message is not reused.
+    let mut b = backend(64, 100);
+    let mut v = vectors([9, 10]);
+    v[0].previous = Some(old);
+    v[1].previous = Some(old);
+    let out = enable(&mut b, Kind::MsiX, &v, 2).unwrap();
+    assert_eq!(out[0].message, old);
+    assert_ne!(out[1].message, old, "index 10 cannot carry index 9's token");
+    assert!(b.recognise(old).is_some());
 }

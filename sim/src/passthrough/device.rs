@@ -3,7 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use pvirq_host::{Delivery, DeviceSpec, Host};
+use pvirq_host::DeviceSpec;
+use pvirq_host::model::{Delivery, ModelHost};
 
 use super::error::PassthroughError;
 use super::tables::{DeviceTables, Slot};
@@ -43,11 +44,10 @@ impl PassthroughDevice {
         &self.tables
     }
 
-    /// How the VMM describes this device to the host (no multi-MSI), behind `unit`.
-    pub fn spec(&self, unit: u16) -> DeviceSpec {
+    /// How the VMM describes this device to the host (no multi-MSI).
+    pub fn spec(&self) -> DeviceSpec {
         DeviceSpec {
             requester_id: self.requester_id,
-            unit,
             msi_max: 0,
             msix_table_size: u16::try_from(self.tables.msix_entries()).unwrap_or(u16::MAX),
             ims_slots: self.tables.ims_slots(),
@@ -58,7 +58,7 @@ impl PassthroughDevice {
     /// device, and returns where it was delivered. A masked slot sends nothing
     /// ([`PassthroughError::Masked`]); a message the host refuses is
     /// [`PassthroughError::Fault`] (the host records it too).
-    pub fn fire(&self, host: &Host, slot: Slot) -> Result<Delivery, PassthroughError> {
+    pub fn fire(&self, host: &ModelHost, slot: Slot) -> Result<Delivery, PassthroughError> {
         let state = self.tables.read(slot)?;
         if state.masked {
             self.suppressed.fetch_add(1, Ordering::Relaxed);

@@ -35,7 +35,7 @@ pub enum PassthroughError {
         /// The slot that fired.
         slot: Slot,
         /// The fault the host recorded.
-        fault: pvirq_host::Fault,
+        fault: pvirq_host::model::Fault,
     },
     /// Guest memory could not be read or written.
     #[error("guest memory access failed: {0}")]

@@ -7,7 +7,7 @@
 //! - the guest side programs a slot through [`DeviceTables::program`] (message, then
 //!   unmask — the order a driver uses) and masks it with [`DeviceTables::mask`];
 //! - the device side, [`PassthroughDevice::fire`], reads the slot back from memory, refuses
-//!   if it is masked, and hands `(requester ID, message)` to [`pvirq_host::Host::fire`] —
+//!   if it is masked, and hands `(requester ID, message)` to [`pvirq_host::ModelHost::fire`] —
 //!   the remapping unit checks the source-id and resolves the message to the grant's guest
 //!   route (for a KVM VM: its irqfd, then KVM, then the vCPU).
 //!

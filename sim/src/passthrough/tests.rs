@@ -1,8 +1,10 @@
 //! The device model on its own, with the in-memory route layer (no KVM needed).
 
 use super::*;
-use pvirq_host::layers::{MemoryRoutes, RemapFault};
-use pvirq_host::{FaultReason, Host, HostConfig, Vm, VmConfig};
+use pvirq_host::model::RemapFault;
+use pvirq_host::model::{FaultReason, ModelConfig, ModelHost};
+use pvirq_host::routes::MemoryRoutes;
+use pvirq_host::{Vm, VmConfig};
 use pvirq_proto::{
     Alloc, Grant, IndexRange, IndexSpec, Kind, MsiMessage, Operation, Outcome, Request, Response,
     Target,
@@ -120,12 +122,13 @@ fn programming_writes_the_message_then_unmasks_and_mask_keeps_it() {
 fn fire_sends_through_the_remapping_unit_and_masked_slots_stay_silent() {
     let mem = memory();
     let (a, b) = (device(0x0100, &mem, 0), device(0x0200, &mem, 0x400));
-    let host = Host::new(&HostConfig::default()).unwrap();
+    let host = ModelHost::new(&ModelConfig::default()).unwrap();
     let config = VmConfig {
         quota: 8,
         num_vcpus: 2,
         max_batch: 8,
-        devices: vec![a.spec(0), b.spec(0)],
+        devices: vec![a.spec(), b.spec()],
+        ..VmConfig::default()
     };
     let vm = host
         .create_vm(config, Box::new(MemoryRoutes::kvm_like()))
@@ -145,9 +148,9 @@ fn fire_sends_through_the_remapping_unit_and_masked_slots_stay_silent() {
         .program(ims_slot, ims.message(), Some(5))
         .unwrap();
     let d = a.fire(&host, msix_slot).unwrap();
-    assert_eq!((d.vcpu, d.vector), (1, 0x40));
+    assert_eq!(d.to(), Some((1, 0x40)));
     let d = a.fire(&host, ims_slot).unwrap();
-    assert_eq!((d.vcpu, d.vector), (0, 0x41));
+    assert_eq!(d.to(), Some((0, 0x41)));
 
     // Device B sending A's message: the IRTE's source-id does not match.
     b.tables()

@@ -4,7 +4,7 @@
 
 mod text;
 
-use pvirq_host::HostOccupancy;
+use pvirq_host::model::HostOccupancy;
 use serde::Serialize;
 
 pub use text::render;

@@ -7,14 +7,14 @@
 
 use super::RunError;
 use crate::scenario::{Dest, VmDecl};
-use pvirq_host::layers::{MemoryRoutes, RouteLayer};
+use pvirq_host::routes::{GuestRoutes, MemoryRoutes};
 
 /// Where guest delivery happens.
 pub trait Backend {
     /// Short name for reports (`memory`, `kvm`).
     fn name(&self) -> &'static str;
     /// The route layer of VM `index` (VMs are created in scenario order).
-    fn routes(&mut self, index: usize, vm: &VmDecl) -> Result<Box<dyn RouteLayer>, RunError>;
+    fn routes(&mut self, index: usize, vm: &VmDecl) -> Result<Box<dyn GuestRoutes>, RunError>;
     /// After a fire step: how many of the interrupts the host reported `delivered` to VM
     /// `index` the guest actually received; `None` if this backend cannot observe guests.
     fn observe(&mut self, index: usize, delivered: &[Dest]) -> Result<Option<u64>, RunError>;
@@ -29,7 +29,7 @@ impl Backend for MemoryBackend {
         "memory"
     }
 
-    fn routes(&mut self, _index: usize, _vm: &VmDecl) -> Result<Box<dyn RouteLayer>, RunError> {
+    fn routes(&mut self, _index: usize, _vm: &VmDecl) -> Result<Box<dyn GuestRoutes>, RunError> {
         Ok(Box::new(MemoryRoutes::kvm_like()))
     }
 

@@ -4,8 +4,8 @@
 use super::{Backend, RunError};
 use crate::kvm::{InterruptCounts, KvmGuest, MIN_MEM_SIZE};
 use crate::scenario::{Dest, VmDecl};
-use pvirq_host::kvm::KvmRoutes;
-use pvirq_host::layers::RouteLayer;
+use pvirq_host::kvm::{KvmRouteTable, KvmRoutes};
+use pvirq_host::routes::GuestRoutes;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -45,20 +45,16 @@ impl Backend for KvmBackend {
         "kvm"
     }
 
-    fn routes(&mut self, index: usize, vm: &VmDecl) -> Result<Box<dyn RouteLayer>, RunError> {
+    fn routes(&mut self, index: usize, vm: &VmDecl) -> Result<Box<dyn GuestRoutes>, RunError> {
         let vcpus = usize::try_from(vm.vcpus).unwrap_or(usize::MAX);
         let guest = KvmGuest::new(vcpus, MIN_MEM_SIZE)
             .map_err(|e| RunError::Backend(format!("VM {}: {e}", vm.name)))?;
-        // A KVM VM has one routing table: this layer owns it for the VM's lifetime. Its
-        // eventfds are made here, one per vector the quota allows, as a VMM makes them at
-        // device setup; requests then only attach them.
-        let mut routes = KvmRoutes::new(guest.route_table());
-        let spares = usize::try_from(vm.quota)
-            .unwrap_or(usize::MAX)
-            .min(routes.table().available());
-        routes
-            .reserve_eventfds(spares)
-            .map_err(|e| RunError::Backend(format!("VM {}: eventfds: {e}", vm.name)))?;
+        // This VMM has no other MSI devices: the layer's table is the VM's whole routing
+        // table. Its irqfds are registered here, one per vector the quota allows, as a VMM
+        // sets a device up; requests then only commit routes.
+        let table = KvmRouteTable::new(guest.vm_fd());
+        let routes = KvmRoutes::new(table, guest.vm_fd(), vm.quota.min(4072))
+            .map_err(|e| RunError::Backend(format!("VM {}: routes: {e}", vm.name)))?;
         let baseline = guest.snapshot();
         self.guests.insert(index, (guest, baseline));
         Ok(Box::new(routes))

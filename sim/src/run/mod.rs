@@ -1,4 +1,4 @@
-//! Running a scenario: one [`Host`], one [`Channel`] per VM, every guest request through
+//! Running a scenario: one [`ModelHost`], one [`Channel`] per VM, every guest request through
 //! the guest driver, the virtqueue and the host device; a [`Report`] of what happened.
 
 mod backend;
@@ -15,7 +15,7 @@ use crate::report::{FireCounts, HostSnapshot, RefusalRecord, Report, StepRecord,
 use crate::scenario::{Action, AllocStep, Dest, Fallback, Scenario, Step};
 use crate::{Channel, SimError};
 use pvirq_guest::Options;
-use pvirq_host::Host;
+use pvirq_host::model::ModelHost;
 use pvirq_proto::{Alloc, Grant, IndexRange, IndexSpec, MsiMessage, Refusal, Status, Target};
 use std::collections::HashMap;
 use view::{DeviceView, runs};
@@ -83,7 +83,10 @@ fn refusal_record(r: Refusal) -> RefusalRecord {
 
 /// Runs `scenario` on a fresh host with `backend` delivering into the guests.
 pub fn run(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Report, RunError> {
-    let host = Host::new(&scenario.host.config())?;
+    let host = ModelHost::new(&scenario.host.config())?;
+    for device in scenario.vms.iter().flat_map(|vm| &vm.devices) {
+        host.place(device.requester_id, device.unit)?;
+    }
     let initial_host = HostSnapshot::of(&host.occupancy());
     let mut vms = Vec::with_capacity(scenario.vms.len());
     for (i, decl) in scenario.vms.iter().enumerate() {
@@ -172,7 +175,7 @@ impl At {
 
 struct Runner<'a> {
     scenario: &'a Scenario,
-    host: Host,
+    host: ModelHost,
     vms: Vec<VmRun>,
     backend: &'a mut dyn Backend,
     at: At,
@@ -415,10 +418,11 @@ impl Runner<'_> {
         for (message, dest) in live.chain(stale) {
             counts.fired += 1;
             match self.host.fire(requester_id, message) {
-                Ok(d) => {
+                Ok(pvirq_host::model::Delivery { dest: Some(d), .. }) => {
                     counts.delivered += 1;
+                    // The scenario's VMs number their vCPUs by APIC ID.
                     let got = Dest {
-                        vcpu: d.vcpu,
+                        vcpu: d.apic_id,
                         vector: d.vector,
                     };
                     if dest != Some(got) {
@@ -426,7 +430,7 @@ impl Runner<'_> {
                     }
                     arrived.push(got);
                 }
-                Err(_) => counts.blocked += 1,
+                Ok(_) | Err(_) => counts.blocked += 1,
             }
         }
         counts.observed = self.backend.observe(vm, &arrived)?;

@@ -1,7 +1,7 @@
 //! A validated scenario: names resolved to indices, counts and targets checked.
 
-use pvirq_host::layers::{RemapConfig, VectorConfig};
-use pvirq_host::{DeviceSpec, HostConfig, VmConfig};
+use pvirq_host::model::{ModelConfig, RemapConfig, VectorConfig};
+use pvirq_host::{DeviceSpec, VmConfig};
 use pvirq_proto::{IndexSpec, Kind, Resource, Status, Target};
 use serde::Serialize;
 
@@ -39,8 +39,8 @@ pub struct HostDecl {
 
 impl HostDecl {
     /// The host configuration these sizes describe.
-    pub fn config(&self) -> HostConfig {
-        HostConfig {
+    pub fn config(&self) -> ModelConfig {
+        ModelConfig {
             remap: RemapConfig {
                 units: self.iommu_units,
                 entries_per_unit: self.irtes_per_unit,
@@ -51,6 +51,7 @@ impl HostDecl {
                 end: self.end_vector,
                 reserved: self.reserved_vectors.clone(),
             },
+            ..ModelConfig::default()
         }
     }
 }
@@ -78,6 +79,7 @@ impl VmDecl {
             num_vcpus: self.vcpus,
             max_batch: self.max_batch,
             devices: self.devices.iter().map(DeviceDecl::spec).collect(),
+            ..VmConfig::default()
         }
     }
 }
@@ -104,7 +106,6 @@ impl DeviceDecl {
     pub fn spec(&self) -> DeviceSpec {
         DeviceSpec {
             requester_id: self.requester_id,
-            unit: self.unit,
             msi_max: self.msi,
             msix_table_size: self.msix,
             ims_slots: self.ims,

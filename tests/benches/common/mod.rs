@@ -7,8 +7,10 @@
 #![allow(dead_code)] // each bench binary uses a different part of this module
 
 use pvirq_guest::Options;
-use pvirq_host::layers::{MemoryRoutes, RemapConfig, VectorConfig};
-use pvirq_host::{DeviceSpec, Host, HostConfig, Vm, VmConfig};
+use pvirq_host::model::{ModelConfig, ModelHost};
+use pvirq_host::model::{RemapConfig, VectorConfig};
+use pvirq_host::routes::MemoryRoutes;
+use pvirq_host::{DeviceSpec, Vm, VmConfig};
 use pvirq_sim::Channel;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -17,8 +19,8 @@ use std::time::{Duration, Instant};
 pub const SOURCE_ID: u16 = 0x0100;
 
 /// A host of `units` × 65,536 IRTEs and `cpus` CPUs with Linux's usable vector range.
-pub fn host(cpus: u32) -> Host {
-    let config = HostConfig {
+pub fn host(cpus: u32) -> ModelHost {
+    let config = ModelConfig {
         remap: RemapConfig {
             units: 1,
             entries_per_unit: 65_536,
@@ -27,8 +29,9 @@ pub fn host(cpus: u32) -> Host {
             cpus,
             ..VectorConfig::default()
         },
+        ..ModelConfig::default()
     };
-    Host::new(&config).expect("benchmark host")
+    ModelHost::new(&config).expect("benchmark host")
 }
 
 /// A VM with one device that has a full MSI-X table and `ims_slots` IMS slots.
@@ -39,11 +42,11 @@ pub fn vm_config(quota: u32, ims_slots: u32, source: u16) -> VmConfig {
         max_batch: 4096,
         devices: vec![DeviceSpec {
             requester_id: source,
-            unit: 0,
             msi_max: 32,
             msix_table_size: 2048,
             ims_slots,
         }],
+        ..VmConfig::default()
     }
 }
 
@@ -53,13 +56,13 @@ pub fn big_routes() -> Box<MemoryRoutes> {
 }
 
 /// A VM on `host` reached directly through [`Vm::call`].
-pub fn direct_vm(host: &Host, quota: u32, ims_slots: u32, source: u16) -> Vm {
+pub fn direct_vm(host: &ModelHost, quota: u32, ims_slots: u32, source: u16) -> Vm {
     host.create_vm(vm_config(quota, ims_slots, source), big_routes())
         .expect("benchmark VM")
 }
 
 /// A channel (guest driver ↔ ring ↔ virtio-mmio ↔ host device) on `host`.
-pub fn channel(host: &Host, quota: u32) -> Channel {
+pub fn channel(host: &ModelHost, quota: u32) -> Channel {
     let routes = Box::new(MemoryRoutes::kvm_like());
     Channel::new(
         host,

@@ -18,6 +18,7 @@ pub(super) struct ModelGrant {
 #[derive(Clone, Debug)]
 pub(super) struct ModelDevice {
     spec: DeviceSpec,
+    unit: u16,
     /// Per kind (MSI, MSI-X, IMS): index → grant.
     tables: [BTreeMap<u32, ModelGrant>; 3],
 }
@@ -110,8 +111,10 @@ impl Model {
                     devices: shape
                         .devices
                         .iter()
-                        .map(|spec| ModelDevice {
+                        .zip(shape.units.iter().copied().chain(std::iter::repeat(0)))
+                        .map(|(spec, unit)| ModelDevice {
                             spec: *spec,
+                            unit,
                             tables: Default::default(),
                         })
                         .collect(),
@@ -151,7 +154,7 @@ impl Model {
     /// given `slots` usable device slots.
     fn supply(&self, v: usize, d: usize, kind: Kind, slots: u32) -> [(Resource, u32); 5] {
         let vm = &self.vms[v];
-        let unit = vm.devices[d].spec.unit;
+        let unit = vm.devices[d].unit;
         let irte = if kind == Kind::Msi {
             self.largest_block(unit)
         } else {
@@ -303,7 +306,7 @@ impl Model {
                 .take(n as usize)
                 .collect(),
         };
-        let unit = dev.spec.unit;
+        let unit = dev.unit;
         let mut grants = Vec::with_capacity(n as usize);
         let mut base = None;
         if a.kind == Kind::Msi {
@@ -417,7 +420,7 @@ impl Model {
     /// Releases the grants of `range` (all of the device's for `None`); how many.
     fn release(&mut self, v: usize, d: usize, range: Option<&IndexRange>) -> u32 {
         let dev = &mut self.vms[v].devices[d];
-        let unit = dev.spec.unit;
+        let unit = dev.unit;
         let mut gone = Vec::new();
         for kind in Kind::ALL.iter().copied() {
             if range.is_some_and(|r| r.kind != kind) {
@@ -457,7 +460,7 @@ impl Model {
             .vms
             .iter()
             .find_map(|vm| vm.devices.iter().find(|d| d.spec.requester_id == source))?;
-        let unit = dev.spec.unit;
+        let unit = dev.unit;
         let irte = RemappableMsi::decode(message).ok()?.irte_index();
         let irte = u16::try_from(irte).ok()?;
         let (ov, od, kind, index) = *self.irte_owner.get(&(unit, irte))?;

@@ -2,8 +2,10 @@
 
 use super::reference::{Model, ModelDevice};
 use super::scenario::{Answer, Scenario, Step};
-use pvirq_host::layers::{MemoryRoutes, RemapConfig, VectorConfig};
-use pvirq_host::{Host, HostConfig, Vm, VmConfig};
+use pvirq_host::model::{ModelConfig, ModelHost};
+use pvirq_host::model::{RemapConfig, VectorConfig};
+use pvirq_host::routes::MemoryRoutes;
+use pvirq_host::{Vm, VmConfig};
 use pvirq_proto::{Kind, MsiMessage, Operation, Refusal, Request};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -43,14 +45,21 @@ fn label(answer: &Answer) -> String {
     }
 }
 
+/// The IRTE a remappable message selects (MSI: the block's base plus the message number).
+fn irte_of(message: MsiMessage) -> u16 {
+    pvirq_proto::RemappableMsi::decode(message)
+        .map(|m| m.irte_index() as u16)
+        .unwrap_or(u16::MAX)
+}
+
 /// The live host side of a run.
 struct Real {
-    host: Host,
+    host: ModelHost,
     vms: Vec<Vm>,
 }
 
 fn build(s: &Scenario) -> Result<Real, String> {
-    let host = Host::new(&HostConfig {
+    let host = ModelHost::new(&ModelConfig {
         remap: RemapConfig {
             units: s.host.units,
             entries_per_unit: s.host.entries_per_unit,
@@ -61,8 +70,15 @@ fn build(s: &Scenario) -> Result<Real, String> {
             end: 0x20 + s.host.vectors_per_cpu,
             reserved: Vec::new(),
         },
+        ..ModelConfig::default()
     })
     .map_err(|e| format!("host: {e}"))?;
+    for shape in &s.vms {
+        for (device, unit) in shape.devices.iter().zip(&shape.units) {
+            host.place(device.requester_id, *unit)
+                .map_err(|e| format!("place: {e}"))?;
+        }
+    }
     let mut vms = Vec::new();
     for shape in &s.vms {
         let routes = MemoryRoutes::with_range(FIRST_ROUTE, shape.routes)
@@ -74,6 +90,7 @@ fn build(s: &Scenario) -> Result<Real, String> {
                     num_vcpus: shape.num_vcpus,
                     max_batch: shape.max_batch,
                     devices: shape.devices.clone(),
+                    ..VmConfig::default()
                 },
                 Box::new(routes),
             )
@@ -102,7 +119,7 @@ fn compare_state(real: &Real, model: &Model) -> Result<(), String> {
             let real_grants: Vec<(Kind, u32, u16)> = vm
                 .grants(d as u32)
                 .into_iter()
-                .map(|(k, i, r)| (k, i, r.irte))
+                .map(|(k, i, r)| (k, i, irte_of(r.message)))
                 .collect();
             let model_grants: Vec<(Kind, u32, u16)> = Kind::ALL
                 .iter()
@@ -157,9 +174,7 @@ pub fn run(scenario: &Scenario) -> Result<RunStats, String> {
         match &step {
             Step::ResetVm { vm } => {
                 let v = vm % nvms;
-                let count = real.vms[v]
-                    .reset_all()
-                    .map_err(|e| fail(format!("reset_all: {e}")))?;
+                let count = real.vms[v].reset_all();
                 let expected = model.reset_vm(v);
                 if count != expected {
                     return Err(fail(format!("reset_all freed {count}, model {expected}")));
@@ -178,10 +193,10 @@ pub fn run(scenario: &Scenario) -> Result<RunStats, String> {
                     .host
                     .fire(source, message)
                     .ok()
-                    .map(|d| (d.vm, d.vcpu, d.vector));
+                    .and_then(|d| d.to().map(|(apic, vector)| (Some(d.vm), apic, vector)));
                 let expected = model
                     .fire(source, message)
-                    .map(|(v, vcpu, vector)| (real.vms[v].id(), vcpu, vector));
+                    .map(|(v, vcpu, vector)| (real.host.vm_id(&real.vms[v]), vcpu, vector));
                 if real_delivery != expected {
                     return Err(fail(format!(
                         "fire {source:#x} {message:?}: {real_delivery:?}, model {expected:?}"

@@ -38,8 +38,10 @@ pub struct VmShape {
     pub features: u64,
     /// Guest routes its route table holds.
     pub routes: u32,
-    /// Its devices (requester IDs unique host-wide, units < `HostShape::units`).
+    /// Its devices (requester IDs unique host-wide).
     pub devices: Vec<DeviceSpec>,
+    /// The remapping unit of each device, in the same order (each < `HostShape::units`).
+    pub units: Vec<u16>,
 }
 
 /// One operation of a scenario. `vm` picks a VM modulo their number; `device` is the

@@ -7,8 +7,7 @@
 //! moves the "highest" mark by at most one, and finds a free vector with a
 //! `trailing_zeros` over four 64-bit words: O(1) however full the pool is.
 
-use crate::error::{HostError, LayerError};
-use pvirq_proto::Resource;
+use crate::error::HostError;
 
 /// A host interrupt vector on one CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -17,22 +16,6 @@ pub struct HostVector {
     pub cpu: u32,
     /// The vector on that CPU.
     pub vector: u8,
-}
-
-/// A host-vector allocator.
-pub trait VectorLayer: Send {
-    /// Number of CPUs (vectors live on `0..cpus()`).
-    fn cpus(&self) -> u32;
-    /// Vectors that can still be allocated.
-    fn available(&self) -> u32;
-    /// Vectors currently allocated (system vectors excluded).
-    fn allocated(&self) -> u32;
-    /// Allocates one vector on the least-loaded CPU.
-    fn alloc(&mut self) -> Result<HostVector, LayerError>;
-    /// Releases a vector (no-op if it is not allocated).
-    fn free(&mut self, vector: HostVector);
-    /// Whether `vector` is currently allocated.
-    fn is_allocated(&self, vector: HostVector) -> bool;
 }
 
 /// Shape of the shipped matrix.
@@ -177,40 +160,35 @@ impl VectorMatrix {
     }
 }
 
-impl VectorLayer for VectorMatrix {
-    fn cpus(&self) -> u32 {
+impl VectorMatrix {
+    /// Number of CPUs (vectors live on `0..cpus()`).
+    pub fn cpus(&self) -> u32 {
         self.cpus.len() as u32
     }
 
-    fn available(&self) -> u32 {
+    /// Vectors that can still be allocated.
+    pub fn available(&self) -> u32 {
         self.total_free
     }
 
-    fn allocated(&self) -> u32 {
+    /// Vectors currently allocated (system vectors excluded).
+    pub fn allocated(&self) -> u32 {
         self.per_cpu * self.cpus.len() as u32 - self.total_free
     }
 
-    fn alloc(&mut self) -> Result<HostVector, LayerError> {
+    /// Allocates one vector on the least-loaded CPU; `None` when none is left.
+    pub fn alloc(&mut self) -> Option<HostVector> {
         if self.total_free == 0 {
-            return Err(LayerError::Exhausted(Resource::HostVector));
+            return None;
         }
         let cpu = self
             .heads
             .get(self.max_free)
             .copied()
-            .filter(|c| *c != NONE)
-            .ok_or(LayerError::Exhausted(Resource::HostVector))?;
+            .filter(|c| *c != NONE)?;
         self.unlink(cpu);
-        let c = self
-            .cpus
-            .get_mut(cpu as usize)
-            .ok_or(LayerError::Exhausted(Resource::HostVector))?;
-        let (w, word) = c
-            .free_bits
-            .iter_mut()
-            .enumerate()
-            .find(|(_, w)| **w != 0)
-            .ok_or(LayerError::Exhausted(Resource::HostVector))?;
+        let c = self.cpus.get_mut(cpu as usize)?;
+        let (w, word) = c.free_bits.iter_mut().enumerate().find(|(_, w)| **w != 0)?;
         let bit = word.trailing_zeros();
         *word &= !(1u64 << bit);
         c.free -= 1;
@@ -220,13 +198,14 @@ impl VectorLayer for VectorMatrix {
         if self.bucket_empty(self.max_free) && self.max_free > 0 {
             self.max_free -= 1;
         }
-        Ok(HostVector {
+        Some(HostVector {
             cpu,
             vector: (w as u32 * 64 + bit) as u8,
         })
     }
 
-    fn free(&mut self, vector: HostVector) {
+    /// Releases a vector (no-op if it is not allocated).
+    pub fn free(&mut self, vector: HostVector) {
         if self.is_allocated(vector) {
             self.unlink(vector.cpu);
             if let Some(c) = self.cpus.get_mut(vector.cpu as usize) {
@@ -241,7 +220,8 @@ impl VectorLayer for VectorMatrix {
         }
     }
 
-    fn is_allocated(&self, vector: HostVector) -> bool {
+    /// Whether `vector` is currently allocated.
+    pub fn is_allocated(&self, vector: HostVector) -> bool {
         let Some(c) = self.cpus.get(vector.cpu as usize) else {
             return false;
         };
@@ -270,13 +250,13 @@ mod tests {
         let mut m = matrix(1);
         assert_eq!(m.available(), 0xEC - 0x20 - 1);
         let mut seen = Vec::new();
-        while let Ok(v) = m.alloc() {
+        while let Some(v) = m.alloc() {
             seen.push(v.vector);
         }
         assert_eq!(seen.len(), 0xEC - 0x20 - 1);
         assert!(!seen.contains(&0x80));
         assert!(seen.iter().all(|v| (0x20..0xEC).contains(v)));
-        assert_eq!(m.alloc(), Err(LayerError::Exhausted(Resource::HostVector)));
+        assert_eq!(m.alloc(), None);
         assert!(!m.is_allocated(HostVector {
             cpu: 0,
             vector: 0x80
@@ -338,12 +318,12 @@ mod tests {
                     None => {
                         let best = m.free_per_cpu().into_iter().max().unwrap();
                         match m.alloc() {
-                            Ok(v) => {
+                            Some(v) => {
                                 prop_assert_eq!(m.free_per_cpu()[v.cpu as usize] + 1, best);
                                 prop_assert!(!held.contains(&v));
                                 held.push(v);
                             }
-                            Err(_) => prop_assert_eq!(best, 0),
+                            None => prop_assert_eq!(best, 0),
                         }
                     }
                     Some(i) if !held.is_empty() => {

@@ -5,26 +5,25 @@
 //! source-id, and delivers to the entry's destination. That check is the guarantee that a
 //! device can only fire interrupts the host granted to it.
 
-use super::bitmap::IndexBitmap;
 use super::vectors::HostVector;
-use crate::error::{HostError, LayerError};
-use pvirq_proto::{MsiMessage, RemappableMsi, Resource};
+use crate::backend::GuestDest;
+use crate::bitmap::IndexBitmap;
+use crate::error::HostError;
+use pvirq_proto::{Kind, MsiMessage, RemappableMsi};
 
 /// Where an IRTE sends its interrupt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IrteDest {
     /// Remapped format: to a host CPU vector (whose handler forwards it to the guest).
     Remapped(HostVector),
-    /// Posted format: straight into a vCPU's posted-interrupt descriptor.
-    Posted {
-        /// The VM (host-wide id).
-        vm: u32,
-        /// The vCPU.
-        vcpu: u32,
-        /// The guest vector.
-        vector: u8,
-    },
+    /// Posted format: straight into the posted-interrupt descriptor of the vCPU with this
+    /// APIC ID, at this guest vector; no host vector is involved.
+    Posted(GuestDest),
 }
+
+/// Which enabled vector an IRTE backs: its device's kind and index (the device is the
+/// entry's source-id).
+pub type IrteOwner = (Kind, u32);
 
 /// One interrupt-remapping table entry, as the unit holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -33,6 +32,8 @@ pub struct Irte {
     pub source_id: u16,
     /// Destination, once programmed; `None` while only reserved.
     pub dest: Option<IrteDest>,
+    /// The vector it backs, once programmed.
+    pub owner: Option<IrteOwner>,
 }
 
 /// Why a unit refused to deliver a message (an interrupt-remapping fault).
@@ -64,39 +65,6 @@ pub enum RemapFault {
         /// The selected index.
         index: u32,
     },
-}
-
-/// An interrupt-remapping layer: one or more units, each with its own IRTE table.
-///
-/// Indices are 16-bit because the remappable MSI handle is. Allocation calls are
-/// reservations the transaction may undo with [`RemapLayer::free`].
-pub trait RemapLayer: Send {
-    /// Number of units.
-    fn units(&self) -> u16;
-    /// Table size of `unit` (0 if it does not exist).
-    fn capacity(&self, unit: u16) -> u32;
-    /// Free entries of `unit`.
-    fn free_entries(&self, unit: u16) -> u32;
-    /// Largest power of two ≤ `cap` (≤ 32) for which a free naturally aligned block exists.
-    fn largest_block(&self, unit: u16, cap: u32) -> u32;
-    /// Reserves one entry (the lowest free) for the device `source_id`.
-    fn alloc(&mut self, unit: u16, source_id: u16) -> Result<u16, LayerError>;
-    /// Reserves a naturally aligned block of `count` (power of two ≤ 32) entries; returns
-    /// its base.
-    fn alloc_block(&mut self, unit: u16, count: u32, source_id: u16) -> Result<u16, LayerError>;
-    /// Sets the destination of a reserved entry.
-    fn program(&mut self, unit: u16, index: u16, dest: IrteDest) -> Result<(), LayerError>;
-    /// Releases an entry (no-op for a free one).
-    fn free(&mut self, unit: u16, index: u16);
-    /// The entry at `index`, if allocated.
-    fn entry(&self, unit: u16, index: u16) -> Option<Irte>;
-    /// Resolves a message sent by `source_id` through `unit`, as the hardware would.
-    fn deliver(
-        &self,
-        unit: u16,
-        source_id: u16,
-        message: MsiMessage,
-    ) -> Result<IrteDest, RemapFault>;
 }
 
 /// Shape of the shipped remapping model.
@@ -152,79 +120,100 @@ impl RemapUnits {
         self.units.get(usize::from(unit))
     }
 
-    fn unit_mut(&mut self, unit: u16) -> Result<&mut Unit, LayerError> {
-        self.units
-            .get_mut(usize::from(unit))
-            .ok_or(LayerError::NoEntry(Resource::Irte))
+    fn unit_mut(&mut self, unit: u16) -> Option<&mut Unit> {
+        self.units.get_mut(usize::from(unit))
     }
 }
 
 impl Unit {
-    fn claim(&mut self, first: u32, count: u32, source_id: u16) -> Result<u16, LayerError> {
+    /// Takes `first..first + count`, all free (the caller found them so).
+    fn claim(&mut self, first: u32, count: u32, source_id: u16) -> Option<u16> {
+        let base = u16::try_from(first).ok()?;
         for index in first..first + count {
             if !self.free.take(index) {
-                return Err(LayerError::Exhausted(Resource::Irte));
+                return None;
             }
             if let Some(slot) = self.entries.get_mut(index as usize) {
                 *slot = Some(Irte {
                     source_id,
                     dest: None,
+                    owner: None,
                 });
             }
         }
-        u16::try_from(first).map_err(|_| LayerError::Exhausted(Resource::Irte))
+        Some(base)
     }
 }
 
-impl RemapLayer for RemapUnits {
-    fn units(&self) -> u16 {
+impl RemapUnits {
+    /// Number of units.
+    pub fn units(&self) -> u16 {
         self.units.len() as u16
     }
 
-    fn capacity(&self, unit: u16) -> u32 {
+    /// Table size of `unit` (0 if it does not exist).
+    pub fn capacity(&self, unit: u16) -> u32 {
         self.unit(unit).map_or(0, |u| u.free.len())
     }
 
-    fn free_entries(&self, unit: u16) -> u32 {
+    /// Free entries of `unit`.
+    pub fn free_entries(&self, unit: u16) -> u32 {
         self.unit(unit).map_or(0, |u| u.free.free_count())
     }
 
-    fn largest_block(&self, unit: u16, cap: u32) -> u32 {
+    /// Largest power of two ≤ `cap` (≤ 32) for which a free naturally aligned block exists.
+    pub fn largest_block(&self, unit: u16, cap: u32) -> u32 {
         self.unit(unit)
             .map_or(0, |u| u.free.largest_free_block(cap))
     }
 
-    fn alloc(&mut self, unit: u16, source_id: u16) -> Result<u16, LayerError> {
+    /// Reserves one entry (the lowest free) for the device `source_id`; `None` if none is free.
+    pub fn alloc(&mut self, unit: u16, source_id: u16) -> Option<u16> {
         let u = self.unit_mut(unit)?;
-        let index = u
-            .free
-            .first_free()
-            .ok_or(LayerError::Exhausted(Resource::Irte))?;
+        let index = u.free.first_free()?;
         u.claim(index, 1, source_id)
     }
 
-    fn alloc_block(&mut self, unit: u16, count: u32, source_id: u16) -> Result<u16, LayerError> {
+    /// Reserves exactly `first..first + count` for `source_id`, if all are free (and, for a
+    /// block, `first` is aligned to `count`); its base.
+    pub fn alloc_at(&mut self, unit: u16, first: u32, count: u32, source_id: u16) -> Option<u16> {
         let u = self.unit_mut(unit)?;
-        let base = u
-            .free
-            .first_free_block(count)
-            .ok_or(LayerError::Exhausted(Resource::Irte))?;
+        let end = first.checked_add(count)?;
+        if count == 0 || first % count.next_power_of_two() != 0 && count > 1 {
+            return None;
+        }
+        if end > u.free.len() || !(first..end).all(|i| u.free.is_free(i)) {
+            return None;
+        }
+        u.claim(first, count, source_id)
+    }
+
+    /// Reserves a naturally aligned block of `count` (power of two ≤ 32) entries; its base.
+    pub fn alloc_block(&mut self, unit: u16, count: u32, source_id: u16) -> Option<u16> {
+        let u = self.unit_mut(unit)?;
+        let base = u.free.first_free_block(count)?;
         u.claim(base, count, source_id)
     }
 
-    fn program(&mut self, unit: u16, index: u16, dest: IrteDest) -> Result<(), LayerError> {
-        let u = self.unit_mut(unit)?;
-        match u.entries.get_mut(usize::from(index)) {
-            Some(Some(entry)) => {
+    /// Sets the destination of a reserved entry and the vector it backs; false if the entry is not reserved.
+    pub fn program(&mut self, unit: u16, index: u16, dest: IrteDest, owner: IrteOwner) -> bool {
+        let entry = self
+            .unit_mut(unit)
+            .and_then(|u| u.entries.get_mut(usize::from(index)))
+            .and_then(Option::as_mut);
+        match entry {
+            Some(entry) => {
                 entry.dest = Some(dest);
-                Ok(())
+                entry.owner = Some(owner);
+                true
             }
-            _ => Err(LayerError::NoEntry(Resource::Irte)),
+            None => false,
         }
     }
 
-    fn free(&mut self, unit: u16, index: u16) {
-        if let Ok(u) = self.unit_mut(unit)
+    /// Releases an entry (no-op for a free one).
+    pub fn free(&mut self, unit: u16, index: u16) {
+        if let Some(u) = self.unit_mut(unit)
             && u.free.put(u32::from(index))
             && let Some(slot) = u.entries.get_mut(usize::from(index))
         {
@@ -232,7 +221,8 @@ impl RemapLayer for RemapUnits {
         }
     }
 
-    fn entry(&self, unit: u16, index: u16) -> Option<Irte> {
+    /// The entry at `index`, if allocated.
+    pub fn entry(&self, unit: u16, index: u16) -> Option<Irte> {
         self.unit(unit)?
             .entries
             .get(usize::from(index))
@@ -240,15 +230,21 @@ impl RemapLayer for RemapUnits {
             .flatten()
     }
 
-    fn deliver(
+    /// Resolves a message sent by `source_id` through `unit`, as the hardware would: the entry it selects.
+    pub fn deliver(
         &self,
         unit: u16,
         source_id: u16,
         message: MsiMessage,
-    ) -> Result<IrteDest, RemapFault> {
-        let u = self.unit(unit).ok_or(RemapFault::UnknownSource)?;
+    ) -> Result<Irte, RemapFault> {
         let msi = RemappableMsi::decode(message).map_err(|_| RemapFault::NotRemappable)?;
-        let index = msi.irte_index();
+        self.lookup(unit, source_id, msi.irte_index())
+    }
+
+    /// The entry at `index` of `unit` as the hardware checks it for a write from
+    /// `source_id`: present, the sender's, programmed.
+    pub fn lookup(&self, unit: u16, source_id: u16, index: u32) -> Result<Irte, RemapFault> {
+        let u = self.unit(unit).ok_or(RemapFault::UnknownSource)?;
         let slot = u
             .entries
             .get(index as usize)
@@ -260,7 +256,10 @@ impl RemapLayer for RemapUnits {
                 expected: entry.source_id,
             });
         }
-        entry.dest.ok_or(RemapFault::NotProgrammed { index })
+        if entry.dest.is_none() {
+            return Err(RemapFault::NotProgrammed { index });
+        }
+        Ok(entry)
     }
 }
 
@@ -287,26 +286,26 @@ mod tests {
     #[test]
     fn blocks_are_naturally_aligned_and_units_independent() {
         let mut r = units(256);
-        assert_eq!(r.alloc(0, 0x10), Ok(0));
-        assert_eq!(r.alloc_block(0, 8, 0x10), Ok(8));
-        assert_eq!(r.alloc_block(0, 32, 0x10), Ok(32));
-        assert_eq!(r.alloc(0, 0x10), Ok(1));
+        assert_eq!(r.alloc(0, 0x10), Some(0));
+        assert_eq!(r.alloc_block(0, 8, 0x10), Some(8));
+        assert_eq!(r.alloc_block(0, 32, 0x10), Some(32));
+        assert_eq!(r.alloc(0, 0x10), Some(1));
         assert_eq!(r.free_entries(0), 256 - 42);
         assert_eq!(r.free_entries(1), 256);
-        assert_eq!(r.alloc_block(1, 32, 0x10), Ok(0));
+        assert_eq!(r.alloc_block(1, 32, 0x10), Some(0));
     }
 
     #[test]
     fn exhaustion_is_reported_and_free_makes_room() {
         let mut r = units(2);
-        assert_eq!(r.alloc(0, 1), Ok(0));
-        assert_eq!(r.alloc(0, 1), Ok(1));
-        assert_eq!(r.alloc(0, 1), Err(LayerError::Exhausted(Resource::Irte)));
+        assert_eq!(r.alloc(0, 1), Some(0));
+        assert_eq!(r.alloc(0, 1), Some(1));
+        assert_eq!(r.alloc(0, 1), None);
         r.free(0, 0);
         r.free(0, 0); // double free is a no-op
         assert_eq!(r.free_entries(0), 1);
-        assert_eq!(r.alloc(0, 1), Ok(0));
-        assert_eq!(r.alloc(9, 1), Err(LayerError::NoEntry(Resource::Irte)));
+        assert_eq!(r.alloc(0, 1), Some(0));
+        assert_eq!(r.alloc(9, 1), None);
     }
 
     #[test]
@@ -321,10 +320,11 @@ mod tests {
             r.deliver(0, 0x0100, msg(base, 2)),
             Err(RemapFault::NotProgrammed { index: 2 })
         );
-        r.program(0, base + 2, IrteDest::Remapped(hv)).unwrap();
+        assert!(r.program(0, base + 2, IrteDest::Remapped(hv), (Kind::Msi, 2)));
+        let entry = r.deliver(0, 0x0100, msg(base, 2)).unwrap();
         assert_eq!(
-            r.deliver(0, 0x0100, msg(base, 2)),
-            Ok(IrteDest::Remapped(hv))
+            (entry.dest, entry.owner),
+            (Some(IrteDest::Remapped(hv)), Some((Kind::Msi, 2)))
         );
         assert_eq!(
             r.deliver(0, 0x0200, msg(base, 2)),

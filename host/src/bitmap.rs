@@ -11,6 +11,16 @@
 //! only the single-index summary, for tables that never allocate blocks; block queries
 //! on it fall back to a scan of the leaves.
 
+/// The largest power of two ≤ `n` (0 for 0): the size of the largest MSI block `n`
+/// vectors can hold.
+pub(crate) fn floor_pow2(n: u32) -> u32 {
+    if n == 0 {
+        0
+    } else {
+        1 << (31 - n.leading_zeros())
+    }
+}
+
 /// Block classes: sizes 1, 2, 4, 8, 16, 32.
 const CLASSES: usize = 6;
 
@@ -179,11 +189,6 @@ impl IndexBitmap {
     /// Number of indices.
     pub fn len(&self) -> u32 {
         self.len
-    }
-
-    /// Whether the bitmap has no indices at all.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Number of free indices.
@@ -363,7 +368,7 @@ mod tests {
     #[test]
     fn an_empty_table_has_nothing() {
         let b = IndexBitmap::new(0);
-        assert!(b.is_empty());
+        assert_eq!(b.len(), 0);
         assert_eq!(b.first_free(), None);
         assert_eq!(b.largest_free_block(32), 0);
     }

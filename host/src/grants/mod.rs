@@ -1,34 +1,28 @@
-//! Grant records: what the host remembers about each granted vector, per device and kind.
+//! Grant records: what the core remembers about each granted vector, per device and kind.
 //!
-//! A record is 12 bytes, kept in pages of 32 indexed by the grant's table index (no
-//! hashing, no per-grant key); the IRTE, host vector and route it names are the layers'
-//! own state.
+//! Records are kept in pages of 32 indexed by the grant's table index (no hashing, no
+//! per-grant key). What the host holds for a grant is the backend's; the route is the
+//! route layer's; the record says which route, where it delivers, and what the guest was
+//! given.
 
-use crate::layers::{HostVector, IndexBitmap, RouteId};
-use crate::vm::DeviceSpec;
-use pvirq_proto::Kind;
+use crate::backend::GuestDest;
+use crate::bitmap::IndexBitmap;
+use crate::routes::RouteId;
+use pvirq_proto::{GrantMode, Kind, MsiMessage};
 
-/// One granted vector's host state.
+/// One granted vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GrantRecord {
-    /// Host CPU of its host vector.
-    pub cpu: u32,
     /// Its guest route.
     pub route: RouteId,
-    /// Its IRTE on the device's unit.
-    pub irte: u16,
-    /// Its host vector on `cpu`.
-    pub vector: u8,
-}
-
-impl GrantRecord {
-    /// The host vector.
-    pub fn host_vector(&self) -> HostVector {
-        HostVector {
-            cpu: self.cpu,
-            vector: self.vector,
-        }
-    }
+    /// Where it delivers; `None` while parked.
+    pub dest: Option<GuestDest>,
+    /// The message the guest was given.
+    pub message: MsiMessage,
+    /// How the host delivers it.
+    pub mode: GrantMode,
+    /// The PASID it was granted for (IMS).
+    pub pasid: Option<u32>,
 }
 
 /// Records per page of [`Records`].
@@ -42,10 +36,14 @@ struct Page {
 }
 
 const NO_RECORD: GrantRecord = GrantRecord {
-    cpu: 0,
     route: 0,
-    irte: 0,
-    vector: 0,
+    dest: None,
+    message: MsiMessage {
+        address: 0,
+        data: 0,
+    },
+    mode: GrantMode::Remapped,
+    pasid: None,
 };
 
 /// Grant records by table index: pages of 32, allocated when first used. A page that
@@ -71,6 +69,16 @@ impl Records {
             return None;
         }
         page.records.get(*index as usize % PAGE)
+    }
+
+    /// The record at `index`, to change it in place.
+    fn get_mut(&mut self, index: u32) -> Option<&mut GrantRecord> {
+        let (page, bit) = Self::slot(index);
+        let page = self.pages.get_mut(page)?.as_deref_mut()?;
+        if page.present & bit == 0 {
+            return None;
+        }
+        page.records.get_mut(index as usize % PAGE)
     }
 
     /// Number of records.
@@ -175,6 +183,13 @@ impl KindTable {
         self.records.insert(index, record);
     }
 
+    /// Points the grant at `index` at a new destination (a committed RETARGET).
+    pub(crate) fn set_dest(&mut self, index: u32, dest: Option<GuestDest>) {
+        if let Some(record) = self.records.get_mut(index) {
+            record.dest = dest;
+        }
+    }
+
     pub(crate) fn remove(&mut self, index: u32) -> Option<GrantRecord> {
         let record = self.records.remove(&index)?;
         self.free.put(index);
@@ -186,19 +201,18 @@ impl KindTable {
 /// block; a granted block always occupies indices `0..n`.
 #[derive(Debug)]
 pub(crate) struct DeviceGrants {
-    pub(crate) spec: DeviceSpec,
     pub(crate) msi: KindTable,
     pub(crate) msix: KindTable,
     pub(crate) ims: KindTable,
 }
 
 impl DeviceGrants {
-    pub(crate) fn new(spec: DeviceSpec) -> Self {
+    /// Tables of the given sizes: MSI (the largest block), MSI-X, IMS.
+    pub(crate) fn new([msi, msix, ims]: [u32; 3]) -> Self {
         DeviceGrants {
-            msi: KindTable::new(u32::from(spec.msi_max)),
-            msix: KindTable::new(u32::from(spec.msix_table_size)),
-            ims: KindTable::new(spec.ims_slots),
-            spec,
+            msi: KindTable::new(msi),
+            msix: KindTable::new(msix),
+            ims: KindTable::new(ims),
         }
     }
 
@@ -241,19 +255,29 @@ impl DeviceGrants {
 mod tests {
     use super::*;
 
+    fn r(route: u32) -> GrantRecord {
+        GrantRecord {
+            route,
+            dest: Some(GuestDest {
+                apic_id: route,
+                vector: 0x30,
+            }),
+            message: MsiMessage {
+                address: 0xFEE0_0000,
+                data: route,
+            },
+            mode: GrantMode::Remapped,
+            pasid: None,
+        }
+    }
+
     #[test]
-    fn grant_records_are_compact() {
-        assert_eq!(std::mem::size_of::<GrantRecord>(), 12);
+    fn grant_records_stay_small() {
+        assert!(std::mem::size_of::<GrantRecord>() <= 48);
     }
 
     #[test]
     fn records_by_index_across_pages() {
-        let r = |cpu| GrantRecord {
-            cpu,
-            route: cpu + 1,
-            irte: 7,
-            vector: 0x30,
-        };
         let mut records = Records::default();
         assert_eq!(records.insert(70, r(70)), None);
         assert_eq!(records.insert(3, r(3)), None);
@@ -279,12 +303,7 @@ mod tests {
     #[test]
     fn lowest_free_leaves_the_table_unchanged() {
         let mut t = KindTable::new(8);
-        let r = GrantRecord {
-            cpu: 0,
-            route: 0,
-            irte: 0,
-            vector: 0x20,
-        };
+        let r = r(0);
         t.insert(1, r);
         assert_eq!(t.lowest_free(3), [0, 2, 3]);
         assert_eq!(t.free.free_count(), 7);

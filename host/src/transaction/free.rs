@@ -1,0 +1,152 @@
+//! FREE and RESET (spec §4.6, §4.8), and the virtio device reset that frees everything
+//! ([DEV-1]): stage the route removals, reply, commit, then the backend stops backing.
+
+use super::reply::{Ctx, Handled};
+use super::{route_failure, usable};
+use crate::grants::GrantRecord;
+use crate::routes::RouteBatch;
+use crate::sync::lock;
+use crate::vm::{DeviceState, Vm, VmConfig, VmState};
+use pvirq_proto::{Field, IndexRange, Kind, Outcome, Refusal, Status};
+
+/// The grants a FREE names (all of them, or the refusal), or every grant of the device for
+/// RESET (`range` = `None`).
+fn select(
+    dev: &DeviceState,
+    range: Option<&IndexRange>,
+) -> Result<Vec<(Kind, u32, GrantRecord)>, Refusal> {
+    let Some(range) = range else {
+        return Ok(dev.grants.all());
+    };
+    let table = dev.grants.table(range.kind);
+    if range.kind == Kind::Msi {
+        // The block is freed whole or not at all.
+        let size = table.granted();
+        let count = u32::from(range.count);
+        if size == 0 || range.first != 0 || count < size {
+            return Err(Refusal::NotGranted { index: range.first });
+        }
+        if count > size {
+            return Err(Refusal::NotGranted { index: size });
+        }
+    }
+    range
+        .indices()
+        .map(|i| {
+            table
+                .records
+                .get(&i)
+                .map(|r| (range.kind, i, *r))
+                .ok_or(Refusal::NotGranted { index: i })
+        })
+        .collect()
+}
+
+/// After the routes are gone: the backend stops backing the vectors, the records go.
+fn forget(dev: &mut DeviceState, grants: &[(Kind, u32, GrantRecord)]) {
+    for kind in Kind::ALL.iter().copied() {
+        let indices: Vec<u32> = grants
+            .iter()
+            .filter(|(k, _, _)| *k == kind)
+            .map(|(_, i, _)| *i)
+            .collect();
+        if indices.is_empty() {
+            continue;
+        }
+        dev.backend.disable(kind, &indices);
+        let table = dev.grants.table_mut(kind);
+        for index in indices {
+            table.remove(index);
+        }
+    }
+}
+
+pub(super) fn free(
+    ctx: &mut Ctx<'_>,
+    config: &VmConfig,
+    st: &mut VmState,
+    handle: u32,
+    range: Option<&IndexRange>,
+) -> Handled {
+    let features = st.features;
+    let VmState {
+        routes,
+        devices,
+        held,
+        ..
+    } = st;
+    let Some(dev) = devices.get_mut(handle as usize) else {
+        return ctx.refuse(Refusal::NoDevice);
+    };
+    if let Some(range) = range
+        && !usable(&dev.spec, features, range.kind)
+    {
+        return ctx.refuse(Refusal::Unsupported { field: Field::Kind });
+    }
+    let grants = match select(dev, range) {
+        Ok(g) => g,
+        Err(r) => return ctx.refuse(r),
+    };
+    let count = grants.len() as u32;
+    let mut batch = RouteBatch::new(routes.as_mut());
+    for (_, _, record) in &grants {
+        if let Err(e) = batch.remove(record.route) {
+            return ctx.refuse(route_failure(&e));
+        }
+    }
+    let new_held = held.saturating_sub(count);
+    let quota_remaining = config.quota.saturating_sub(new_held);
+    let outcome = if range.is_some() {
+        Outcome::Freed {
+            count,
+            quota_remaining,
+        }
+    } else {
+        Outcome::Reset {
+            count,
+            quota_remaining,
+        }
+    };
+    let Ok(used) = ctx.send(outcome) else {
+        return ctx.dropped();
+    };
+    if let Err(e) = batch.commit() {
+        return ctx.refuse(route_failure(&e));
+    }
+    forget(dev, &grants);
+    *held = new_held;
+    ctx.handled(used, Status::Ok)
+}
+
+impl Vm {
+    /// Frees every grant of every device (virtio device reset, [DEV-1]); returns how many.
+    /// It cannot fail: if the route layer refuses to commit the removals, the backends stop
+    /// backing the vectors anyway and the routes are cleared.
+    pub fn reset_all(&self) -> u32 {
+        release_all(&mut lock(&self.shared.state))
+    }
+}
+
+/// Frees every grant of the VM: one route commit, then the host side.
+fn release_all(st: &mut VmState) -> u32 {
+    let per_device: Vec<_> = st.devices.iter().map(|d| d.grants.all()).collect();
+    let committed = {
+        let mut batch = RouteBatch::new(st.routes.as_mut());
+        per_device
+            .iter()
+            .flatten()
+            .try_for_each(|(_, _, record)| batch.remove(record.route))
+            .and_then(|()| batch.commit())
+            .is_ok()
+    };
+    if !committed {
+        st.routes.clear();
+    }
+    let mut count = 0;
+    for (dev, grants) in st.devices.iter_mut().zip(&per_device) {
+        forget(dev, grants);
+        count += grants.len() as u32;
+    }
+    st.held = st.held.saturating_sub(count);
+    count
+}

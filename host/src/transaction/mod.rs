@@ -1,0 +1,170 @@
+//! Request handling: each request is a transaction over the VM's devices, their backends
+//! and the VM's guest routes (one file per operation).
+//!
+//! Order for every operation (`docs/architecture.md`): check everything that can be
+//! checked without reserving; stage the guest routes, each held by a batch that aborts on
+//! drop; have the device's backend back the vectors, held by a value that disables them
+//! on drop; write the reply into the guest's buffer; only then commit the routes (one
+//! commit per request) and turn the reservations into grants. If the write fails,
+//! dropping the reservations rolls everything back and the chain is returned with used
+//! length 0. If the commit fails after the write, everything is rolled back and the reply
+//! is overwritten with the refusal: the guest sees the reply only when the chain is
+//! returned, so it never sees an acknowledgement for something that does not exist
+//! ([DEV-11], [DEV-12]).
+//!
+//! FREE, RESET and RETARGET stage their route changes the same way and release host
+//! resources only after the commit, so they are all-or-nothing too.
+
+mod alloc;
+mod backed;
+mod free;
+mod query;
+mod reply;
+mod restore;
+mod retarget;
+mod sizing;
+
+pub use reply::{BufferSink, Handled, ReplySink};
+pub use restore::{Restored, RestoredGrant};
+
+use crate::backend::BackendError;
+use crate::bitmap::floor_pow2;
+use crate::routes::RouteError;
+use crate::sync::lock;
+use crate::vm::{DeviceSpec, DeviceState, Vm};
+use pvirq_proto::{
+    Field, Kind, Operation, RESPONSE_HEADER_LEN, Refusal, Request, Resource, feature,
+};
+use reply::{Ctx, Echo};
+
+fn kind_feature(kind: Kind) -> u64 {
+    match kind {
+        Kind::Msi => feature::MSI,
+        Kind::MsiX => feature::MSIX,
+        Kind::Ims => feature::IMS,
+    }
+}
+
+/// Whether the device has `kind` and the driver negotiated it.
+fn usable(spec: &DeviceSpec, features: u64, kind: Kind) -> bool {
+    spec.supports(kind) && features & kind_feature(kind) != 0
+}
+
+/// The size of a device's `kind` table as the guest sees it: MSI blocks are bounded by
+/// what the host's remapping hardware allows too (VT-d: ECAP.MHMV).
+fn table_size(dev: &DeviceState, kind: Kind) -> u32 {
+    let size = dev.spec.table_size(kind);
+    if kind == Kind::Msi {
+        size.min(floor_pow2(dev.backend.max_msi_block().min(32)))
+    } else {
+        size
+    }
+}
+
+/// The guest-visible refusal for a backend that did not back a request.
+fn backend_refusal(e: &BackendError) -> Refusal {
+    match *e {
+        BackendError::Exhausted { resource, supplied } => Refusal::NoSpace {
+            resource,
+            available: supplied,
+        },
+        BackendError::Fragmented { largest } => Refusal::NoSpace {
+            resource: Resource::Irte,
+            available: largest,
+        },
+        // The table cannot grow now: as far as this VM can tell, no slot is free until it
+        // frees what it holds of this kind.
+        BackendError::NoResize { .. } => Refusal::NoSpace {
+            resource: Resource::DeviceSlots,
+            available: 0,
+        },
+        BackendError::Unsupported(_) => Refusal::Unsupported { field: Field::Kind },
+        BackendError::Errno { resource, .. } => Refusal::DeviceError { resource },
+        BackendError::NotAnEventFd { .. } => Refusal::DeviceError {
+            resource: Resource::GuestRoute,
+        },
+    }
+}
+
+/// The refusal for a route that could not be added: NO_SPACE with the count staged before
+/// it (the routes it had supplied), or DEVICE_ERROR.
+fn route_refusal(e: &RouteError, supplied: u32) -> Refusal {
+    match e {
+        RouteError::Exhausted => Refusal::NoSpace {
+            resource: Resource::GuestRoute,
+            available: supplied,
+        },
+        _ => route_failure(e),
+    }
+}
+
+/// The refusal for a route layer that failed to carry out an operation on what it already
+/// holds (moving, removing, committing): always DEVICE_ERROR. A shortage reported there
+/// is no shortage of anything the guest asked for, so NO_SPACE (whose `info` promises a
+/// grantable count, spec §5.1) would mislead it.
+fn route_failure(_: &RouteError) -> Refusal {
+    Refusal::DeviceError {
+        resource: Resource::GuestRoute,
+    }
+}
+
+impl Vm {
+    /// Handles one request (`request` = the readable bytes) and writes the reply to `sink`.
+    pub fn handle(&self, request: &[u8], sink: &mut dyn ReplySink) -> Handled {
+        let echo = Request::peek_header(request)
+            .map(|h| Echo {
+                opcode: h.opcode,
+                device: h.device.get(),
+                tag: h.tag.get(),
+            })
+            .unwrap_or_default();
+        let config = &self.shared.config;
+        let mut st = lock(&self.shared.state);
+        let mut ctx = Ctx { echo, sink };
+        if ctx.sink.capacity() < RESPONSE_HEADER_LEN {
+            // Not even a refusal fits: say nothing, change nothing.
+            return ctx.dropped();
+        }
+        let request = match Request::decode(request, config.max_batch) {
+            Ok(r) => r,
+            Err(e) => return ctx.refuse(e.refusal()),
+        };
+        let needed = request.max_response_len();
+        if ctx.sink.capacity() < needed {
+            return ctx.refuse(Refusal::ResponseTooSmall {
+                needed: needed as u32,
+            });
+        }
+        let st = &mut *st;
+        match &request.op {
+            Operation::Query => query::query(&mut ctx, config, st, request.device),
+            Operation::Alloc(a) => alloc::alloc(&mut ctx, config, st, request.device, a),
+            Operation::Free(r) => free::free(&mut ctx, config, st, request.device, Some(r)),
+            Operation::Reset => free::free(&mut ctx, config, st, request.device, None),
+            Operation::Retarget(r) => retarget::retarget(&mut ctx, config, st, request.device, r),
+        }
+    }
+
+    /// Encodes `request`, handles it with a buffer as large as its largest reply, and
+    /// returns the reply bytes (empty if nothing was written).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn call(&self, request: &Request<'_>) -> Vec<u8> {
+        let mut bytes = vec![0u8; request.encoded_len()];
+        let Ok(len) = request.encode(&mut bytes) else {
+            return Vec::new();
+        };
+        let mut sink = BufferSink::new(request.max_response_len());
+        let handled = self.handle(bytes.get(..len).unwrap_or_default(), &mut sink);
+        if handled.used_len == 0 {
+            Vec::new()
+        } else {
+            sink.bytes().to_vec()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod restore_tests;

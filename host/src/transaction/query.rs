@@ -1,0 +1,60 @@
+//! QUERY (spec §4.4): a device's limits and what an ALLOC could be granted now.
+
+use super::reply::{Ctx, Handled};
+use super::sizing::Supply;
+use super::{table_size, usable};
+use crate::vm::{VmConfig, VmState};
+use pvirq_proto::{DeviceInfo, Kind, KindSet, Outcome, Refusal, Status};
+
+pub(super) fn query(ctx: &mut Ctx<'_>, config: &VmConfig, st: &VmState, handle: u32) -> Handled {
+    let Some(dev) = st.devices.get(handle as usize) else {
+        return ctx.refuse(Refusal::NoDevice);
+    };
+    let quota = config.quota.saturating_sub(st.held);
+    let routes = st.routes.available();
+    let mut kinds = KindSet::EMPTY;
+    let mut available = 0;
+    for kind in Kind::ALL.iter().copied() {
+        if !usable(&dev.spec, st.features, kind) {
+            continue;
+        }
+        kinds = kinds.with(kind);
+        let table = dev.grants.table(kind);
+        let slots = match kind {
+            Kind::Msi if table.granted() > 0 => 0,
+            Kind::Msi => table_size(dev, kind),
+            _ => table.free.free_count(),
+        };
+        let supply = Supply {
+            quota,
+            slots,
+            host: dev.backend.supply(kind),
+            posted: false,
+            routes,
+        };
+        available = available.max(supply.grantable(kind, u32::from(config.max_batch)));
+    }
+    let size = |kind: Kind| {
+        if kinds.contains(kind) {
+            table_size(dev, kind)
+        } else {
+            0
+        }
+    };
+    let info = DeviceInfo {
+        kinds,
+        msi_max: size(Kind::Msi) as u16,
+        msix_table_size: size(Kind::MsiX) as u16,
+        ims_slots: size(Kind::Ims),
+        granted: dev.grants.granted(),
+        vm_quota: config.quota,
+        available,
+    };
+    match ctx.send(Outcome::Queried {
+        info,
+        quota_remaining: quota,
+    }) {
+        Ok(len) => ctx.handled(len, Status::Ok),
+        Err(_) => ctx.dropped(),
+    }
+}

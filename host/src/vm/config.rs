@@ -1,0 +1,143 @@
+//! What the VMM says about a VM and its assigned devices: the core's whole configuration.
+
+use crate::error::HostError;
+use pvirq_proto::{Config, Kind, Le16, Le32, MAX_BATCH_LIMIT, PROTOCOL_VERSION};
+
+/// Most IMS slots one device may declare (keeps a device's slot bitmap ≤ 128 KiB).
+pub const MAX_IMS_SLOTS: u32 = 1 << 20;
+/// Largest MSI-X table (PCI).
+pub const MAX_MSIX_TABLE: u16 = 2048;
+
+/// An assigned device behind the channel, as the VMM describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// PCI requester ID on the host (the source-id its interrupt writes carry).
+    pub requester_id: u16,
+    /// Largest multi-MSI block: 0 (no MSI) or a power of two up to 32.
+    pub msi_max: u16,
+    /// MSI-X table size: 0 (no MSI-X) up to 2048.
+    pub msix_table_size: u16,
+    /// IMS slots: 0 (no IMS) up to [`MAX_IMS_SLOTS`].
+    pub ims_slots: u32,
+}
+
+impl DeviceSpec {
+    /// Whether the device has `kind` at all.
+    pub fn supports(&self, kind: Kind) -> bool {
+        self.table_size(kind) > 0
+    }
+
+    /// The size of the device's `kind` table (MSI: its largest block).
+    pub fn table_size(&self, kind: Kind) -> u32 {
+        match kind {
+            Kind::Msi => u32::from(self.msi_max),
+            Kind::MsiX => u32::from(self.msix_table_size),
+            Kind::Ims => self.ims_slots,
+        }
+    }
+
+    fn validate(&self) -> Result<(), HostError> {
+        if self.msi_max != 0 && (!self.msi_max.is_power_of_two() || self.msi_max > 32) {
+            return Err(HostError::InvalidConfig(
+                "msi_max must be 0 or a power of two ≤ 32",
+            ));
+        }
+        if self.msix_table_size > MAX_MSIX_TABLE {
+            return Err(HostError::InvalidConfig("MSI-X table larger than 2048"));
+        }
+        if self.ims_slots > MAX_IMS_SLOTS {
+            return Err(HostError::InvalidConfig("too many IMS slots"));
+        }
+        Ok(())
+    }
+}
+
+/// How the VM's vCPUs are numbered by APIC ID.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ApicIds {
+    /// vCPU `n` has APIC ID `n` (KVM's default when the VMM sets none).
+    #[default]
+    Identity,
+    /// vCPU `n` has APIC ID `ids[n]` (sparse under most topologies, as QEMU numbers them).
+    Table(Vec<u32>),
+}
+
+impl ApicIds {
+    /// The APIC ID of vCPU index `vcpu`, if the VM has that vCPU.
+    pub fn of_vcpu(&self, vcpu: u32, num_vcpus: u32) -> Option<u32> {
+        if vcpu >= num_vcpus {
+            return None;
+        }
+        match self {
+            ApicIds::Identity => Some(vcpu),
+            ApicIds::Table(ids) => ids.get(vcpu as usize).copied(),
+        }
+    }
+
+    /// Whether `apic_id` is one of the VM's.
+    pub fn contains(&self, apic_id: u32, num_vcpus: u32) -> bool {
+        match self {
+            ApicIds::Identity => apic_id < num_vcpus,
+            ApicIds::Table(ids) => ids.contains(&apic_id),
+        }
+    }
+}
+
+/// A VM's settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Vectors the VM may hold at once, over all its devices.
+    pub quota: u32,
+    /// vCPUs; version-1 targets name `0..num_vcpus`.
+    pub num_vcpus: u32,
+    /// Largest count in one request (1..=4096).
+    pub max_batch: u16,
+    /// The devices; handle `i` is `devices[i]`.
+    pub devices: Vec<DeviceSpec>,
+    /// The vCPUs' APIC IDs.
+    pub apic_ids: ApicIds,
+}
+
+impl VmConfig {
+    pub(crate) fn validate(&self) -> Result<(), HostError> {
+        if self.num_vcpus == 0 {
+            return Err(HostError::InvalidConfig("a VM needs at least one vCPU"));
+        }
+        if self.max_batch == 0 || self.max_batch > MAX_BATCH_LIMIT {
+            return Err(HostError::InvalidConfig("max_batch must be 1..=4096"));
+        }
+        if let ApicIds::Table(ids) = &self.apic_ids {
+            if ids.len() != self.num_vcpus as usize {
+                return Err(HostError::InvalidConfig("one APIC ID per vCPU"));
+            }
+            let mut sorted = ids.clone();
+            sorted.sort_unstable();
+            if sorted.windows(2).any(|w| w.first() == w.get(1)) {
+                return Err(HostError::InvalidConfig("APIC IDs must be distinct"));
+            }
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            d.validate()?;
+            if self
+                .devices
+                .iter()
+                .take(i)
+                .any(|o| o.requester_id == d.requester_id)
+            {
+                return Err(HostError::SourceIdInUse(d.requester_id));
+            }
+        }
+        Ok(())
+    }
+
+    /// The virtio configuration space this VM's device presents.
+    pub fn virtio_config(&self) -> Config {
+        Config {
+            version: Le16::new(PROTOCOL_VERSION),
+            max_batch: Le16::new(self.max_batch),
+            num_devices: Le32::new(self.devices.len() as u32),
+            vm_quota: Le32::new(self.quota),
+            num_vcpus: Le32::new(self.num_vcpus),
+        }
+    }
+}
