@@ -153,7 +153,11 @@ pub fn run(opened: &OpenedDevice, sysfs: &Path) -> Result<(PvirqPath, Cost), Pat
         });
     }
     p.lines_after_prefix = lines();
-    if !free(&mut ch, 0, u16::try_from(p.prefix_granted).unwrap_or(u16::MAX)) {
+    if !free(
+        &mut ch,
+        0,
+        u16::try_from(p.prefix_granted).unwrap_or(u16::MAX),
+    ) {
         p.errors.push("free of the prefix".into());
     }
 
