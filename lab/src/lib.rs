@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod checks;
+pub mod eventfd_wait;
 pub mod initramfs;
 pub mod lab_env;
 pub mod nvme;

@@ -9,6 +9,11 @@ pub fn vfio_msix_lines() -> (u32, u32) {
     count_lines(&text)
 }
 
+/// The number of VFIO MSI-X handlers the kernel holds.
+pub fn lines() -> u32 {
+    vfio_msix_lines().0
+}
+
 /// [`vfio_msix_lines`] over a given text.
 pub fn count_lines(text: &str) -> (u32, u32) {
     let mut all = 0;

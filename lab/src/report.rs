@@ -8,6 +8,7 @@ pub const REPORT_PREFIX: &str = "PVIRQ-LAB-REPORT ";
 
 /// A refusal of the backend, in a form the host test can read back.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Refusal {
     /// `exhausted`, `fragmented`, `errno`, `no-resize`, `unsupported` or `not-an-eventfd`.
     pub what: String,
@@ -47,6 +48,7 @@ impl From<&BackendError> for Refusal {
 
 /// Vectors enabled one per request until the kernel refused.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct OneByOne {
     /// How many were granted.
     pub granted: u32,
@@ -66,6 +68,7 @@ pub struct OneByOne {
 
 /// Vectors freed and granted again.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FreeRegrant {
     /// How many were freed from the middle.
     pub freed: u32,
@@ -81,6 +84,7 @@ pub struct FreeRegrant {
 
 /// One request for more than the host has.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Batch {
     /// Vectors asked for.
     pub asked: u32,
@@ -100,6 +104,7 @@ pub struct Batch {
 
 /// One injected failure.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FaultCase {
     /// Which call of the request was refused (from 1).
     pub nth: u64,
@@ -117,6 +122,7 @@ pub struct FaultCase {
 
 /// An interrupt the device raised.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Delivery {
     /// The controller's model string (Identify), proof the admin queue worked.
     pub model: String,
@@ -135,6 +141,7 @@ pub struct Delivery {
 /// The same checks through the whole pvirq path: guest driver, virtqueue, device,
 /// transaction, `VfioBackend`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PvirqPath {
     /// Vectors granted one ALLOC each until NO_SPACE.
     pub granted: u32,
@@ -177,6 +184,7 @@ pub struct PvirqPath {
 /// Cost per vector of a grant through pvirq against the bare call, same run, in the
 /// guest (TCG: every instruction, user and kernel, is emulated).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Cost {
     /// Alternating rounds of each measurement.
     pub rounds: u32,
@@ -196,8 +204,21 @@ pub struct Cost {
     pub batch_ratio: f64,
 }
 
+/// The backend alone (through the trait, no ring or transaction) against the bare call.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackendCost {
+    /// Median µs per vector, one `enable` each.
+    pub backend_single_us: f64,
+    /// Median µs per vector, one `VFIO_DEVICE_SET_IRQS` each.
+    pub bare_single_us: f64,
+    /// Their ratio.
+    pub ratio: f64,
+}
+
 /// Everything the in-guest program found.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LabReport {
     /// MSI-X table size (`VFIO_DEVICE_GET_IRQ_INFO`).
     pub table_size: u32,
@@ -217,6 +238,8 @@ pub struct LabReport {
     pub faults: Vec<FaultCase>,
     /// Delivery.
     pub delivery: Delivery,
+    /// The backend alone against the bare call.
+    pub backend_cost: BackendCost,
     /// The full pvirq path.
     pub pvirq_path: PvirqPath,
     /// Its cost against the bare call.
