@@ -16,6 +16,7 @@ pub mod passthrough;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod vmm;
 
 pub use channel::Channel;
 pub use error::SimError;
