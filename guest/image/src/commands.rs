@@ -119,7 +119,7 @@ pub fn run() -> ! {
                 guest.driver = None;
                 guest.mb.report(seq, Status::Ok);
                 loop {
-                    cpu::outb(pvirq_guest_image_abi::layout::STOP_PORT, 0);
+                    cpu::doorbell(pvirq_guest_image_abi::layout::MAILBOX_STOP, 0);
                 }
             }
             Some(op) => guest.execute(op),

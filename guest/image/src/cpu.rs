@@ -1,4 +1,5 @@
-//! The few CPU instructions the CPL-3 driver uses: TSC, port output (IOPL 3), pause.
+//! The few CPU instructions the CPL-3 driver uses: TSC, pause, and the VMM's doorbell
+//! registers (MMIO: port I/O is not available at CPL 3 under PVM).
 
 use pvirq_guest_image_abi::layout;
 
@@ -8,17 +9,17 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Writes `value` to `port` (allowed at CPL 3: the driver runs with IOPL 3).
-pub fn outb(port: u16, value: u8) {
-    // SAFETY: the ports this guest uses are the VMM's (layout); the write has no effect on
-    // guest memory.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nostack)) }
+/// Writes `value` to one of the VMM's doorbell registers (an MMIO exit).
+pub fn doorbell(register: u64, value: u32) {
+    // SAFETY: the mailbox registers are an MMIO window of the VMM's (layout), mapped and
+    // user-accessible; the write has no effect on guest memory.
+    unsafe { core::ptr::write_volatile(register as *mut u32, value) }
 }
 
-/// Reports an unexpected condition on the fault port and stops making progress.
+/// Reports an unexpected condition to the VMM and stops making progress.
 pub fn fault(code: u8) -> ! {
     loop {
-        outb(layout::FAULT_PORT, code);
+        doorbell(layout::MAILBOX_FAULT, u32::from(code));
         core::hint::spin_loop();
     }
 }

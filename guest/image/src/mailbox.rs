@@ -1,7 +1,7 @@
-//! The guest's side of the mailbox: volatile words, and the port write that hands the
+//! The guest's side of the mailbox: volatile words, and the doorbell write that hands the
 //! report to the VMM and waits for the next command.
 
-use pvirq_guest_image_abi::layout::{MAILBOX, MAILBOX_PORT};
+use pvirq_guest_image_abi::layout::{MAILBOX, MAILBOX_DOORBELL};
 use pvirq_guest_image_abi::mailbox::{
     ARG_WORDS, ARGS, IN_LIST, LIST_WORDS, OP, OUT_LIST, REPORT_SEQ, RESULT_WORDS, RESULTS, SEQ,
     STATUS, Status, WORDS,
@@ -76,6 +76,6 @@ impl Mailbox {
         self.write(STATUS, status as u32);
         self.write(REPORT_SEQ, seq);
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-        crate::cpu::outb(MAILBOX_PORT, 1);
+        crate::cpu::doorbell(MAILBOX_DOORBELL, 1);
     }
 }

@@ -102,6 +102,11 @@ impl DeviceTables {
         Ok(tables)
     }
 
+    /// The memory the tables live in.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
     /// The MSI-X table's size (0 without one).
     pub fn msix_entries(&self) -> u32 {
         self.msix.map_or(0, |r| r.entries)

@@ -71,12 +71,14 @@ pub enum VmmError {
     #[error("MMIO bus: {0:?}")]
     Bus(vm_device::bus::Error),
     /// A vCPU stopped on an exception in the guest.
-    #[error("vCPU {vcpu}: guest exception, vector {vector:#x}")]
+    #[error("vCPU {vcpu}: guest exception, vector {vector:#x}, frame {frame:x?}")]
     GuestException {
         /// vCPU index.
         vcpu: usize,
         /// The vector (0xFF: the image panicked).
         vector: u8,
+        /// The exception frame from the guest's stack: (error code,) RIP, CS, RFLAGS, RSP, SS.
+        frame: [u64; 6],
     },
     /// A vCPU exited in a way the VMM does not handle.
     #[error("vCPU {vcpu}: unexpected exit {exit}")]

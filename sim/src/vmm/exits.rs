@@ -59,6 +59,7 @@ pub struct ExitCounters {
     pba: AtomicU64,
     unknown: AtomicU64,
     pio: AtomicU64,
+    mailbox: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -76,8 +77,10 @@ pub struct ExitSnapshot {
     pub pba: u64,
     /// To addresses nobody owns.
     pub unknown: u64,
-    /// Port I/O (mailbox, stop, fault).
+    /// Port I/O (stop, fault: ring 0 only).
     pub pio: u64,
+    /// Mailbox doorbells (one per command: the hand-over, not part of any flow).
+    pub mailbox: u64,
 }
 
 impl ExitSnapshot {
@@ -96,6 +99,7 @@ impl ExitSnapshot {
             pba: self.pba - earlier.pba,
             unknown: self.unknown - earlier.unknown,
             pio: self.pio - earlier.pio,
+            mailbox: self.mailbox - earlier.mailbox,
         }
     }
 }
@@ -114,6 +118,11 @@ impl ExitCounters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one mailbox doorbell.
+    pub fn mailbox(&self) {
+        self.mailbox.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one port exit.
     pub fn pio(&self) {
         self.pio.fetch_add(1, Ordering::Relaxed);
@@ -130,6 +139,7 @@ impl ExitCounters {
             pba: get(&self.pba),
             unknown: get(&self.unknown),
             pio: get(&self.pio),
+            mailbox: get(&self.mailbox),
         }
     }
 }

@@ -216,6 +216,7 @@ impl MachineBuilder {
                 bus: Arc::clone(&bus),
                 exits: Arc::clone(&machine.exits),
                 mailbox: Arc::clone(&machine.mailbox),
+                mem: machine.mem.clone(),
             };
             let thread = thread::Builder::new()
                 .name(format!("vcpu{index}"))

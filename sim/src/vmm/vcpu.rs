@@ -7,12 +7,14 @@ use super::mailbox::MailboxSync;
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, kvm_mp_state, kvm_segment};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use pvirq_guest_image_abi::layout::{
-    BootHeader, FAULT_PORT, KERNEL_CS, KERNEL_DS, MAILBOX_PORT, STOP_PORT, kernel_stack_top,
+    BootHeader, FAULT_PORT, KERNEL_CS, KERNEL_DS, MAILBOX_DOORBELL, MAILBOX_FAULT, MAILBOX_STOP,
+    STOP_PORT, kernel_stack_top,
 };
 use std::io;
 use std::sync::Arc;
 use vm_device::bus::MmioAddress;
 use vm_device::device_manager::{IoManager, MmioManager};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const CR0_PE: u64 = 1 << 0;
 const CR0_MP: u64 = 1 << 1;
@@ -102,6 +104,8 @@ pub struct VcpuContext {
     pub exits: Arc<ExitCounters>,
     /// The mailbox hand-over (vCPU 0 uses it).
     pub mailbox: Arc<MailboxSync>,
+    /// Guest memory (to describe a guest exception).
+    pub mem: GuestMemoryMmap,
 }
 
 /// Runs vCPU `index` until the guest writes the stop port (or, for vCPU 0, the mailbox is
@@ -109,6 +113,20 @@ pub struct VcpuContext {
 pub fn run(mut vcpu: VcpuFd, index: usize, ctx: VcpuContext) -> Result<(), VmmError> {
     loop {
         match vcpu.run() {
+            Ok(VcpuExit::MmioWrite(MAILBOX_DOORBELL, _)) => {
+                ctx.exits.mailbox();
+                if !ctx.mailbox.guest_reported() {
+                    return Ok(());
+                }
+            }
+            Ok(VcpuExit::MmioWrite(MAILBOX_STOP, _)) => return Ok(()),
+            Ok(VcpuExit::MmioWrite(MAILBOX_FAULT, data)) => {
+                return Err(VmmError::GuestException {
+                    vcpu: index,
+                    vector: data.first().copied().unwrap_or(u8::MAX),
+                    frame: [0; 6],
+                });
+            }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 ctx.exits.mmio(addr);
                 // Writes nobody owns are dropped, as on a bus with no device there.
@@ -120,17 +138,13 @@ pub fn run(mut vcpu: VcpuFd, index: usize, ctx: VcpuContext) -> Result<(), VmmEr
                     data.fill(0xFF);
                 }
             }
-            Ok(VcpuExit::IoOut(MAILBOX_PORT, _)) => {
-                ctx.exits.pio();
-                if !ctx.mailbox.guest_reported() {
-                    return Ok(());
-                }
-            }
             Ok(VcpuExit::IoOut(STOP_PORT, _)) => return Ok(()),
             Ok(VcpuExit::IoOut(FAULT_PORT, data)) => {
+                let vector = data.first().copied().unwrap_or(u8::MAX);
                 return Err(VmmError::GuestException {
                     vcpu: index,
-                    vector: data.first().copied().unwrap_or(u8::MAX),
+                    vector,
+                    frame: exception_frame(&vcpu, &ctx.mem),
                 });
             }
             Ok(VcpuExit::InternalError) => {
@@ -159,6 +173,21 @@ pub fn run(mut vcpu: VcpuFd, index: usize, ctx: VcpuContext) -> Result<(), VmmEr
             },
         }
     }
+}
+
+/// The interrupt frame of an exception the guest reported: the handler pushed three
+/// registers on top of the vector, so `[rsp + 32..]` holds the error code (when the
+/// exception has one) or RIP, then the rest of the frame. Six words, raw.
+fn exception_frame(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> [u64; 6] {
+    let mut frame = [0u64; 6];
+    if let Ok(regs) = vcpu.get_regs() {
+        for (i, w) in frame.iter_mut().enumerate() {
+            *w = mem
+                .read_obj(GuestAddress(regs.rsp + 32 + 8 * i as u64))
+                .unwrap_or(u64::MAX);
+        }
+    }
+    frame
 }
 
 /// Describes a `KVM_EXIT_INTERNAL_ERROR` (for an emulation failure, the instruction bytes).

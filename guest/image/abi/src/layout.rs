@@ -142,9 +142,14 @@ pub enum Mode {
 pub const STOP_PORT: u16 = 0xF4;
 /// Port the guest writes the vector of an unexpected CPU exception to.
 pub const FAULT_PORT: u16 = 0xF6;
-/// Port the driver writes when its report is in the mailbox; the VMM holds the vCPU in
-/// this exit until it has posted the next command.
-pub const MAILBOX_PORT: u16 = 0xF8;
+/// The mailbox doorbell: the CPL-3 driver writes it when its report is in the mailbox; the
+/// VMM holds the vCPU in this exit until it has posted the next command. (MMIO, not a port:
+/// under PVM, IOPL 3 does not survive the return to CPL 3, so user-mode port I/O faults.)
+pub const MAILBOX_DOORBELL: u64 = 0xD000_2000;
+/// Written by the CPL-3 driver to stop its vCPU (after `Shutdown`).
+pub const MAILBOX_STOP: u64 = 0xD000_2004;
+/// Written by the CPL-3 driver with a fault code (a panic: 0xFF).
+pub const MAILBOX_FAULT: u64 = 0xD000_2008;
 
 /// The pvirq virtio-mmio window.
 pub const PVIRQ_MMIO: u64 = 0xD000_0000;

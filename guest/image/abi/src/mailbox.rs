@@ -4,7 +4,7 @@
 //! `u32` words. The VMM writes a command (opcode, arguments, an input list), bumps
 //! [`SEQ`] and lets the vCPU run; the guest executes it at CPL 3, writes its report
 //! (status, results, an output list), copies [`SEQ`] to [`REPORT_SEQ`] and writes
-//! [`crate::layout::MAILBOX_PORT`]. The VMM holds the vCPU in that exit until it posts the
+//! [`crate::layout::MAILBOX_DOORBELL`]. The VMM holds the vCPU in that exit until it posts the
 //! next command, so an idle guest costs no CPU and the mailbox needs no polling.
 //!
 //! Word indices:
