@@ -43,6 +43,7 @@ pub struct GuestVm {
     front: Arc<PvirqFront>,
     bars: Vec<Arc<PassthroughBar>>,
     routes: SharedRoutes,
+    last: Option<Report>,
     _poller: Poller,
 }
 
@@ -116,14 +117,23 @@ impl GuestVm {
             front,
             bars,
             routes: lines.routes,
+            last: None,
             _poller: poller,
         })
     }
 
     /// Runs `command` in the guest; waits at most `timeout`.
     pub fn command(&mut self, command: &Command, timeout: Duration) -> Result<Report, VmmError> {
-        self.machine
-            .command(command, timeout, list_words(command.op))
+        let report = self
+            .machine
+            .command(command, timeout, list_words(command.op))?;
+        self.last = Some(report.clone());
+        Ok(report)
+    }
+
+    /// The last report the guest gave.
+    pub fn last_report(&self) -> Option<&Report> {
+        self.last.as_ref()
     }
 
     /// The host's view of the VM.
