@@ -38,7 +38,12 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
     let root = manifest.parent().unwrap_or(Path::new("..")).to_path_buf();
     let image = root.join("guest").join("image");
-    for dir in ["guest/image/src", "guest/image/abi/src", "guest/src", "proto/src"] {
+    for dir in [
+        "guest/image/src",
+        "guest/image/abi/src",
+        "guest/src",
+        "proto/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     for file in [

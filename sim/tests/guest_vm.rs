@@ -42,7 +42,8 @@ fn vm(host: &Host, table: TableMode) -> GuestVm {
 }
 
 fn run(vm: &mut GuestVm, op: Op, args: &[u32], list: Vec<u32>) -> pvirq_sim::vmm::Report {
-    vm.command(&Command::new(op, args).with_list(list), T).unwrap()
+    vm.command(&Command::new(op, args).with_list(list), T)
+        .unwrap()
 }
 
 #[test]
@@ -58,11 +59,21 @@ fn the_guest_allocates_programs_fires_and_counts_what_arrived() {
 
     // Four MSI-X vectors over both vCPUs, one IMS slot with a PASID.
     let targets = vec![0, 0x40, 1, 0x41, 0, 0x42, 1, 0x43];
-    let alloc = run(&mut vm, Op::Alloc, &[0, MSIX, 0, 0, 4, 4, 0, 0, 0, 4], targets);
+    let alloc = run(
+        &mut vm,
+        Op::Alloc,
+        &[0, MSIX, 0, 0, 4, 4, 0, 0, 0, 4],
+        targets,
+    );
     assert_eq!(alloc.status, Status::Ok, "{alloc:?}");
     assert_eq!(alloc.r(0), 4);
     assert_eq!(alloc.list.len(), 16);
-    let ims = run(&mut vm, Op::Alloc, &[0, IMS, 0, 0, 1, 1, 1, 0x42, 0, 1], vec![1, 0x44]);
+    let ims = run(
+        &mut vm,
+        Op::Alloc,
+        &[0, IMS, 0, 0, 1, 1, 1, 0x42, 0, 1],
+        vec![1, 0x44],
+    );
     assert_eq!(ims.status, Status::Ok, "{ims:?}");
     assert_eq!(vm.vm().occupancy().held, 5);
 
@@ -70,7 +81,11 @@ fn the_guest_allocates_programs_fires_and_counts_what_arrived() {
     let fire = run(&mut vm, Op::Fire, &[0, 0], vec![]);
     assert_eq!(fire.status, Status::Ok);
     // Rung 5, all 5 arrived where the guest expected them, nothing else.
-    assert_eq!((fire.r(0), fire.r(1), fire.r(2), fire.r(3)), (5, 5, 0, 0), "{fire:?}");
+    assert_eq!(
+        (fire.r(0), fire.r(1), fire.r(2), fire.r(3)),
+        (5, 5, 0, 0),
+        "{fire:?}"
+    );
     assert_eq!(vm.bar(0).unwrap().delivered, 5);
     // One doorbell exit per vector; programming the untrapped table and IMS slots cost none.
     assert_eq!(vm.exits().since(&exits).device_regs, 5);
@@ -87,7 +102,11 @@ fn the_guest_allocates_programs_fires_and_counts_what_arrived() {
     let free = run(&mut vm, Op::Free, &[0, MSIX, first, 1, 1], vec![]);
     assert_eq!((free.status, free.r(0)), (Status::Ok, 1));
     let fire = run(&mut vm, Op::Fire, &[0, 1], vec![]);
-    assert_eq!((fire.r(0), fire.r(1), fire.r(2), fire.r(3)), (5, 4, 0, 0), "{fire:?}");
+    assert_eq!(
+        (fire.r(0), fire.r(1), fire.r(2), fire.r(3)),
+        (5, 4, 0, 0),
+        "{fire:?}"
+    );
     assert_eq!(host.faults().count, faults + 2);
 
     let reset = run(&mut vm, Op::ResetVirtio, &[], vec![]);

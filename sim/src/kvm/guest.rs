@@ -32,8 +32,8 @@ impl KvmGuest {
     /// Creates the VM, loads the guest image, starts `vcpus` vCPU threads and waits until
     /// each has enabled its APIC (so no interrupt sent afterwards is dropped).
     pub fn new(vcpus: usize, mem_size: usize) -> Result<Self, KvmGuestError> {
-        let builder = MachineBuilder::new(vcpus, mem_size, Mode::Counter, &[]).map_err(|e| {
-            match e {
+        let builder =
+            MachineBuilder::new(vcpus, mem_size, Mode::Counter, &[]).map_err(|e| match e {
                 VmmError::VcpuCount { requested, max } => {
                     KvmGuestError::VcpuCount { requested, max }
                 }
@@ -41,8 +41,7 @@ impl KvmGuest {
                     KvmGuestError::MemorySize { size, min, max }
                 }
                 other => KvmGuestError::Vmm(other),
-            }
-        })?;
+            })?;
         Ok(KvmGuest {
             machine: builder.start()?,
         })

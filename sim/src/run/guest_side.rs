@@ -3,10 +3,10 @@
 
 use super::side::{AllocOutcome, StepError};
 use crate::SimError;
+use crate::report::FireCounts;
 use crate::scenario::{AllocStep, Fallback, VmDecl};
 use crate::vmm::bar::{BarConfig, Flow, TableMode};
 use crate::vmm::{Command, GUEST_VM_MEM, GuestVm, GuestVmConfig, Report, VmmError};
-use crate::report::FireCounts;
 use pvirq_guest_image_abi::mailbox::{DriverError, Op, Status};
 use pvirq_host::{Host, Vm};
 use pvirq_proto::{IndexRange, IndexSpec, Kind, MsiMessage, Refusal, Target};
@@ -192,7 +192,9 @@ impl GuestSide {
             .flat_map(|t| [t.vcpu(), u32::from(t.vector())])
             .collect();
         let args = [d, k, f, targets.len() as u32];
-        Ok(self.run(Command::new(Op::Retarget, &args).with_list(list))?.r(0))
+        Ok(self
+            .run(Command::new(Op::Retarget, &args).with_list(list))?
+            .r(0))
     }
 
     /// QUERY.
@@ -203,7 +205,9 @@ impl GuestSide {
 
     /// Device RESET.
     pub fn reset_device(&mut self, device: usize) -> Result<u32, StepError> {
-        Ok(self.run(Command::new(Op::ResetDevice, &[device as u32]))?.r(0))
+        Ok(self
+            .run(Command::new(Op::ResetDevice, &[device as u32]))?
+            .r(0))
     }
 
     /// virtio reset from inside the guest.

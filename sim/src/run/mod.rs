@@ -359,9 +359,9 @@ impl Runner<'_> {
         let counts = match side.fire(&host, device, requester_id, &view, include_freed) {
             Ok(c) => c,
             Err(StepError::Failed(e)) => return Err(at.fail(e)),
-            Err(StepError::Refused(r)) => return Err(at.fail(SimError::GuestReport(
-                refusal_text(r),
-            ))),
+            Err(StepError::Refused(r)) => {
+                return Err(at.fail(SimError::GuestReport(refusal_text(r))));
+            }
         };
         let mut request = format!("fire {} held", view.live.len());
         if include_freed {

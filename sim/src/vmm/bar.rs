@@ -10,9 +10,9 @@
 
 use crate::passthrough::{DeviceTables, PassthroughError, Slot, TableRegion};
 use pvirq_guest_image_abi::device::{
-    DOORBELL, DOORBELL_IMS, ENTRY_SIZE, IMS_BASE_HI, IMS_BASE_LO, IMS_SLOTS,
-    MSIX_DISABLE, MSIX_ENTRIES, MSIX_MAX, MSIX_PBA, MSIX_PBA_SIZE, MSIX_TABLE, MSIX_TABLE_SIZE,
-    PLAIN, TABLE_TRAPPED,
+    DOORBELL, DOORBELL_IMS, ENTRY_SIZE, IMS_BASE_HI, IMS_BASE_LO, IMS_SLOTS, MSIX_DISABLE,
+    MSIX_ENTRIES, MSIX_MAX, MSIX_PBA, MSIX_PBA_SIZE, MSIX_TABLE, MSIX_TABLE_SIZE, PLAIN,
+    TABLE_TRAPPED,
 };
 use pvirq_proto::MsiMessage;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -167,14 +167,15 @@ impl PassthroughBar {
             None
         } else {
             let (base, len) = table_region(bar);
-            let mem = match config.table {
-                TableMode::Memory => ram.clone(),
-                TableMode::Trapped => GuestMemoryMmap::<()>::from_ranges(&[(base, len)])
-                    .map_err(|_| PassthroughError::TableOutsideMemory {
-                        base: base.0,
-                        entries,
-                    })?,
-            };
+            let mem =
+                match config.table {
+                    TableMode::Memory => ram.clone(),
+                    TableMode::Trapped => GuestMemoryMmap::<()>::from_ranges(&[(base, len)])
+                        .map_err(|_| PassthroughError::TableOutsideMemory {
+                            base: base.0,
+                            entries,
+                        })?,
+                };
             let region = TableRegion { base, entries };
             Some(DeviceTables::new(mem, Some(region), None)?)
         };
@@ -310,7 +311,11 @@ impl PassthroughBar {
     /// Whether any slot holds a pending interrupt.
     pub fn has_pending(&self) -> bool {
         let state = self.state();
-        state.msix_pending.iter().chain(&state.ims_pending).any(|p| *p)
+        state
+            .msix_pending
+            .iter()
+            .chain(&state.ims_pending)
+            .any(|p| *p)
     }
 
     /// Re-reads every pending slot and sends those now unmasked (the device poller's job
@@ -400,7 +405,11 @@ impl PassthroughBar {
             o if (MSIX_PBA..MSIX_PBA + MSIX_PBA_SIZE).contains(&o) => {
                 let first = ((o - MSIX_PBA) / 4 * 32) as usize;
                 (0..32).fold(0u32, |w, bit| {
-                    let set = state.msix_pending.get(first + bit).copied().unwrap_or(false);
+                    let set = state
+                        .msix_pending
+                        .get(first + bit)
+                        .copied()
+                        .unwrap_or(false);
                     w | (u32::from(set) << bit)
                 })
             }

@@ -154,7 +154,10 @@ mod tests {
         assert_eq!(ExitKind::of(PVIRQ_MMIO + 0x50), ExitKind::Pvirq);
         assert_eq!(ExitKind::of(NULL_MMIO), ExitKind::Null);
         assert_eq!(ExitKind::of(device_bar(3)), ExitKind::DeviceRegs);
-        assert_eq!(ExitKind::of(device_bar(3) + MSIX_TABLE + 16), ExitKind::MsixTable);
+        assert_eq!(
+            ExitKind::of(device_bar(3) + MSIX_TABLE + 16),
+            ExitKind::MsixTable
+        );
         assert_eq!(ExitKind::of(device_bar(0) + MSIX_PBA), ExitKind::Pba);
         assert_eq!(ExitKind::of(0xFEE0_0000), ExitKind::Unknown);
         let c = ExitCounters::default();

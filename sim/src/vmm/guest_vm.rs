@@ -11,8 +11,8 @@ use super::wiring::{self, HostSink, PvirqFront, SharedRoutes};
 use super::{Machine, MachineBuilder};
 use pvirq_guest_image_abi::device::MSIX_TABLE_SIZE;
 use pvirq_guest_image_abi::layout::{
-    DEVICE_BAR_SIZE, MAX_DEVICES, Mode, NULL_MMIO, NULL_MMIO_SIZE, PVIRQ_MMIO,
-    PVIRQ_MMIO_SIZE, device_bar,
+    DEVICE_BAR_SIZE, MAX_DEVICES, Mode, NULL_MMIO, NULL_MMIO_SIZE, PVIRQ_MMIO, PVIRQ_MMIO_SIZE,
+    device_bar,
 };
 use pvirq_guest_image_abi::mailbox::{Op, RESULT_WORDS};
 use pvirq_host::{Host, Vm, VmConfig};
@@ -176,6 +176,11 @@ impl GuestVm {
         self.routes.commits()
     }
 
+    /// Time spent in routing commits so far.
+    pub fn route_commit_time(&self) -> Duration {
+        self.routes.commit_time()
+    }
+
     /// Interrupts the guest's handler counted on (`vcpu`, `vector`).
     pub fn count(&self, vcpu: usize, vector: u8) -> u64 {
         self.machine.count(vcpu, vector)
@@ -183,9 +188,11 @@ impl GuestVm {
 
     /// Asks the guest to stop and joins its vCPUs.
     pub fn shutdown(mut self) -> Result<(), VmmError> {
-        let _ = self
-            .machine
-            .command(&Command::new(Op::Shutdown, &[]), Duration::from_secs(5), |_| 0);
+        let _ = self.machine.command(
+            &Command::new(Op::Shutdown, &[]),
+            Duration::from_secs(5),
+            |_| 0,
+        );
         self.machine.stop()
     }
 }

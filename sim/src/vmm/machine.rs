@@ -9,8 +9,8 @@ use super::{image, tsc, vcpu};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
 use pvirq_guest_image_abi::layout::{
-    self, BOOT_MODE, KERNEL_STACK_SIZE, KERNEL_STACKS, MAX_MEM_SIZE, MAX_VCPUS, MIN_MEM_SIZE,
-    Mode, TSC_KHZ,
+    self, BOOT_MODE, KERNEL_STACK_SIZE, KERNEL_STACKS, MAX_MEM_SIZE, MAX_VCPUS, MIN_MEM_SIZE, Mode,
+    TSC_KHZ,
 };
 use pvirq_guest_image_abi::mailbox::{Op, RESULT_WORDS};
 use std::mem;
@@ -18,12 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+use vm_device::DeviceMmio;
 use vm_device::bus::{MmioAddress, MmioRange};
 use vm_device::device_manager::{IoManager, MmioManager};
-use vm_device::DeviceMmio;
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// How long `start` waits for the vCPUs to come up (the ring-0 boot is a few dozen
 /// interpreted instructions; the guard is against hangs).
@@ -148,11 +146,9 @@ impl MachineBuilder {
             // SAFETY: `host..host + len` is one live mapping owned by `self.mem`; it stays
             // mapped while KVM may use it (`Machine`'s `Drop` deletes the slots after the
             // vCPUs stopped, or leaks the mapping), and every vCPU thread holds a clone.
-            unsafe { self.vm.set_user_memory_region(region) }.map_err(|source| {
-                VmmError::Kvm {
-                    step: "KVM_SET_USER_MEMORY_REGION",
-                    source,
-                }
+            unsafe { self.vm.set_user_memory_region(region) }.map_err(|source| VmmError::Kvm {
+                step: "KVM_SET_USER_MEMORY_REGION",
+                source,
             })?;
             self.slots += 1;
         }

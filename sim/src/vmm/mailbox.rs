@@ -5,8 +5,8 @@
 use super::error::VmmError;
 use pvirq_guest_image_abi::layout::MAILBOX;
 use pvirq_guest_image_abi::mailbox::{
-    ARG_WORDS, ARGS, IN_LIST, LIST_WORDS, OP, OUT_LIST, Op, REPORT_SEQ, RESULT_WORDS, RESULTS,
-    SEQ, STATUS, Status,
+    ARG_WORDS, ARGS, IN_LIST, LIST_WORDS, OP, OUT_LIST, Op, REPORT_SEQ, RESULT_WORDS, RESULTS, SEQ,
+    STATUS, Status,
 };
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};

@@ -11,6 +11,7 @@
 //! - [`tsc`]: the TSC calibration every in-guest figure is converted with.
 
 pub mod bar;
+pub mod bench_vm;
 pub mod error;
 pub mod exits;
 mod guest_vm;
@@ -24,7 +25,7 @@ mod vcpu;
 pub mod wiring;
 
 pub use error::VmmError;
-pub use guest_vm::{GUEST_VM_MEM, GuestVm, GuestVmConfig};
 pub use exits::{ExitCounters, ExitSnapshot};
+pub use guest_vm::{GUEST_VM_MEM, GuestVm, GuestVmConfig};
 pub use machine::{Machine, MachineBuilder};
 pub use mailbox::{Command, Report};

@@ -4,7 +4,9 @@
 use super::error::VmmError;
 use super::exits::ExitCounters;
 use super::mailbox::MailboxSync;
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, kvm_mp_state, kvm_segment};
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, kvm_mp_state, kvm_segment,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use pvirq_guest_image_abi::layout::{
     BootHeader, FAULT_PORT, KERNEL_CS, KERNEL_DS, MAILBOX_DOORBELL, MAILBOX_FAULT, MAILBOX_STOP,

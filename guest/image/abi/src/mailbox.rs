@@ -91,16 +91,18 @@ pub enum Op {
     /// `r[0]` arrived while masked, `r[1]` arrived at unmask, `r[2]` arrived after the
     /// last ring, `r[3]` the PBA bit (MSI-X) read while masked and pending.
     Pending = 10,
-    /// Benchmark: `a[1]` vectors of device `a[0]` through pvirq (one ALLOC, then program
-    /// and unmask each), timed with the TSC; then freed. `r[0..2]` TSC cycles (lo, hi),
-    /// `r[2]` vectors granted, `r[3..5]` cycles spent programming (lo, hi).
+    /// Benchmark: `a[1]` vectors of kind `a[2]` of device `a[0]` through pvirq (one ALLOC,
+    /// then program and unmask each), timed with the TSC and left held (the VMM resets the
+    /// device afterwards). `r[0..2]` TSC cycles (lo, hi), `r[2]` vectors granted.
     BenchPvirqBringup = 11,
     /// Benchmark: `a[1]` MSI-X vectors of device `a[0]` the way a guest without pvirq
     /// does it: write each entry's message (compatibility format, vector `0x40 + i % 64`,
-    /// vCPU 0) and unmask, through the trapped table. `r[0..2]` cycles.
+    /// vCPU 0) and unmask, through the trapped table. `r[0..2]` cycles. With `a[2]` = 1,
+    /// only disables MSI-X (the clean-up, kept out of the measured command).
     BenchTrappedBringup = 12,
-    /// Benchmark: `a[0]` rounds of (ALLOC one vector of device `a[1]`, FREE it); `r[0..2]`
-    /// total cycles of the ALLOCs, `r[2..4]` of the FREEs.
+    /// Benchmark: `a[0]` rounds of (ALLOC one vector of kind `a[2]` of device `a[1]`, FREE
+    /// it); `a[3]` = 1 asks the device not to interrupt for completions meanwhile.
+    /// `r[0..2]` total cycles of the ALLOCs, `r[2..4]` of the FREEs.
     BenchAllocRoundTrip = 13,
     /// Benchmark: `a[0]` writes to the null MMIO register. `r[0..2]` total cycles.
     BenchBareExit = 14,
@@ -241,6 +243,12 @@ mod tests {
         assert!(IN_LIST + LIST_WORDS <= OUT_LIST);
         assert!(OUT_LIST + LIST_WORDS <= WORDS);
         assert_eq!(WORDS * 4, crate::layout::MAILBOX_SIZE as usize);
-        assert_eq!(join(split(0x1234_5678_9ABC_DEF0).0, split(0x1234_5678_9ABC_DEF0).1), 0x1234_5678_9ABC_DEF0);
+        assert_eq!(
+            join(
+                split(0x1234_5678_9ABC_DEF0).0,
+                split(0x1234_5678_9ABC_DEF0).1
+            ),
+            0x1234_5678_9ABC_DEF0
+        );
     }
 }
