@@ -24,6 +24,9 @@ pub mod tsc;
 mod vcpu;
 pub mod wiring;
 
+#[cfg(test)]
+mod bar_tests;
+
 pub use error::VmmError;
 pub use exits::{ExitCounters, ExitSnapshot};
 pub use guest_vm::{GUEST_VM_MEM, GuestVm, GuestVmConfig};
