@@ -67,16 +67,11 @@ pub fn pvirq_bringup(guest: &mut Guest) -> Outcome {
         *t = Target::new(0, bringup_vector(i));
     }
     let t0 = cpu::rdtsc();
-    let granted = match guest.alloc_and_program(
-        device,
-        alloc_kind,
-        IndexSpec::Any,
-        (count, count),
-        None,
-    ) {
-        Ok(g) => g,
-        Err(e) => return e.into(),
-    };
+    let granted =
+        match guest.alloc_and_program(device, alloc_kind, IndexSpec::Any, (count, count), None) {
+            Ok(g) => g,
+            Err(e) => return e.into(),
+        };
     let t1 = cpu::rdtsc();
     guest.mb.result64(0, t1 - t0);
     guest.mb.result(2, granted as u32);
@@ -128,8 +123,7 @@ pub fn alloc_round_trip(guest: &mut Guest) -> Outcome {
         };
         let mut grants = [pvirq_guest::proto::Grant::new(0, Default::default())];
         let t0 = cpu::rdtsc();
-        let index = match driver.alloc_irq_vectors(device, alloc_kind, 1, &targets, &mut grants)
-        {
+        let index = match driver.alloc_irq_vectors(device, alloc_kind, 1, &targets, &mut grants) {
             Ok(a) => a.grants.first().map(|g| g.index()).unwrap_or(0),
             Err(e) => return e.into(),
         };
@@ -181,8 +175,7 @@ pub fn fire(guest: &mut Guest) -> Outcome {
         if let Some(t) = guest.scratch.targets.first_mut() {
             *t = Target::new(0, FIRE_VECTOR);
         }
-        if let Err(e) = guest.alloc_and_program(device, alloc_kind, IndexSpec::Any, (1, 1), None)
-        {
+        if let Err(e) = guest.alloc_and_program(device, alloc_kind, IndexSpec::Any, (1, 1), None) {
             return e.into();
         }
         let index = guest.scratch.grants.first().map(|g| g.index()).unwrap_or(0);

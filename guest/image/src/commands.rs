@@ -9,17 +9,18 @@ use pvirq_guest::proto::{
     Alloc, CompatMsi, Grant, IndexRange, IndexSpec, Kind, MsiMessage, Refusal, Target,
 };
 use pvirq_guest::{Driver, Error, MmioTransport, Options, VolatileMmio};
-use pvirq_guest_image_abi::layout::{PLAIN_IRQFD_VECTOR, PVIRQ_MMIO, PVIRQ_MMIO_SIZE, PVIRQ_VECTOR};
+use pvirq_guest_image_abi::layout::{
+    PLAIN_IRQFD_VECTOR, PVIRQ_MMIO, PVIRQ_MMIO_SIZE, PVIRQ_VECTOR,
+};
 use pvirq_guest_image_abi::mailbox::{
-    DRIVER_ERROR, DriverError, Op, REFUSAL_DETAIL, REFUSAL_INFO, REFUSAL_STATUS, RESULTS,
-    Status,
+    DRIVER_ERROR, DriverError, Op, REFUSAL_DETAIL, REFUSAL_INFO, REFUSAL_STATUS, RESULTS, Status,
 };
 
 /// The driver as this guest builds it.
 pub type GuestDriver = Driver<&'static DmaHal, MmioTransport<VolatileMmio>>;
 
-/// The most targets (and grants) one command carries.
-pub const MAX_TARGETS: usize = 4096;
+/// The most targets (and grants) one command carries: as many as a report can list.
+pub const MAX_TARGETS: usize = pvirq_guest_image_abi::mailbox::MAX_LIST_GRANTS;
 /// How long a fire step waits for one expected interrupt.
 const ARRIVAL_MS: u64 = 1000;
 /// How long a fire step waits for interrupts it expects none of (freed or foreign
@@ -76,10 +77,13 @@ pub struct Scratch {
 
 static mut SCRATCH: Scratch = Scratch {
     targets: [Target::new(0, 0); MAX_TARGETS],
-    grants: [Grant::new(0, MsiMessage {
-        address: 0,
-        data: 0,
-    }); MAX_TARGETS],
+    grants: [Grant::new(
+        0,
+        MsiMessage {
+            address: 0,
+            data: 0,
+        },
+    ); MAX_TARGETS],
 };
 
 /// The guest: its driver (once the channel is up), its devices and the mailbox.
@@ -368,7 +372,8 @@ impl Guest {
                     for (i, g) in self.scratch.grants.iter().take(count).enumerate() {
                         self.mb.output(4 * i, g.index());
                         self.mb.output(4 * i + 1, g.message().address as u32);
-                        self.mb.output(4 * i + 2, (g.message().address >> 32) as u32);
+                        self.mb
+                            .output(4 * i + 2, (g.message().address >> 32) as u32);
                         self.mb.output(4 * i + 3, g.message().data);
                     }
                     return Outcome::Ok;
@@ -667,7 +672,9 @@ impl Guest {
         let masked = cpu::count(vcpu, vector).wrapping_sub(start);
         let pba = matches!(slot, Slot::MsiX(i) if dev.pending(i));
         dev.set_masked(slot, false);
-        cpu::spin_until(ARRIVAL_MS, || cpu::count(vcpu, vector) > start.wrapping_add(masked));
+        cpu::spin_until(ARRIVAL_MS, || {
+            cpu::count(vcpu, vector) > start.wrapping_add(masked)
+        });
         cpu::spin_until(SILENCE_MS, || false);
         let at_unmask = cpu::count(vcpu, vector).wrapping_sub(start) - masked;
         let mid = cpu::count(vcpu, vector);
@@ -676,7 +683,8 @@ impl Guest {
         cpu::spin_until(SILENCE_MS, || false);
         self.mb.result(0, masked);
         self.mb.result(1, at_unmask);
-        self.mb.result(2, cpu::count(vcpu, vector).wrapping_sub(mid));
+        self.mb
+            .result(2, cpu::count(vcpu, vector).wrapping_sub(mid));
         self.mb.result(3, u32::from(pba));
         Outcome::Ok
     }

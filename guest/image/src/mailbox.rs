@@ -33,12 +33,20 @@ impl Mailbox {
 
     /// Argument `i` (0 past the last).
     pub fn arg(&self, i: usize) -> u32 {
-        if i < ARG_WORDS { self.read(ARGS + i) } else { 0 }
+        if i < ARG_WORDS {
+            self.read(ARGS + i)
+        } else {
+            0
+        }
     }
 
     /// Word `i` of the input list (0 past its end).
     pub fn input(&self, i: usize) -> u32 {
-        if i < LIST_WORDS { self.read(IN_LIST + i) } else { 0 }
+        if i < LIST_WORDS {
+            self.read(IN_LIST + i)
+        } else {
+            0
+        }
     }
 
     /// Sets result `i`.

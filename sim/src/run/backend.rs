@@ -33,7 +33,7 @@ impl Backend for MemoryBackend {
     fn side(&mut self, host: &Host, _index: usize, vm: &VmDecl) -> Result<Side, RunError> {
         let routes = Box::new(MemoryRoutes::kvm_like());
         Channel::new(host, vm.config(), routes, Options::default())
-            .map(Side::Channel)
+            .map(|c| Side::Channel(Box::new(c)))
             .map_err(|source| RunError::Setup {
                 vm: vm.name.clone(),
                 source,

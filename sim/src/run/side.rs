@@ -47,7 +47,7 @@ pub struct AllocOutcome {
 /// One VM's guest side.
 pub enum Side {
     /// The driver in this process.
-    Channel(Channel),
+    Channel(Box<Channel>),
     /// The guest image in a KVM VM.
     Guest(Box<GuestSide>),
 }
@@ -173,7 +173,7 @@ impl Side {
     /// virtio reset: the driver goes away and comes back.
     pub fn reset_virtio(self) -> Result<Side, SimError> {
         match self {
-            Side::Channel(c) => Ok(Side::Channel(c.reset_virtio()?)),
+            Side::Channel(c) => Ok(Side::Channel(Box::new(c.reset_virtio()?))),
             Side::Guest(mut g) => {
                 g.reset_virtio()?;
                 Ok(Side::Guest(g))

@@ -226,14 +226,14 @@ impl PassthroughBar {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn tables<'s>(state: &'s State, slot: Slot) -> Option<&'s DeviceTables> {
+    fn tables(state: &State, slot: Slot) -> Option<&DeviceTables> {
         match slot {
             Slot::MsiX(_) => state.msix.as_ref(),
             Slot::Ims(_) => state.ims.as_ref(),
         }
     }
 
-    fn pending_bit<'s>(state: &'s mut State, slot: Slot) -> Option<&'s mut bool> {
+    fn pending_bit(state: &mut State, slot: Slot) -> Option<&mut bool> {
         match slot {
             Slot::MsiX(i) => state.msix_pending.get_mut(i as usize),
             Slot::Ims(i) => state.ims_pending.get_mut(i as usize),
@@ -373,7 +373,7 @@ impl PassthroughBar {
         let Ok(after) = tables.read(slot) else {
             return;
         };
-        if !(before.masked && !after.masked) {
+        if !before.masked || after.masked {
             return;
         }
         if self.config.flow == Flow::Trapped {

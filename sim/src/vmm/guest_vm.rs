@@ -79,7 +79,7 @@ impl GuestVm {
             .filter(|(_, b)| b.table == TableMode::Memory && b.msix_entries > 0)
             .map(|(i, _)| table_region(device_bar(i)))
             .collect();
-        debug_assert!(MSIX_TABLE_SIZE < DEVICE_BAR_SIZE);
+        const { assert!(MSIX_TABLE_SIZE < DEVICE_BAR_SIZE) };
         let mut builder = MachineBuilder::new(config.vcpus, config.mem_size, Mode::Driver, &extra)?;
         let quota = usize::try_from(config.vm.quota).unwrap_or(usize::MAX);
         let lines = wiring::vm_routes(builder.vm_fd(), quota)?;

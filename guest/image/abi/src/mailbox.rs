@@ -15,7 +15,7 @@
 //! 16       REPORT_SEQ   SEQ of the command this report answers (guest)
 //! 17       STATUS       Status
 //! 18..48   RESULTS      results, per Op
-//! 0x400..  IN_LIST      input list (targets: vcpu, vector pairs)
+//! 0x400..  IN_LIST      input list (targets: vcpu, vector pairs), LIST_WORDS words
 //! 0x2000.. OUT_LIST     output list (grants: index, addr_lo, addr_hi, data; or counts)
 //! ```
 
@@ -40,7 +40,10 @@ pub const IN_LIST: usize = 0x400;
 /// First word of the output list.
 pub const OUT_LIST: usize = 0x2000;
 /// Words in each list.
-pub const LIST_WORDS: usize = 0x2000;
+pub const LIST_WORDS: usize = 0x1C00;
+/// The most grants (4 words each) one report lists, and so the most vectors one command
+/// asks for.
+pub const MAX_LIST_GRANTS: usize = LIST_WORDS / 4;
 /// Words in the mailbox.
 pub const WORDS: usize = 0x4000;
 
@@ -208,6 +211,14 @@ impl DriverError {
     }
 }
 
+// The regions must not overlap and must fit the mailbox page.
+const _: () = {
+    assert!(RESULTS + RESULT_WORDS <= IN_LIST);
+    assert!(IN_LIST + LIST_WORDS <= OUT_LIST);
+    assert!(OUT_LIST + LIST_WORDS <= WORDS);
+    assert!(WORDS * 4 == crate::layout::MAILBOX_SIZE as usize);
+};
+
 /// A `u64` result split over two words (low first).
 pub const fn split(value: u64) -> (u32, u32) {
     (value as u32, (value >> 32) as u32)
@@ -238,17 +249,9 @@ mod tests {
     }
 
     #[test]
-    fn lists_and_words_fit_the_mailbox() {
-        assert!(RESULTS + RESULT_WORDS <= IN_LIST);
-        assert!(IN_LIST + LIST_WORDS <= OUT_LIST);
-        assert!(OUT_LIST + LIST_WORDS <= WORDS);
-        assert_eq!(WORDS * 4, crate::layout::MAILBOX_SIZE as usize);
-        assert_eq!(
-            join(
-                split(0x1234_5678_9ABC_DEF0).0,
-                split(0x1234_5678_9ABC_DEF0).1
-            ),
-            0x1234_5678_9ABC_DEF0
-        );
+    fn a_u64_survives_two_result_words() {
+        let (lo, hi) = split(0x1234_5678_9ABC_DEF0);
+        assert_eq!((lo, hi), (0x9ABC_DEF0, 0x1234_5678));
+        assert_eq!(join(lo, hi), 0x1234_5678_9ABC_DEF0);
     }
 }
