@@ -11,7 +11,7 @@ use super::entry::{
 use super::error::PassthroughError;
 
 /// One interrupt slot of a device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Slot {
     /// MSI-X table entry `n`.
     MsiX(u32),
@@ -169,6 +169,15 @@ impl DeviceTables {
             (Slot::Ims(_), pasid) => ims_ctrl(pasid),
         };
         self.write(slot, 0, &encode(message, ctrl | CTRL_MASK))?;
+        self.write(slot, CTRL_OFFSET, &ctrl.to_le_bytes())
+    }
+
+    /// The guest driver's side: clears `slot`'s mask bit, leaving the rest in place. (A
+    /// device holding a pending interrupt for it sends it then:
+    /// [`PassthroughDevice::unmask`](super::PassthroughDevice::unmask).)
+    pub fn unmask(&self, slot: Slot) -> Result<(), PassthroughError> {
+        let raw = self.raw(slot)?;
+        let ctrl = u32::from_le_bytes([raw[12], raw[13], raw[14], raw[15]]) & !CTRL_MASK;
         self.write(slot, CTRL_OFFSET, &ctrl.to_le_bytes())
     }
 
