@@ -12,9 +12,7 @@ use pvirq_guest::{Driver, Error, MmioTransport, Options, VolatileMmio};
 use pvirq_guest_image_abi::layout::{
     PLAIN_IRQFD_VECTOR, PVIRQ_MMIO, PVIRQ_MMIO_SIZE, PVIRQ_VECTOR,
 };
-use pvirq_guest_image_abi::mailbox::{
-    DRIVER_ERROR, DriverError, Op, REFUSAL_DETAIL, REFUSAL_INFO, REFUSAL_STATUS, RESULTS, Status,
-};
+use pvirq_guest_image_abi::mailbox::DriverError;
 
 /// The driver as this guest builds it.
 pub type GuestDriver = Driver<&'static DmaHal, MmioTransport<VolatileMmio>>;
@@ -75,7 +73,8 @@ pub struct Scratch {
     pub grants: [Grant; MAX_TARGETS],
 }
 
-static mut SCRATCH: Scratch = Scratch {
+/// The scratch buffers; [`crate::dispatch::run`] takes the only reference.
+pub static mut SCRATCH: Scratch = Scratch {
     targets: [Target::new(0, 0); MAX_TARGETS],
     grants: [Grant::new(
         0,
@@ -95,58 +94,11 @@ pub struct Guest {
     /// The pass-through devices (as many as the channel has).
     pub devices: [Option<Device>; MAX_GUEST_DEVICES],
     /// Features the last `Init` asked for.
-    features: u64,
+    pub features: u64,
     /// The mailbox.
     pub mb: Mailbox,
     /// Scratch buffers.
     pub scratch: &'static mut Scratch,
-}
-
-/// Runs commands until `Shutdown`.
-pub fn run() -> ! {
-    // SAFETY: the only reference to SCRATCH ever made.
-    let scratch = unsafe { &mut *core::ptr::addr_of_mut!(SCRATCH) };
-    let mut guest = Guest {
-        driver: None,
-        vcpus: 1,
-        devices: [None; MAX_GUEST_DEVICES],
-        features: pvirq_guest::proto::feature::ALL,
-        mb: Mailbox,
-        scratch,
-    };
-    guest.mb.report(0, Status::Ok);
-    loop {
-        let (seq, op) = guest.mb.command();
-        guest.mb.clear_results();
-        let outcome = match Op::from_word(op) {
-            Some(Op::Shutdown) => {
-                guest.driver = None;
-                guest.mb.report(seq, Status::Ok);
-                loop {
-                    cpu::doorbell(pvirq_guest_image_abi::layout::MAILBOX_STOP, 0);
-                }
-            }
-            Some(op) => guest.execute(op),
-            None => Outcome::Bad,
-        };
-        let status = match outcome {
-            Outcome::Ok => Status::Ok,
-            Outcome::Refused(r) => {
-                let (status, detail, info) = r.to_wire();
-                guest.mb.result(REFUSAL_STATUS - RESULTS, u32::from(status));
-                guest.mb.result(REFUSAL_DETAIL - RESULTS, u32::from(detail));
-                guest.mb.result(REFUSAL_INFO - RESULTS, info);
-                Status::Refused
-            }
-            Outcome::Driver(e) => {
-                guest.mb.result(DRIVER_ERROR - RESULTS, e as u32);
-                Status::DriverError
-            }
-            Outcome::Bad => Status::BadCommand,
-            Outcome::NotReady => Status::NotReady,
-        };
-        guest.mb.report(seq, status);
-    }
 }
 
 /// A kind on the mailbox: 0 MSI, 1 MSI-X, 2 IMS.
@@ -160,28 +112,6 @@ pub fn kind(word: u32) -> Option<Kind> {
 }
 
 impl Guest {
-    fn execute(&mut self, op: Op) -> Outcome {
-        match op {
-            Op::Boot => Outcome::Ok,
-            Op::Init => self.init(),
-            Op::Query => self.query(),
-            Op::Alloc => self.alloc(),
-            Op::Free => self.free(),
-            Op::Retarget => self.retarget(),
-            Op::ResetDevice => self.reset_device(),
-            Op::ResetVirtio => self.reset_virtio(),
-            Op::Fire => self.fire(),
-            Op::FireUngranted => self.fire_ungranted(),
-            Op::Pending => self.pending(),
-            Op::BenchPvirqBringup => crate::bench::pvirq_bringup(self),
-            Op::BenchTrappedBringup => crate::bench::trapped_bringup(self),
-            Op::BenchAllocRoundTrip => crate::bench::alloc_round_trip(self),
-            Op::BenchBareExit => crate::bench::bare_exit(self),
-            Op::BenchFire => crate::bench::fire(self),
-            Op::Shutdown => Outcome::Ok,
-        }
-    }
-
     /// The driver, or why there is none.
     pub fn driver(&mut self) -> Result<&mut GuestDriver, Outcome> {
         self.driver.as_mut().ok_or(Outcome::NotReady)
@@ -235,7 +165,8 @@ impl Guest {
         Ok(())
     }
 
-    fn init(&mut self) -> Outcome {
+    /// The `init` command.
+    pub fn init(&mut self) -> Outcome {
         self.features = u64::from(self.mb.arg(0)) | u64::from(self.mb.arg(1)) << 32;
         if self.features == 0 {
             self.features = pvirq_guest::proto::feature::ALL;
@@ -258,7 +189,8 @@ impl Guest {
         Outcome::Ok
     }
 
-    fn query(&mut self) -> Outcome {
+    /// The `query` command.
+    pub fn query(&mut self) -> Outcome {
         let device = self.mb.arg(0);
         let driver = match self.driver() {
             Ok(d) => d,
@@ -333,7 +265,8 @@ impl Guest {
         Ok(count)
     }
 
-    fn alloc(&mut self) -> Outcome {
+    /// The `alloc` command.
+    pub fn alloc(&mut self) -> Outcome {
         let device = self.mb.arg(0);
         let Some(alloc_kind) = kind(self.mb.arg(1)) else {
             return Outcome::Bad;
@@ -416,7 +349,8 @@ impl Guest {
         })
     }
 
-    fn free(&mut self) -> Outcome {
+    /// The `free` command.
+    pub fn free(&mut self) -> Outcome {
         let device = self.mb.arg(0);
         let careless = self.mb.arg(4) == 1;
         let Some(range) = self.range() else {
@@ -453,7 +387,8 @@ impl Guest {
         }
     }
 
-    fn retarget(&mut self) -> Outcome {
+    /// The `retarget` command.
+    pub fn retarget(&mut self) -> Outcome {
         let device = self.mb.arg(0);
         let n = self.mb.arg(3) as usize;
         let (Some(kind), Ok(count)) = (kind(self.mb.arg(1)), u16::try_from(n)) else {
@@ -499,7 +434,8 @@ impl Guest {
         }
     }
 
-    fn reset_device(&mut self) -> Outcome {
+    /// The `reset_device` command.
+    pub fn reset_device(&mut self) -> Outcome {
         let device = self.mb.arg(0);
         self.mask_all(device);
         let driver = match self.driver() {
@@ -518,7 +454,8 @@ impl Guest {
         }
     }
 
-    fn reset_virtio(&mut self) -> Outcome {
+    /// The `reset_virtio` command.
+    pub fn reset_virtio(&mut self) -> Outcome {
         let mut held = 0u32;
         for device in 0..MAX_GUEST_DEVICES as u32 {
             if let Some(recs) = records(device as usize) {
@@ -553,7 +490,8 @@ impl Guest {
         vcpus
     }
 
-    fn fire(&mut self) -> Outcome {
+    /// The `fire` command.
+    pub fn fire(&mut self) -> Outcome {
         let device = self.mb.arg(0);
         let include_freed = self.mb.arg(1) == 1;
         let (Ok(dev), Some(recs)) = (self.device(device), records(device as usize)) else {
@@ -621,7 +559,8 @@ impl Guest {
         Outcome::Ok
     }
 
-    fn fire_ungranted(&mut self) -> Outcome {
+    /// The `fire_ungranted` command.
+    pub fn fire_ungranted(&mut self) -> Outcome {
         let Ok(dev) = self.device(self.mb.arg(0)) else {
             return Outcome::Bad;
         };
@@ -647,7 +586,8 @@ impl Guest {
         Outcome::Ok
     }
 
-    fn pending(&mut self) -> Outcome {
+    /// The `pending` command.
+    pub fn pending(&mut self) -> Outcome {
         let device = self.mb.arg(0);
         let (Some(kind), index, rings) = (kind(self.mb.arg(1)), self.mb.arg(2), self.mb.arg(3))
         else {

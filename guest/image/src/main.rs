@@ -1,7 +1,7 @@
 //! The pvirq guest image: a bare-metal x86-64 guest that runs `pvirq-guest` as guest code.
 //!
 //! Ring 0 ([`boot`]) is descriptor tables, paging and interrupt entry only. The bootstrap
-//! vCPU then drops to CPL 3 with IOPL 3 and runs [`commands::run`]: it brings the pvirq
+//! vCPU then drops to CPL 3 with IOPL 3 and runs [`dispatch::run`]: it brings the pvirq
 //! channel up over virtio-mmio, allocates for its pass-through devices, programs the grants
 //! into MSI-X tables or IMS slots, rings doorbells and counts what its IDT handler saw, all
 //! on the VMM's command through the mailbox ([`pvirq_guest_image_abi::mailbox`]).
@@ -15,6 +15,7 @@ mod boot;
 mod commands;
 mod cpu;
 mod devices;
+mod dispatch;
 mod hal;
 mod mailbox;
 mod state;
@@ -29,5 +30,5 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
 /// Where the bootstrap vCPU arrives at CPL 3.
 #[unsafe(no_mangle)]
 pub extern "C" fn user_main() -> ! {
-    commands::run()
+    dispatch::run()
 }

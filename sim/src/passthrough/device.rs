@@ -8,7 +8,8 @@ use std::sync::{Mutex, PoisonError};
 use pvirq_host::{Delivery, DeviceSpec, Host};
 
 use super::error::PassthroughError;
-use super::tables::{DeviceTables, Slot};
+use super::slot::Slot;
+use super::tables::DeviceTables;
 
 /// A pass-through device: a requester ID and interrupt storage in guest memory.
 ///

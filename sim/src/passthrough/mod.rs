@@ -30,12 +30,14 @@
 mod device;
 pub mod entry;
 mod error;
+mod slot;
 mod tables;
 
 pub use device::PassthroughDevice;
 pub use entry::SlotState;
 pub use error::PassthroughError;
-pub use tables::{DeviceTables, Slot, TableRegion};
+pub use slot::Slot;
+pub use tables::{DeviceTables, TableRegion};
 
 #[cfg(test)]
 mod tests;

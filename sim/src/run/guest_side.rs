@@ -1,7 +1,7 @@
 //! `--kvm`: a scenario VM whose every step is done by the guest image in a KVM VM. Each
 //! step becomes a mailbox command; its result is what the guest reported.
 
-use super::side::{AllocOutcome, StepError};
+use super::outcome::{AllocOutcome, StepError};
 use crate::SimError;
 use crate::report::FireCounts;
 use crate::scenario::{AllocStep, Fallback, VmDecl};

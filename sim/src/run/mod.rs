@@ -6,6 +6,7 @@ mod error;
 mod expect;
 mod guest_side;
 mod kvm_backend;
+mod outcome;
 mod side;
 mod view;
 
@@ -13,7 +14,8 @@ pub use backend::{Backend, MemoryBackend, kvm_backend, kvm_unusable};
 pub use error::RunError;
 pub use guest_side::GuestSide;
 pub use kvm_backend::KvmBackend;
-pub use side::{AllocOutcome, Side, StepError};
+pub use outcome::{AllocOutcome, StepError};
+pub use side::Side;
 
 use crate::SimError;
 use crate::report::{FireCounts, HostSnapshot, RefusalRecord, Report, StepRecord, VmSummary};

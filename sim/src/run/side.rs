@@ -3,6 +3,7 @@
 //! ([`Side::Guest`], `--kvm`). The runner asks the same questions of both.
 
 use super::guest_side::GuestSide;
+use super::outcome::{AllocOutcome, StepError};
 use super::view::DeviceView;
 use crate::report::FireCounts;
 use crate::scenario::{AllocStep, Dest, Fallback};
@@ -12,37 +13,6 @@ use pvirq_proto::{Alloc, Grant, IndexRange, MsiMessage, Refusal, Target};
 
 /// How many requests one ALLOC step may send under a fallback policy.
 pub(super) const MAX_ATTEMPTS: u32 = 4;
-
-/// Why a step's request did not succeed.
-#[derive(Debug)]
-pub enum StepError {
-    /// The device refused, with a typed reason (part of the report).
-    Refused(Refusal),
-    /// The guest or its driver failed otherwise (ends the run).
-    Failed(SimError),
-}
-
-impl From<pvirq_guest::Error> for StepError {
-    fn from(e: pvirq_guest::Error) -> Self {
-        match e.refusal() {
-            Some(r) => StepError::Refused(r),
-            None => StepError::Failed(e.into()),
-        }
-    }
-}
-
-/// What an ALLOC step ended with.
-#[derive(Debug, Default)]
-pub struct AllocOutcome {
-    /// Granted (index, message), in target order.
-    pub grants: Vec<(u32, MsiMessage)>,
-    /// Requests sent.
-    pub attempts: u32,
-    /// The refusal that made the guest fall back, if it did.
-    pub first_refusal: Option<Refusal>,
-    /// The refusal the step ended with (no grants then).
-    pub refused: Option<Refusal>,
-}
 
 /// One VM's guest side.
 pub enum Side {
