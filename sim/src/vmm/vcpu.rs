@@ -185,7 +185,7 @@ fn exception_frame(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> [u64; 6] {
     if let Ok(regs) = vcpu.get_regs() {
         for (i, w) in frame.iter_mut().enumerate() {
             *w = mem
-                .read_obj(GuestAddress(regs.rsp + 32 + 8 * i as u64))
+                .read_obj(GuestAddress(regs.rsp.wrapping_add(32 + 8 * i as u64)))
                 .unwrap_or(u64::MAX);
         }
     }
