@@ -211,12 +211,22 @@ impl IndexBitmap {
             return;
         };
         let old = std::mem::replace(leaf, word);
-        let mut changed = block_classes(old) ^ block_classes(word);
+        if self.summaries.len() == 1 {
+            // A table of single indices keeps only "has a free index": no block classes.
+            if (old == 0) != (word == 0)
+                && let Some(summary) = self.summaries.first_mut()
+            {
+                summary.set(w, word != 0);
+            }
+            return;
+        }
+        let new = block_classes(word);
+        let mut changed = block_classes(old) ^ new;
         while changed != 0 {
             let class = changed.trailing_zeros() as usize;
             changed &= changed - 1;
             if let Some(summary) = self.summaries.get_mut(class) {
-                summary.set(w, block_classes(word) & (1 << class) != 0);
+                summary.set(w, new & (1 << class) != 0);
             }
         }
     }

@@ -72,6 +72,7 @@ pub mod error;
 pub mod grants;
 pub mod kvm;
 pub mod model;
+mod paged;
 pub mod routes;
 mod sync;
 pub mod transaction;

@@ -9,6 +9,15 @@ pub enum SimError {
     /// The guest driver failed (including a typed refusal from the device).
     #[error("guest driver: {0}")]
     Guest(#[from] pvirq_guest::Error),
+    /// The VMM running a guest in KVM failed.
+    #[error("VMM: {0}")]
+    Vmm(Box<crate::vmm::VmmError>),
+    /// The guest image reported a driver error that is no refusal.
+    #[error("guest image: driver error {0:?}")]
+    GuestDriver(pvirq_guest_image_abi::mailbox::DriverError),
+    /// The guest image's report made no sense.
+    #[error("guest image: {0}")]
+    GuestReport(&'static str),
     /// Guest memory could not be created.
     #[error("guest memory: {0}")]
     GuestMemory(String),

@@ -1,12 +1,13 @@
 //! Grant records: what the core remembers about each granted vector, per device and kind.
 //!
-//! Records are kept in pages of 32 indexed by the grant's table index (no hashing, no
-//! per-grant key). What the host holds for a grant is the backend's; the route is the
+//! Records are kept in a [`PagedMap`] by the grant's table index (no hashing, no per-grant
+//! key). What the host holds for a grant is the backend's; the route is the
 //! route layer's; the record says which route, where it delivers, and what the guest was
 //! given.
 
 use crate::backend::GuestDest;
 use crate::bitmap::IndexBitmap;
+use crate::paged::PagedMap;
 use crate::routes::RouteId;
 use pvirq_proto::{GrantMode, Kind, MsiMessage};
 
@@ -25,125 +26,8 @@ pub struct GrantRecord {
     pub pasid: Option<u32>,
 }
 
-/// Records per page of [`Records`].
-const PAGE: usize = 32;
-
-/// One page: 32 consecutive indices, with a bit per index that holds a record.
-#[derive(Debug)]
-struct Page {
-    present: u32,
-    records: [GrantRecord; PAGE],
-}
-
-const NO_RECORD: GrantRecord = GrantRecord {
-    route: 0,
-    dest: None,
-    message: MsiMessage {
-        address: 0,
-        data: 0,
-    },
-    mode: GrantMode::Remapped,
-    pasid: None,
-};
-
-/// Grant records by table index: pages of 32, allocated when first used. A page that
-/// empties is freed, except the last one to empty, kept for reuse so that a VM that
-/// allocates and frees one vector over and over does not allocate each time.
-#[derive(Debug, Default)]
-pub(crate) struct Records {
-    pages: Vec<Option<Box<Page>>>,
-    spare: Option<Box<Page>>,
-    len: u32,
-}
-
-impl Records {
-    fn slot(index: u32) -> (usize, u32) {
-        (index as usize / PAGE, 1 << (index as usize % PAGE))
-    }
-
-    /// The record at `index`.
-    pub(crate) fn get(&self, index: &u32) -> Option<&GrantRecord> {
-        let (page, bit) = Self::slot(*index);
-        let page = self.pages.get(page)?.as_deref()?;
-        if page.present & bit == 0 {
-            return None;
-        }
-        page.records.get(*index as usize % PAGE)
-    }
-
-    /// The record at `index`, to change it in place.
-    fn get_mut(&mut self, index: u32) -> Option<&mut GrantRecord> {
-        let (page, bit) = Self::slot(index);
-        let page = self.pages.get_mut(page)?.as_deref_mut()?;
-        if page.present & bit == 0 {
-            return None;
-        }
-        page.records.get_mut(index as usize % PAGE)
-    }
-
-    /// Number of records.
-    pub(crate) fn len(&self) -> usize {
-        self.len as usize
-    }
-
-    /// Stores `record` at `index`, returning the one it replaces.
-    fn insert(&mut self, index: u32, record: GrantRecord) -> Option<GrantRecord> {
-        let (p, bit) = Self::slot(index);
-        if self.pages.len() <= p {
-            self.pages.resize_with(p + 1, || None);
-        }
-        let spare = &mut self.spare;
-        let page = self.pages.get_mut(p)?.get_or_insert_with(|| {
-            spare.take().unwrap_or_else(|| {
-                Box::new(Page {
-                    present: 0,
-                    records: [NO_RECORD; PAGE],
-                })
-            })
-        });
-        let slot = page.records.get_mut(index as usize % PAGE)?;
-        let previous = std::mem::replace(slot, record);
-        if page.present & bit != 0 {
-            return Some(previous);
-        }
-        page.present |= bit;
-        self.len += 1;
-        None
-    }
-
-    /// Takes the record at `index` out.
-    fn remove(&mut self, index: &u32) -> Option<GrantRecord> {
-        let (p, bit) = Self::slot(*index);
-        let entry = self.pages.get_mut(p)?;
-        let page = entry.as_deref_mut()?;
-        if page.present & bit == 0 {
-            return None;
-        }
-        page.present &= !bit;
-        self.len -= 1;
-        let record = page.records.get(*index as usize % PAGE).copied();
-        if page.present == 0 {
-            let empty = entry.take();
-            if self.spare.is_none() {
-                self.spare = empty;
-            }
-        }
-        record
-    }
-
-    /// Every record, by ascending index.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &GrantRecord)> + '_ {
-        self.pages.iter().enumerate().flat_map(|(p, page)| {
-            page.iter().flat_map(move |page| {
-                page.records
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| page.present & (1 << i) != 0)
-                    .map(move |(i, r)| ((p * PAGE + i) as u32, r))
-            })
-        })
-    }
-}
+/// Grant records by table index.
+pub(crate) type Records = PagedMap<GrantRecord>;
 
 /// One kind's table of a device: which indices are granted, and their records.
 #[derive(Debug)]
@@ -185,7 +69,7 @@ impl KindTable {
 
     /// Points the grant at `index` at a new destination (a committed RETARGET).
     pub(crate) fn set_dest(&mut self, index: u32, dest: Option<GuestDest>) {
-        if let Some(record) = self.records.get_mut(index) {
+        if let Some(record) = self.records.get_mut(&index) {
             record.dest = dest;
         }
     }
@@ -274,30 +158,6 @@ mod tests {
     #[test]
     fn grant_records_stay_small() {
         assert!(std::mem::size_of::<GrantRecord>() <= 48);
-    }
-
-    #[test]
-    fn records_by_index_across_pages() {
-        let mut records = Records::default();
-        assert_eq!(records.insert(70, r(70)), None);
-        assert_eq!(records.insert(3, r(3)), None);
-        assert_eq!(records.insert(3, r(4)), Some(r(3)));
-        assert_eq!(records.len(), 2);
-        assert_eq!(records.get(&3), Some(&r(4)));
-        assert_eq!(records.get(&4), None);
-        assert_eq!(records.get(&1_000_000), None);
-        let all: Vec<(u32, GrantRecord)> = records.iter().map(|(i, r)| (i, *r)).collect();
-        assert_eq!(all, [(3, r(4)), (70, r(70))]);
-        assert_eq!(records.remove(&70), Some(r(70)));
-        assert_eq!(records.remove(&70), None);
-        assert_eq!(records.remove(&3), Some(r(4)));
-        assert_eq!(records.len(), 0);
-        assert_eq!(records.iter().count(), 0);
-        // The page emptied last is kept and reused.
-        assert!(records.spare.is_some());
-        assert_eq!(records.insert(40, r(40)), None);
-        assert!(records.spare.is_none());
-        assert_eq!(records.get(&40), Some(&r(40)));
     }
 
     #[test]

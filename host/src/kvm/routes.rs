@@ -63,13 +63,16 @@ pub struct KvmRoutes<O: RouteOwner> {
     pool: IrqfdPool,
     /// Pool slots neither live nor added by the open batch.
     free: IndexBitmap,
-    /// Live state by pool slot.
+    /// Committed state by pool slot.
     live: Vec<Option<RouteState>>,
     live_count: u32,
+    /// State by pool slot once the open batch is applied (equal to `live` where untouched).
+    next: Vec<Option<RouteState>>,
+    /// Slots the open batch changed, each once.
+    touched: Vec<u16>,
+    touched_flag: Vec<bool>,
     /// Pool slot by GSI (KVM's GSIs are below 4096).
     slot_of: Vec<Option<u16>>,
-    /// The open batch: each slot's new state (`None`: removed), in staging order.
-    staged: Vec<(u16, Option<RouteState>)>,
     /// Slots whose removal KVM has not accepted yet: sent again with the next commit and
     /// not handed out before.
     unsynced: Vec<u16>,
@@ -123,8 +126,10 @@ impl<O: RouteOwner> KvmRoutes<O> {
             free: IndexBitmap::singles(capacity),
             live: vec![None; capacity as usize],
             live_count: 0,
+            next: vec![None; capacity as usize],
+            touched: Vec::new(),
+            touched_flag: vec![false; capacity as usize],
             slot_of,
-            staged: Vec::new(),
             unsynced: Vec::new(),
             counters: Arc::default(),
         })
@@ -156,20 +161,34 @@ impl<O: RouteOwner> KvmRoutes<O> {
 
     /// The state `slot` has once the open batch is applied.
     fn pending_state(&self, slot: u16) -> Option<RouteState> {
-        let staged = self.staged.iter().rev().find(|(s, _)| *s == slot);
-        match staged {
-            Some((_, state)) => *state,
-            None => self.live.get(usize::from(slot)).copied().flatten(),
+        self.next.get(usize::from(slot)).copied().flatten()
+    }
+
+    fn live_state(&self, slot: u16) -> Option<RouteState> {
+        self.live.get(usize::from(slot)).copied().flatten()
+    }
+
+    /// Sets the state `slot` will have once the batch is committed.
+    fn stage(&mut self, slot: u16, state: Option<RouteState>) {
+        let at = usize::from(slot);
+        if let Some(next) = self.next.get_mut(at) {
+            *next = state;
+        }
+        if let Some(flag) = self.touched_flag.get_mut(at)
+            && !*flag
+        {
+            *flag = true;
+            self.touched.push(slot);
         }
     }
 
-    fn added_by_batch(&self, slot: u16) -> bool {
-        self.live
-            .get(usize::from(slot))
-            .copied()
-            .flatten()
-            .is_none()
-            && self.pending_state(slot).is_some()
+    /// Ends the batch: untouches every slot.
+    fn end_batch(&mut self) {
+        for slot in self.touched.drain(..) {
+            if let Some(flag) = self.touched_flag.get_mut(usize::from(slot)) {
+                *flag = false;
+            }
+        }
     }
 
     fn set_live(&mut self, slot: u16, state: Option<RouteState>) {
@@ -185,14 +204,15 @@ impl<O: RouteOwner> KvmRoutes<O> {
 
     /// The owner's changes for the open batch and the unsynced removals.
     fn changes(&self) -> Vec<(Gsi, Option<MsiMessage>)> {
-        let mut changes = Vec::with_capacity(self.staged.len() + self.unsynced.len());
+        let mut changes = Vec::with_capacity(self.touched.len() + self.unsynced.len());
         for slot in &self.unsynced {
             if let Some(gsi) = self.gsi(*slot) {
                 changes.push((gsi, None));
             }
         }
-        for (slot, state) in &self.staged {
+        for slot in &self.touched {
             if let Some(gsi) = self.gsi(*slot) {
+                let state = self.pending_state(*slot);
                 changes.push((gsi, state.and_then(RouteState::dest).map(route_message)));
             }
         }
@@ -216,7 +236,7 @@ impl<O: RouteOwner> GuestRoutes for KvmRoutes<O> {
         let trigger: Trigger = registered.fd.clone();
         let id = registered.gsi.raw();
         self.free.take(slot);
-        self.staged.push((slot16, Some(RouteState::of(dest))));
+        self.stage(slot16, Some(RouteState::of(dest)));
         Ok(StagedRoute { id, trigger })
     }
 
@@ -225,7 +245,7 @@ impl<O: RouteOwner> GuestRoutes for KvmRoutes<O> {
         if self.pending_state(slot).is_none() {
             return Err(RouteError::NoSuchRoute(id));
         }
-        self.staged.push((slot, Some(RouteState::of(dest))));
+        self.stage(slot, Some(RouteState::of(dest)));
         Ok(())
     }
 
@@ -234,13 +254,11 @@ impl<O: RouteOwner> GuestRoutes for KvmRoutes<O> {
         if self.pending_state(slot).is_none() {
             return Err(RouteError::NoSuchRoute(id));
         }
-        if self.added_by_batch(slot) {
-            // Taken back before KVM ever saw it: free at once.
-            self.staged.retain(|(s, _)| *s != slot);
+        if self.live_state(slot).is_none() {
+            // Added by this batch and taken back before KVM saw it: free at once.
             self.free.put(u32::from(slot));
-            return Ok(());
         }
-        self.staged.push((slot, None));
+        self.stage(slot, None);
         Ok(())
     }
 
@@ -254,41 +272,40 @@ impl<O: RouteOwner> GuestRoutes for KvmRoutes<O> {
         for slot in std::mem::take(&mut self.unsynced) {
             self.free.put(u32::from(slot));
         }
-        let staged = std::mem::take(&mut self.staged);
-        for (slot, state) in &staged {
-            let was_live = self
-                .live
-                .get(usize::from(*slot))
-                .copied()
-                .flatten()
-                .is_some();
-            self.set_live(*slot, *state);
+        for i in 0..self.touched.len() {
+            let Some(slot) = self.touched.get(i).copied() else {
+                break;
+            };
+            let was_live = self.live_state(slot).is_some();
+            let state = self.pending_state(slot);
+            self.set_live(slot, state);
             if state.is_none() && was_live {
-                self.free.put(u32::from(*slot));
+                self.free.put(u32::from(slot));
             }
         }
-        self.staged = staged;
-        self.staged.clear();
+        self.end_batch();
         KvmRouteCounters::bump(&self.counters.commits);
         Ok(())
     }
 
     fn abort(&mut self) {
-        if self.staged.is_empty() {
+        if self.touched.is_empty() {
             return;
         }
-        let mut staged = std::mem::take(&mut self.staged);
-        for (slot, _) in &staged {
-            let live = self.live.get(usize::from(*slot)).copied().flatten();
-            if live.is_none()
-                && !self.free.is_free(u32::from(*slot))
-                && !self.unsynced.contains(slot)
-            {
-                self.free.put(u32::from(*slot));
+        for i in 0..self.touched.len() {
+            let Some(slot) = self.touched.get(i).copied() else {
+                break;
+            };
+            let live = self.live_state(slot);
+            // An add not taken back: its GSI is free again.
+            if live.is_none() && self.pending_state(slot).is_some() {
+                self.free.put(u32::from(slot));
+            }
+            if let Some(next) = self.next.get_mut(usize::from(slot)) {
+                *next = live;
             }
         }
-        staged.clear();
-        self.staged = staged;
+        self.end_batch();
         KvmRouteCounters::bump(&self.counters.aborts);
     }
 
@@ -307,14 +324,11 @@ impl<O: RouteOwner> GuestRoutes for KvmRoutes<O> {
         self.abort();
         for slot in 0..self.live.len() {
             let Ok(slot) = u16::try_from(slot) else { break };
-            if self
-                .live
-                .get(usize::from(slot))
-                .copied()
-                .flatten()
-                .is_some()
-            {
+            if self.live_state(slot).is_some() {
                 self.set_live(slot, None);
+                if let Some(next) = self.next.get_mut(usize::from(slot)) {
+                    *next = None;
+                }
                 self.unsynced.push(slot);
             }
         }

@@ -73,7 +73,7 @@ impl Drop for ModelBackend {
         let held: Vec<(Kind, u32)> = kernel
             .devices
             .get(&self.requester_id)
-            .map(|d| d.vectors.keys().copied().collect())
+            .map(|d| d.vectors.keys())
             .unwrap_or_default();
         for (kind, index) in held {
             kernel.disable(self.requester_id, kind, &[index]);

@@ -59,7 +59,7 @@ impl ModelHost {
                     let mut irtes = Vec::new();
                     for (index, record) in table.records.iter() {
                         granted += 1;
-                        let Some(v) = kdev.vectors.get(&(kind, index)) else {
+                        let Some(v) = kdev.vectors.get((kind, index)) else {
                             errors.push(format!("vm {id} dev {handle} {kind} {index}: not backed"));
                             continue;
                         };

@@ -7,6 +7,7 @@ use super::vectors::{HostVector, VectorMatrix};
 use super::{Fault, FaultReason};
 use crate::backend::{BackendError, EnableRequest, Enabled, GuestDest, Trigger, VectorSetup};
 use crate::bitmap::floor_pow2;
+use crate::paged::PagedMap;
 use pvirq_proto::{GrantMode, Kind, MessageFormat, MsiMessage, RemappableMsi, Resource};
 use std::collections::{HashMap, VecDeque};
 
@@ -37,11 +38,57 @@ pub(crate) enum DeviceRemap {
     Amd { table: RemapUnits },
 }
 
+/// A device's backed vectors, by kind and index (no hashing: an IMS index is chosen by
+/// the guest).
+#[derive(Default)]
+pub(crate) struct DeviceVectors([PagedMap<EnabledVector>; 3]);
+
+fn kind_slot(kind: Kind) -> usize {
+    match kind {
+        Kind::Msi => 0,
+        Kind::MsiX => 1,
+        Kind::Ims => 2,
+    }
+}
+
+impl DeviceVectors {
+    pub(crate) fn get(&self, (kind, index): (Kind, u32)) -> Option<&EnabledVector> {
+        self.0.get(kind_slot(kind))?.get(&index)
+    }
+
+    fn get_mut(&mut self, (kind, index): (Kind, u32)) -> Option<&mut EnabledVector> {
+        self.0.get_mut(kind_slot(kind))?.get_mut(&index)
+    }
+
+    fn insert(&mut self, (kind, index): (Kind, u32), vector: EnabledVector) {
+        if let Some(map) = self.0.get_mut(kind_slot(kind)) {
+            map.insert(index, vector);
+        }
+    }
+
+    fn remove(&mut self, (kind, index): (Kind, u32)) -> Option<EnabledVector> {
+        self.0.get_mut(kind_slot(kind))?.remove(&index)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.iter().map(PagedMap::len).sum()
+    }
+
+    /// Every (kind, index) backed.
+    pub(crate) fn keys(&self) -> Vec<(Kind, u32)> {
+        Kind::ALL
+            .iter()
+            .zip(&self.0)
+            .flat_map(|(kind, map)| map.keys().map(move |i| (*kind, i)))
+            .collect()
+    }
+}
+
 /// An assigned device the kernel knows: its VM, its remapping table and its vectors.
 pub(crate) struct ModelDevice {
     pub(crate) vm: VmId,
     pub(crate) remap: DeviceRemap,
-    pub(crate) vectors: HashMap<(Kind, u32), EnabledVector>,
+    pub(crate) vectors: DeviceVectors,
 }
 
 impl ModelDevice {
@@ -265,7 +312,7 @@ impl Kernel {
             DeviceRemap::Amd { table } => (table, 0),
         };
         for index in indices {
-            if let Some(vector) = device.vectors.remove(&(kind, *index)) {
+            if let Some(vector) = device.vectors.remove((kind, *index)) {
                 table.free(unit, vector.irte);
                 if let Some(hv) = vector.host_vector {
                     matrix.free(hv);
@@ -284,7 +331,7 @@ impl Kernel {
             DeviceRemap::Vtd { unit } => (remap, *unit),
             DeviceRemap::Amd { table } => (table, 0),
         };
-        let Some(vector) = device.vectors.get_mut(&(kind, index)) else {
+        let Some(vector) = device.vectors.get_mut((kind, index)) else {
             return;
         };
         vector.dest = dest;
@@ -313,7 +360,7 @@ impl Kernel {
         }
         .map_err(FaultReason::Remap)?;
         let owner = entry.owner.ok_or(FaultReason::NotGranted)?;
-        let vector = device.vectors.get(&owner).ok_or(FaultReason::NotGranted)?;
+        let vector = device.vectors.get(owner).ok_or(FaultReason::NotGranted)?;
         if let Some(pasid) = pasid
             && vector.pasid != Some(pasid)
         {

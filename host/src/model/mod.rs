@@ -229,7 +229,7 @@ impl ModelHost {
             kernel::ModelDevice {
                 vm,
                 remap,
-                vectors: HashMap::new(),
+                vectors: kernel::DeviceVectors::default(),
             },
         );
         Ok(ModelBackend {

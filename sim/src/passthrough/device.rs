@@ -1,26 +1,31 @@
 //! `PassthroughDevice`: a device assigned to a guest that fires interrupts from the slots
 //! the guest programmed, through the host's interrupt remapping.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use pvirq_host::DeviceSpec;
 use pvirq_host::model::{Delivery, ModelHost};
 
 use super::error::PassthroughError;
-use super::tables::{DeviceTables, Slot};
+use super::slot::Slot;
+use super::tables::DeviceTables;
 
 /// A pass-through device: a requester ID and interrupt storage in guest memory.
 ///
 /// [`fire`](Self::fire) does what the hardware does when the device raises a slot: reads
-/// the slot from memory, stays silent if it is masked, and otherwise sends the slot's
-/// message as a write tagged with its requester ID — which the host's remapping unit
-/// checks ([`Host::fire`]) before anything reaches a guest.
+/// the slot from memory; if it is masked, sets the slot's pending bit and sends nothing;
+/// otherwise sends the slot's message as a write tagged with its requester ID — which the
+/// host's remapping unit checks ([`Host::fire`]) before anything reaches a guest.
+/// [`unmask`](Self::unmask) clears the mask and sends a pending interrupt, once.
 #[derive(Debug)]
 pub struct PassthroughDevice {
     requester_id: u16,
     tables: DeviceTables,
     sent: AtomicU64,
     suppressed: AtomicU64,
+    pending: Mutex<BTreeSet<Slot>>,
 }
 
 impl PassthroughDevice {
@@ -31,6 +36,7 @@ impl PassthroughDevice {
             tables,
             sent: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
+            pending: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -54,19 +60,54 @@ impl PassthroughDevice {
         }
     }
 
+    fn pending_set(&self) -> std::sync::MutexGuard<'_, BTreeSet<Slot>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Raises `slot`: if it is unmasked, sends its message to `host` as a write from this
-    /// device, and returns where it was delivered. A masked slot sends nothing
-    /// ([`PassthroughError::Masked`]); a message the host refuses is
+    /// device, and returns where it was delivered. A masked slot sends nothing now and holds
+    /// the interrupt pending ([`PassthroughError::Masked`]); a message the host refuses is
     /// [`PassthroughError::Fault`] (the host records it too).
     pub fn fire(&self, host: &ModelHost, slot: Slot) -> Result<Delivery, PassthroughError> {
         let state = self.tables.read(slot)?;
         if state.masked {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
+            self.pending_set().insert(slot);
             return Err(PassthroughError::Masked(slot));
         }
+        self.send(host, slot, state.message)
+    }
+
+    fn send(
+        &self,
+        host: &ModelHost,
+        slot: Slot,
+        message: pvirq_proto::MsiMessage,
+    ) -> Result<Delivery, PassthroughError> {
         self.sent.fetch_add(1, Ordering::Relaxed);
-        host.fire(self.requester_id, state.message)
+        host.fire(self.requester_id, message)
             .map_err(|fault| PassthroughError::Fault { slot, fault })
+    }
+
+    /// The guest unmasks `slot`: the mask bit clears and, if the device held an interrupt
+    /// pending for it, that interrupt is sent now — once, however many fires it held.
+    /// Returns where it was delivered (`None`: nothing was pending).
+    pub fn unmask(
+        &self,
+        host: &ModelHost,
+        slot: Slot,
+    ) -> Result<Option<Delivery>, PassthroughError> {
+        self.tables.unmask(slot)?;
+        if !self.pending_set().remove(&slot) {
+            return Ok(None);
+        }
+        let state = self.tables.read(slot)?;
+        self.send(host, slot, state.message).map(Some)
+    }
+
+    /// Whether `slot` holds a pending interrupt (the PBA bit, for MSI-X).
+    pub fn is_pending(&self, slot: Slot) -> bool {
+        self.pending_set().contains(&slot)
     }
 
     /// Messages the device has sent (delivered or not).

@@ -1,6 +1,6 @@
 //! The one error type of the pass-through device model.
 
-use super::tables::Slot;
+use super::slot::Slot;
 
 /// What went wrong programming or firing a pass-through device's slot.
 #[derive(Debug, thiserror::Error)]

@@ -14,10 +14,13 @@
 //! Nothing here knows about KVM, so the in-memory simulator drives the same device.
 //!
 //! Which memory: the tables may be placed in any `GuestMemoryMmap` the caller hands over —
-//! the in-process channel's, the KVM guest's, or (as the end-to-end tests do) a region of
-//! their own standing for the device's BAR. Only the host-side driver code touches them;
-//! the vCPU programs of [`crate::kvm::KvmGuest`] never do, so nothing requires them to be
-//! in the KVM guest's RAM.
+//! the in-process channel's, or (as the end-to-end tests do) a region of their own standing
+//! for the device's BAR; here host-side code plays the guest driver. When the guest image
+//! programs a device itself inside a KVM VM, the device is [`crate::vmm::bar`], built on
+//! these same tables.
+//!
+//! A masked slot that fires holds its interrupt pending and sends it once when unmasked
+//! ([`PassthroughDevice::unmask`]), as hardware does with the PBA.
 //!
 //! Entry formats ([`entry`]): MSI-X entries of 16 bytes `{addr_lo, addr_hi, data,
 //! vector_control}` (bit 0 masks); IMS slots `{addr_lo, addr_hi, data, ctrl}` as Intel IDXD
@@ -27,12 +30,14 @@
 mod device;
 pub mod entry;
 mod error;
+mod slot;
 mod tables;
 
 pub use device::PassthroughDevice;
 pub use entry::SlotState;
 pub use error::PassthroughError;
-pub use tables::{DeviceTables, Slot, TableRegion};
+pub use slot::Slot;
+pub use tables::{DeviceTables, TableRegion};
 
 #[cfg(test)]
 mod tests;

@@ -9,36 +9,7 @@ use super::entry::{
     ims_ctrl,
 };
 use super::error::PassthroughError;
-
-/// One interrupt slot of a device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Slot {
-    /// MSI-X table entry `n`.
-    MsiX(u32),
-    /// IMS slot `n`.
-    Ims(u32),
-}
-
-impl Slot {
-    /// The slot a grant of `kind` at `index` is programmed into (none for multi-MSI, which
-    /// lives in config space, not in a table).
-    pub fn for_grant(kind: pvirq_proto::Kind, index: u32) -> Option<Slot> {
-        match kind {
-            pvirq_proto::Kind::MsiX => Some(Slot::MsiX(index)),
-            pvirq_proto::Kind::Ims => Some(Slot::Ims(index)),
-            pvirq_proto::Kind::Msi => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Slot::MsiX(n) => write!(f, "MSI-X entry {n}"),
-            Slot::Ims(n) => write!(f, "IMS slot {n}"),
-        }
-    }
-}
+use super::slot::Slot;
 
 /// Where one table lives: `entries` consecutive 16-byte entries from `base`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +71,11 @@ impl DeviceTables {
             tables.write(slot, 0, &encode(MsiMessage::default(), CTRL_MASK))?;
         }
         Ok(tables)
+    }
+
+    /// The memory the tables live in.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
     }
 
     /// The MSI-X table's size (0 without one).
@@ -164,6 +140,15 @@ impl DeviceTables {
             (Slot::Ims(_), pasid) => ims_ctrl(pasid),
         };
         self.write(slot, 0, &encode(message, ctrl | CTRL_MASK))?;
+        self.write(slot, CTRL_OFFSET, &ctrl.to_le_bytes())
+    }
+
+    /// The guest driver's side: clears `slot`'s mask bit, leaving the rest in place. (A
+    /// device holding a pending interrupt for it sends it then:
+    /// [`PassthroughDevice::unmask`](super::PassthroughDevice::unmask).)
+    pub fn unmask(&self, slot: Slot) -> Result<(), PassthroughError> {
+        let raw = self.raw(slot)?;
+        let ctrl = u32::from_le_bytes([raw[12], raw[13], raw[14], raw[15]]) & !CTRL_MASK;
         self.write(slot, CTRL_OFFSET, &ctrl.to_le_bytes())
     }
 

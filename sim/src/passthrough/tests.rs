@@ -192,3 +192,49 @@ fn fire_sends_through_the_remapping_unit_and_masked_slots_stay_silent() {
     assert_eq!((a.sent(), b.sent(), host.faults().count), (3, 1, 2));
     vm.with_routes(|r| assert_eq!(r.live(), 1));
 }
+
+#[test]
+fn a_masked_slot_holds_one_pending_interrupt_and_unmask_sends_it_exactly_once() {
+    let mem = memory();
+    let dev = device(0x0100, &mem, 0);
+    let host = ModelHost::new(&ModelConfig::default()).unwrap();
+    let config = VmConfig {
+        quota: 8,
+        num_vcpus: 2,
+        max_batch: 8,
+        devices: vec![dev.spec()],
+        ..VmConfig::default()
+    };
+    let vm = host
+        .create_vm(config, Box::new(MemoryRoutes::kvm_like()))
+        .unwrap();
+    for (kind, vector) in [(Kind::MsiX, 0x40), (Kind::Ims, 0x41)] {
+        let g = grant(&vm, 0, kind, Target::new(1, vector));
+        let slot = Slot::for_grant(kind, g.index()).unwrap();
+        dev.tables().program(slot, g.message(), None).unwrap();
+        dev.tables().mask(slot).unwrap();
+        let sent = dev.sent();
+        for _ in 0..3 {
+            assert!(matches!(
+                dev.fire(&host, slot),
+                Err(PassthroughError::Masked(_))
+            ));
+        }
+        assert!(dev.is_pending(slot), "{slot}");
+        assert_eq!(dev.sent(), sent, "nothing leaves a masked slot");
+        // Unmask: one interrupt, to the grant's destination; the bit clears.
+        let d = dev
+            .unmask(&host, slot)
+            .unwrap()
+            .expect("the pending interrupt");
+        assert_eq!(d.to(), Some((1, vector)));
+        assert!(!dev.is_pending(slot));
+        assert_eq!(dev.sent(), sent + 1);
+        // Nothing more at a second unmask; a fire now goes straight out.
+        assert!(dev.unmask(&host, slot).unwrap().is_none());
+        assert!(dev.fire(&host, slot).is_ok());
+        assert_eq!(dev.sent(), sent + 2);
+    }
+    // Unmasking a slot that never fired sends nothing.
+    assert!(dev.unmask(&host, Slot::MsiX(3)).unwrap().is_none());
+}

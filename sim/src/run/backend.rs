@@ -1,26 +1,27 @@
-//! The delivery seam: where a VM's guest routes live and how fired interrupts are seen.
+//! Where a scenario VM's guest runs.
 //!
-//! The runner asks its [`Backend`] for each VM's [`RouteLayer`] when it creates the VM,
-//! and after every `fire` step asks it what the guest observed. [`MemoryBackend`] gives
-//! every VM `MemoryRoutes::kvm_like()` (KVM's GSI limits, deliveries recorded in memory);
-//! [`super::KvmBackend`] gives every VM a real KVM VM and counts what its vCPUs receive.
+//! [`MemoryBackend`] runs the guest driver in this process over an in-process channel, with
+//! `MemoryRoutes::kvm_like()` (KVM's GSI limits, deliveries recorded in memory).
+//! [`super::KvmBackend`] (`--kvm`) makes every scenario VM a real KVM VM in which the guest
+//! image does every step itself.
 
 use super::RunError;
-use crate::scenario::{Dest, VmDecl};
-use pvirq_host::routes::{GuestRoutes, MemoryRoutes};
+use super::side::Side;
+use crate::Channel;
+use crate::scenario::VmDecl;
+use pvirq_guest::Options;
+use pvirq_host::model::ModelHost;
+use pvirq_host::routes::MemoryRoutes;
 
-/// Where guest delivery happens.
+/// Where guests run.
 pub trait Backend {
     /// Short name for reports (`memory`, `kvm`).
     fn name(&self) -> &'static str;
-    /// The route layer of VM `index` (VMs are created in scenario order).
-    fn routes(&mut self, index: usize, vm: &VmDecl) -> Result<Box<dyn GuestRoutes>, RunError>;
-    /// After a fire step: how many of the interrupts the host reported `delivered` to VM
-    /// `index` the guest actually received; `None` if this backend cannot observe guests.
-    fn observe(&mut self, index: usize, delivered: &[Dest]) -> Result<Option<u64>, RunError>;
+    /// The guest side of VM `index` (VMs are created in scenario order) on `host`.
+    fn side(&mut self, host: &ModelHost, index: usize, vm: &VmDecl) -> Result<Side, RunError>;
 }
 
-/// In-memory delivery: routes are recorded, not injected.
+/// The guest driver in this process; routes recorded, not injected.
 #[derive(Debug, Default)]
 pub struct MemoryBackend;
 
@@ -29,12 +30,14 @@ impl Backend for MemoryBackend {
         "memory"
     }
 
-    fn routes(&mut self, _index: usize, _vm: &VmDecl) -> Result<Box<dyn GuestRoutes>, RunError> {
-        Ok(Box::new(MemoryRoutes::kvm_like()))
-    }
-
-    fn observe(&mut self, _index: usize, _delivered: &[Dest]) -> Result<Option<u64>, RunError> {
-        Ok(None)
+    fn side(&mut self, host: &ModelHost, _index: usize, vm: &VmDecl) -> Result<Side, RunError> {
+        let routes = Box::new(MemoryRoutes::kvm_like());
+        Channel::new(host, vm.config(), routes, Options::default())
+            .map(|c| Side::Channel(Box::new(c)))
+            .map_err(|source| RunError::Setup {
+                vm: vm.name.clone(),
+                source,
+            })
     }
 }
 
@@ -50,8 +53,8 @@ pub fn kvm_unusable() -> Option<String> {
     }
 }
 
-/// The backend of `--kvm`: real KVM delivery ([`super::KvmBackend`]), or why it cannot
-/// run here ([`RunError::KvmAbsent`]).
+/// The backend of `--kvm` ([`super::KvmBackend`]), or why it cannot run here
+/// ([`RunError::KvmAbsent`]).
 pub fn kvm_backend() -> Result<Box<dyn Backend>, RunError> {
     if let Some(why) = kvm_unusable() {
         return Err(RunError::KvmAbsent(why));

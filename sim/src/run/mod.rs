@@ -1,30 +1,32 @@
-//! Running a scenario: one [`ModelHost`], one [`Channel`] per VM, every guest request through
+//! Running a scenario: one [`Host`], one [`Channel`] per VM, every guest request through
 //! the guest driver, the virtqueue and the host device; a [`Report`] of what happened.
 
 mod backend;
 mod error;
 mod expect;
+mod guest_side;
 mod kvm_backend;
+mod outcome;
+mod side;
 mod view;
 
 pub use backend::{Backend, MemoryBackend, kvm_backend, kvm_unusable};
 pub use error::RunError;
+pub use guest_side::GuestSide;
 pub use kvm_backend::KvmBackend;
+pub use outcome::{AllocOutcome, StepError};
+pub use side::Side;
 
+use crate::SimError;
 use crate::report::{FireCounts, HostSnapshot, RefusalRecord, Report, StepRecord, VmSummary};
 use crate::scenario::{Action, AllocStep, Dest, Fallback, Scenario, Step};
-use crate::{Channel, SimError};
-use pvirq_guest::Options;
 use pvirq_host::model::ModelHost;
-use pvirq_proto::{Alloc, Grant, IndexRange, IndexSpec, MsiMessage, Refusal, Status, Target};
+use pvirq_proto::{IndexRange, IndexSpec, Refusal, Status, Target};
 use std::collections::HashMap;
 use view::{DeviceView, runs};
 
-/// How many requests one ALLOC step may send under a fallback policy.
-const MAX_ATTEMPTS: u32 = 4;
-
 struct VmRun {
-    channel: Option<Channel>,
+    side: Option<Side>,
     devices: Vec<DeviceView>,
 }
 
@@ -90,16 +92,9 @@ pub fn run(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Report, Run
     let initial_host = HostSnapshot::of(&host.occupancy());
     let mut vms = Vec::with_capacity(scenario.vms.len());
     for (i, decl) in scenario.vms.iter().enumerate() {
-        let routes = backend.routes(i, decl)?;
-        let channel =
-            Channel::new(&host, decl.config(), routes, Options::default()).map_err(|source| {
-                RunError::Setup {
-                    vm: decl.name.clone(),
-                    source,
-                }
-            })?;
+        let side = backend.side(&host, i, decl)?;
         vms.push(VmRun {
-            channel: Some(channel),
+            side: Some(side),
             devices: vec![DeviceView::default(); decl.devices.len()],
         });
     }
@@ -182,10 +177,10 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    fn channel(&mut self, vm: usize) -> Result<(&mut Channel, &mut Vec<DeviceView>), RunError> {
+    fn channel(&mut self, vm: usize) -> Result<(&mut Side, &mut Vec<DeviceView>), RunError> {
         let run = self.vms.get_mut(vm).ok_or(RunError::NoChannel(vm))?;
-        let channel = run.channel.as_mut().ok_or(RunError::NoChannel(vm))?;
-        Ok((channel, &mut run.devices))
+        let side = run.side.as_mut().ok_or(RunError::NoChannel(vm))?;
+        Ok((side, &mut run.devices))
     }
 
     fn step(&mut self, step: &Step) -> Result<Outcome, RunError> {
@@ -206,14 +201,14 @@ impl Runner<'_> {
                 let last = u64::from(*first) + u64::from(*count) - 1;
                 let out = Outcome::new(format!("free {kind} {first}-{last}"));
                 let (channel, views) = self.channel(step.vm)?;
-                match channel.driver().free(*device as u32, range) {
-                    Ok(done) => {
+                match channel.free(*device, range) {
+                    Ok(count) => {
                         if let Some(view) = views.get_mut(*device) {
                             range.indices().for_each(|i| view.retire(*kind, i));
                         }
                         Ok(Outcome {
-                            answer: format!("freed {}", done.count),
-                            count: Some(done.count),
+                            answer: format!("freed {count}"),
+                            count: Some(count),
                             ..out
                         })
                     }
@@ -243,16 +238,16 @@ impl Runner<'_> {
                     dests(targets)
                 ));
                 let (channel, views) = self.channel(step.vm)?;
-                match channel.driver().retarget(*device as u32, range, &wire) {
-                    Ok(done) => {
+                match channel.retarget(*device, range, &wire) {
+                    Ok(count) => {
                         if let Some(view) = views.get_mut(*device) {
                             for (i, d) in range.indices().zip(targets) {
                                 view.retarget(*kind, i, *d);
                             }
                         }
                         Ok(Outcome {
-                            answer: format!("moved {}", done.count),
-                            count: Some(done.count),
+                            answer: format!("moved {count}"),
+                            count: Some(count),
                             ..out
                         })
                     }
@@ -262,11 +257,11 @@ impl Runner<'_> {
             Action::Query { device } => {
                 let out = Outcome::new(String::from("query"));
                 let (channel, _) = self.channel(step.vm)?;
-                match channel.driver().query(*device as u32) {
-                    Ok(q) => Ok(Outcome {
-                        answer: format!("holds {}, available {}", q.info.granted, q.info.available),
-                        count: Some(q.info.granted),
-                        available: Some(q.info.available),
+                match channel.query(*device) {
+                    Ok((granted, available)) => Ok(Outcome {
+                        answer: format!("holds {granted}, available {available}"),
+                        count: Some(granted),
+                        available: Some(available),
                         ..out
                     }),
                     Err(e) => refused_or(out, e, at),
@@ -275,14 +270,14 @@ impl Runner<'_> {
             Action::Reset { device } => {
                 let out = Outcome::new(String::from("reset device"));
                 let (channel, views) = self.channel(step.vm)?;
-                match channel.driver().reset_device(*device as u32) {
-                    Ok(done) => {
+                match channel.reset_device(*device) {
+                    Ok(count) => {
                         if let Some(view) = views.get_mut(*device) {
                             view.retire_all();
                         }
                         Ok(Outcome {
-                            answer: format!("freed {}", done.count),
-                            count: Some(done.count),
+                            answer: format!("freed {count}"),
+                            count: Some(count),
                             ..out
                         })
                     }
@@ -316,80 +311,37 @@ impl Runner<'_> {
         }
         let mut out = Outcome::new(request);
         let at = self.at;
-        let (channel, views) = self.channel(vm)?;
-        let (mut min, mut max) = (a.min, a.max);
-        let mut first_refusal = None;
-        loop {
-            let targets: Vec<Target> = a
-                .targets
-                .iter()
-                .take(usize::from(max))
-                .map(|d| d.target())
-                .collect();
-            let mut grants = vec![Grant::new(0, MsiMessage::default()); usize::from(max)];
-            let alloc = Alloc {
-                kind: a.kind,
-                index: a.index,
-                min,
-                max,
-                pasid: a.pasid,
-                targets: &targets,
-            };
-            match channel.driver().alloc(a.device as u32, alloc, &mut grants) {
-                Ok(allocation) => {
-                    let mut indices = Vec::with_capacity(allocation.grants.len());
-                    if let Some(view) = views.get_mut(a.device) {
-                        for (g, d) in allocation.grants.iter().zip(&a.targets) {
-                            view.grant(a.kind, g.index(), g.message(), *d);
-                            indices.push(g.index());
-                        }
-                    }
-                    out.answer = format!("granted {} @{}", indices.len(), runs(&indices));
-                    out.count = Some(indices.len() as u32);
-                    out.refusal = first_refusal;
-                    return Ok(out);
-                }
-                Err(e) => {
-                    let Some(refusal) = e.refusal() else {
-                        return Err(at.fail(e));
-                    };
-                    let retry = match refusal {
-                        Refusal::NoSpace { available, .. }
-                            if a.fallback == Fallback::Linux
-                                && available >= 1
-                                && available < u32::from(max)
-                                && out.attempts < MAX_ATTEMPTS =>
-                        {
-                            u16::try_from(available).ok()
-                        }
-                        _ => None,
-                    };
-                    match retry {
-                        Some(n) => {
-                            first_refusal.get_or_insert(refusal);
-                            out.fallback = true;
-                            out.attempts += 1;
-                            (min, max) = (n, n);
-                        }
-                        None => {
-                            out.count = Some(0);
-                            return Ok(out.refused(refusal));
-                        }
-                    }
-                }
+        let (side, views) = self.channel(vm)?;
+        let outcome = side.alloc(a).map_err(|e| at.fail(e))?;
+        out.attempts = outcome.attempts;
+        out.fallback = outcome.attempts > 1;
+        if let Some(refusal) = outcome.refused {
+            // Refused (after falling back, if the policy did): the answer is the last refusal.
+            out.count = Some(0);
+            return Ok(out.refused(refusal));
+        }
+        let mut indices = Vec::with_capacity(outcome.grants.len());
+        if let Some(view) = views.get_mut(a.device) {
+            for ((index, message), d) in outcome.grants.iter().zip(&a.targets) {
+                view.grant(a.kind, *index, *message, *d);
+                indices.push(*index);
             }
         }
+        out.answer = format!("granted {} @{}", indices.len(), runs(&indices));
+        out.count = Some(indices.len() as u32);
+        out.refusal = outcome.first_refusal;
+        Ok(out)
     }
 
     fn reset_vm(&mut self, vm: usize) -> Result<Outcome, RunError> {
         let out = Outcome::new(String::from("virtio reset"));
         let at = self.at;
         let run = self.vms.get_mut(vm).ok_or(RunError::NoChannel(vm))?;
-        let channel = run.channel.take().ok_or(RunError::NoChannel(vm))?;
-        let before = channel.vm().occupancy().held;
-        let channel = channel.reset_virtio().map_err(|e| at.fail(e))?;
-        let freed = before.saturating_sub(channel.vm().occupancy().held);
-        run.channel = Some(channel);
+        let side = run.side.take().ok_or(RunError::NoChannel(vm))?;
+        let before = side.vm().occupancy().held;
+        let side = side.reset_virtio().map_err(|e| at.fail(e))?;
+        let freed = before.saturating_sub(side.vm().occupancy().held);
+        run.side = Some(side);
         run.devices.iter_mut().for_each(DeviceView::retire_all);
         Ok(Outcome {
             answer: format!("re-initialised, freed {freed}"),
@@ -405,35 +357,17 @@ impl Runner<'_> {
             .get(vm)
             .and_then(|v| v.devices.get(device))
             .map_or(0, |d| d.requester_id);
-        let (_, views) = self.channel(vm)?;
+        let at = self.at;
+        let host = self.host.clone();
+        let (side, views) = self.channel(vm)?;
         let view = views.get(device).cloned().unwrap_or_default();
-        let mut counts = FireCounts::default();
-        let mut arrived = Vec::new();
-        let live = view.live.values().map(|h| (h.message, Some(h.dest)));
-        let stale = view
-            .retired
-            .iter()
-            .filter(|_| include_freed)
-            .map(|m| (*m, None));
-        for (message, dest) in live.chain(stale) {
-            counts.fired += 1;
-            match self.host.fire(requester_id, message) {
-                Ok(pvirq_host::model::Delivery { dest: Some(d), .. }) => {
-                    counts.delivered += 1;
-                    // The scenario's VMs number their vCPUs by APIC ID.
-                    let got = Dest {
-                        vcpu: d.apic_id,
-                        vector: d.vector,
-                    };
-                    if dest != Some(got) {
-                        counts.misrouted += 1;
-                    }
-                    arrived.push(got);
-                }
-                Ok(_) | Err(_) => counts.blocked += 1,
+        let counts = match side.fire(&host, device, requester_id, &view, include_freed) {
+            Ok(c) => c,
+            Err(StepError::Failed(e)) => return Err(at.fail(e)),
+            Err(StepError::Refused(r)) => {
+                return Err(at.fail(SimError::GuestReport(refusal_text(r))));
             }
-        }
-        counts.observed = self.backend.observe(vm, &arrived)?;
+        };
         let mut request = format!("fire {} held", view.live.len());
         if include_freed {
             request.push_str(&format!(" + {} freed", view.retired.len()));
@@ -449,7 +383,7 @@ impl Runner<'_> {
         let occupancy = self
             .vms
             .get(step.vm)
-            .and_then(|r| r.channel.as_ref())
+            .and_then(|r| r.side.as_ref())
             .map(|c| c.vm().occupancy());
         let (held, quota) = occupancy.map_or((0, 0), |o| (o.held, o.quota));
         StepRecord {
@@ -485,7 +419,7 @@ impl Runner<'_> {
             .iter()
             .zip(&self.vms)
             .map(|(decl, run)| {
-                let occupancy = run.channel.as_ref().map(|c| c.vm().occupancy());
+                let occupancy = run.side.as_ref().map(|c| c.vm().occupancy());
                 VmSummary {
                     name: decl.name.clone(),
                     held: occupancy.as_ref().map_or(0, |o| o.held),
@@ -508,12 +442,17 @@ impl Runner<'_> {
     }
 }
 
-/// A refusal becomes the step's answer; any other driver error ends the run.
-fn refused_or(out: Outcome, e: pvirq_guest::Error, at: At) -> Result<Outcome, RunError> {
-    match e.refusal() {
-        Some(r) => Ok(out.refused(r)),
-        None => Err(at.fail(e)),
+/// A refusal becomes the step's answer; any other failure ends the run.
+fn refused_or(out: Outcome, e: StepError, at: At) -> Result<Outcome, RunError> {
+    match e {
+        StepError::Refused(r) => Ok(out.refused(r)),
+        StepError::Failed(e) => Err(at.fail(e)),
     }
+}
+
+/// A fire step is never refused by the device; should a guest say so, the run ends.
+fn refusal_text(_: Refusal) -> &'static str {
+    "a fire step was refused"
 }
 
 /// Destinations in short: `vCPU3:0x50`, or `vCPU0:0x40 +3`.

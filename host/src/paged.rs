@@ -1,0 +1,152 @@
+//! `PagedMap`: values by `u32` index in pages of 32, allocated when first used — no
+//! hashing, no per-entry key, memory that follows the indices in use (an IMS table may
+//! have a million slots and a few grants).
+//!
+//! A page that empties is freed, except the last one to empty, kept for reuse, so that
+//! taking and giving back one index over and over does not allocate each time.
+
+/// Entries per page.
+const PAGE: usize = 32;
+
+#[derive(Debug)]
+struct Page<T> {
+    used: u32,
+    slots: [Option<T>; PAGE],
+}
+
+impl<T> Page<T> {
+    fn empty() -> Box<Self> {
+        Box::new(Page {
+            used: 0,
+            slots: std::array::from_fn(|_| None),
+        })
+    }
+}
+
+/// Values by index.
+#[derive(Debug)]
+pub(crate) struct PagedMap<T> {
+    pages: Vec<Option<Box<Page<T>>>>,
+    spare: Option<Box<Page<T>>>,
+    len: u32,
+}
+
+impl<T> Default for PagedMap<T> {
+    fn default() -> Self {
+        PagedMap {
+            pages: Vec::new(),
+            spare: None,
+            len: 0,
+        }
+    }
+}
+
+fn slot(index: u32) -> (usize, usize) {
+    (index as usize / PAGE, index as usize % PAGE)
+}
+
+impl<T> PagedMap<T> {
+    /// The value at `index`.
+    pub(crate) fn get(&self, index: &u32) -> Option<&T> {
+        let (page, at) = slot(*index);
+        self.pages.get(page)?.as_deref()?.slots.get(at)?.as_ref()
+    }
+
+    /// The value at `index`, to change it in place.
+    pub(crate) fn get_mut(&mut self, index: &u32) -> Option<&mut T> {
+        let (page, at) = slot(*index);
+        self.pages
+            .get_mut(page)?
+            .as_deref_mut()?
+            .slots
+            .get_mut(at)?
+            .as_mut()
+    }
+
+    /// Number of values.
+    pub(crate) fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Stores `value` at `index`, returning the one it replaces.
+    pub(crate) fn insert(&mut self, index: u32, value: T) -> Option<T> {
+        let (p, at) = slot(index);
+        if self.pages.len() <= p {
+            self.pages.resize_with(p + 1, || None);
+        }
+        let spare = &mut self.spare;
+        let page = self
+            .pages
+            .get_mut(p)?
+            .get_or_insert_with(|| spare.take().unwrap_or_else(Page::empty));
+        let previous = page.slots.get_mut(at)?.replace(value);
+        if previous.is_none() {
+            page.used += 1;
+            self.len += 1;
+        }
+        previous
+    }
+
+    /// Takes the value at `index` out.
+    pub(crate) fn remove(&mut self, index: &u32) -> Option<T> {
+        let (p, at) = slot(*index);
+        let entry = self.pages.get_mut(p)?;
+        let page = entry.as_deref_mut()?;
+        let value = page.slots.get_mut(at)?.take()?;
+        page.used -= 1;
+        self.len -= 1;
+        if page.used == 0 {
+            let empty = entry.take();
+            if self.spare.is_none() {
+                self.spare = empty;
+            }
+        }
+        Some(value)
+    }
+
+    /// Every value, by ascending index.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &T)> + '_ {
+        self.pages.iter().enumerate().flat_map(|(p, page)| {
+            page.iter().flat_map(move |page| {
+                page.slots
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(i, v)| v.as_ref().map(|v| ((p * PAGE + i) as u32, v)))
+            })
+        })
+    }
+
+    /// Every index, by ascending index.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = u32> + '_ {
+        self.iter().map(|(i, _)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_by_index_across_pages_with_the_last_empty_page_kept() {
+        let mut map = PagedMap::default();
+        assert_eq!(map.insert(70, 'a'), None);
+        assert_eq!(map.insert(3, 'b'), None);
+        assert_eq!(map.insert(3, 'c'), Some('b'));
+        assert_eq!(map.len(), 2);
+        assert_eq!(map.get(&3), Some(&'c'));
+        assert_eq!(map.get(&4), None);
+        assert_eq!(map.get(&1_000_000), None);
+        *map.get_mut(&70).unwrap() = 'd';
+        assert_eq!(map.iter().collect::<Vec<_>>(), [(3, &'c'), (70, &'d')]);
+        assert_eq!(map.remove(&70), Some('d'));
+        assert_eq!(map.remove(&70), None);
+        assert_eq!(map.remove(&3), Some('c'));
+        assert_eq!(map.len(), 0);
+        assert_eq!(map.iter().count(), 0);
+        // The page emptied last is kept and reused.
+        assert!(map.spare.is_some());
+        assert_eq!(map.insert(40, 'e'), None);
+        assert!(map.spare.is_none());
+        assert_eq!(map.keys().collect::<Vec<_>>(), [40]);
+    }
+}
