@@ -71,8 +71,13 @@ pub mod pool;
 pub mod transaction;
 pub mod vm;
 
+// The protocol types that appear in this crate's public signatures, so that a VMM needs no
+// direct dependency on pvirq-proto.
 pub use device::{MmioInterrupt, MmioTransport, NotifyMode, PvirqDevice, VirtioInterrupt};
 pub use error::{HostError, LayerError, ReplyError};
 pub use pool::{Delivery, Fault, FaultReason, FaultReport, Host, HostConfig, HostOccupancy, VmId};
+pub use pvirq_proto::{
+    Config, GrantMode, Kind, MessageFormat, MsiMessage, Opcode, Request, Resource, Status,
+};
 pub use transaction::{BufferSink, Handled, ReplySink};
 pub use vm::{DeviceSpec, Vm, VmConfig, VmOccupancy};

@@ -583,3 +583,39 @@ fn every_status_is_reached_through_the_queue() {
     assert_eq!(dev.occupancy().held, 1);
     host.check_invariants().unwrap();
 }
+
+/// A VMM names every type of the host's public signatures through `pvirq_host` alone, without
+/// a dependency on `pvirq-proto` (issue 11, item 8).
+#[test]
+fn the_crate_root_re_exports_the_protocol_types_of_its_public_api() {
+    use crate::{Config, Kind, MsiMessage, Opcode, Resource, Status};
+    let host = host();
+    let mem = guest_memory();
+    let mut drv = Driver::new(&mem, 16);
+    let (mut dev, _irq) = active_device(vm(&host, 0x100, 32), &mem, &drv.q);
+    assert!(dev.vm().config().devices[0].supports(Kind::MsiX));
+    let config: Config = dev.vm().config().virtio_config();
+    assert_eq!(config.vm_quota.get(), 32);
+    let bufs = drv.send(&alloc_bytes(0, 1), &[64]);
+    dev.process_all();
+    assert_eq!(dev.metrics().requests(Opcode::Alloc), 1);
+    assert_eq!(dev.metrics().replies(Status::Ok), 1);
+    let grant = match Response::decode(&drv.reply(&bufs, drv.used(0).1))
+        .unwrap()
+        .outcome
+    {
+        Outcome::Allocated { grants, .. } => grants[0].message(),
+        other => panic!("{other:?}"),
+    };
+    // The message a VMM reads from the device's MSI-X table, spelled with the host's type.
+    let message = MsiMessage {
+        address: grant.address,
+        data: grant.data,
+    };
+    assert_eq!(host.fire(0x100, message).unwrap().vector, 0x40);
+    let fault = host.fire(0x101, message).unwrap_err();
+    assert_eq!(fault.message, message);
+    let _: fn(&crate::LayerError) -> Resource = crate::LayerError::resource;
+    let _: Option<(crate::GrantMode, crate::MessageFormat)> = None;
+    let _: fn(&crate::Vm, &crate::Request<'_>) -> Vec<u8> = crate::Vm::call;
+}
