@@ -2,7 +2,7 @@
 //! queue.
 
 use super::metrics::PvirqMetrics;
-use super::request::{ChainBuffers, ChainSink, parse_chain};
+use super::request::{ChainBuffers, ChainSink, DescriptorTable, parse_chain};
 use crate::error::HostError;
 use crate::vm::{Vm, VmOccupancy};
 use pvirq_proto::{Config, Kind, VIRTIO_ID_PVIRQ, feature};
@@ -10,7 +10,7 @@ use std::num::Wrapping;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// Size of the request queue (its `QueueNumMax`).
@@ -252,16 +252,24 @@ impl PvirqDevice {
             // A fresh iterator per chain: `iter` checks the avail index (a driver claiming
             // more chains than the queue holds is a corrupt ring), and `add_used` needs the
             // queue back.
-            let chain = match self.queue.iter(mem) {
-                Ok(mut chains) => chains.next(),
+            let head = match self.queue.iter(mem) {
+                Ok(mut chains) => chains.next().map(|chain| chain.head_index()),
                 Err(_) => {
                     self.enter_needs_reset();
                     break;
                 }
             };
-            let Some(chain) = chain else { break };
-            let head = chain.head_index();
-            if parse_chain(mem, chain, &mut self.chain).is_err() {
+            let Some(head) = head else { break };
+            let table = DescriptorTable {
+                addr: GuestAddress(self.queue.desc_table()),
+                size: self.queue.size(),
+            };
+            let mut visited = 0;
+            let parsed = parse_chain(mem, table, head, &mut self.chain, &mut visited);
+            self.metrics
+                .descriptors
+                .fetch_add(visited, Ordering::Relaxed);
+            if parsed.is_err() {
                 self.enter_needs_reset();
                 break;
             }
@@ -285,9 +293,12 @@ impl PvirqDevice {
         done
     }
 
-    /// Handles every pending chain (the inline path: the caller is the VM's own vCPU).
+    /// Handles every pending chain (the inline path: the caller is the VM's own vCPU), up
+    /// to one queue's worth: no more can be pending at once in a valid ring, and the cap
+    /// keeps the work bounded (spec §8) when another vCPU adds chains meanwhile, whose own
+    /// notification then handles them.
     pub fn process_all(&mut self) -> Processed {
-        self.process_queue(usize::MAX)
+        self.process_queue(usize::from(self.queue.size()))
     }
 
     fn has_pending(&self, mem: &GuestMemoryMmap) -> bool {

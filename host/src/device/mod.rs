@@ -6,6 +6,8 @@
 //! - [`metrics`]: counters for the VMM.
 
 // `device/device.rs` is Firecracker's layout, kept on purpose.
+#[cfg(test)]
+mod chain_tests;
 #[allow(clippy::module_inception)]
 pub mod device;
 pub mod event_handler;

@@ -196,4 +196,22 @@ impl<'a> Driver<'a> {
             .write_obj(idx, GuestAddress(self.q.avail_addr().0 + 2))
             .unwrap();
     }
+
+    /// Writes raw descriptors at table index `first..` without making anything available.
+    pub(crate) fn write_descs(&self, first: u16, descs: &[RawDescriptor]) {
+        for (i, d) in descs.iter().enumerate() {
+            self.q.desc_table().store(first + i as u16, *d).unwrap();
+        }
+    }
+
+    /// Makes the chain headed at `head` available once more (a head may be published any
+    /// number of times: a driver bug the device cannot tell from a fresh chain).
+    pub(crate) fn publish(&self, head: u16) {
+        let avail = self.q.avail_addr().0;
+        let idx: u16 = self.mem.read_obj(GuestAddress(avail + 2)).unwrap();
+        let size = (self.q.desc_table().total_size() / 16) as u16;
+        let at = avail + 4 + u64::from(idx % size) * 2;
+        self.mem.write_obj(head, GuestAddress(at)).unwrap();
+        self.set_avail_idx(idx.wrapping_add(1));
+    }
 }
