@@ -54,6 +54,9 @@ pub struct PvirqDevice {
     interrupt: Arc<dyn VirtioInterrupt>,
     mem: Option<GuestMemoryMmap>,
     needs_reset: bool,
+    /// False while the last QueueNum the driver wrote is a size the device cannot use:
+    /// activation then fails rather than using a size the driver never laid out.
+    queue_size_ok: bool,
     budget: usize,
     metrics: Arc<PvirqMetrics>,
     /// Request and buffer lists of the chain being handled, reused for every chain.
@@ -88,6 +91,7 @@ impl PvirqDevice {
             interrupt,
             mem: None,
             needs_reset: false,
+            queue_size_ok: true,
             budget: DEFAULT_BUDGET,
             metrics: Arc::new(PvirqMetrics::default()),
             chain: ChainBuffers::default(),
@@ -144,6 +148,20 @@ impl PvirqDevice {
         }
     }
 
+    /// Sets the request queue's size as the driver wrote it (virtio-mmio QueueNum, which the
+    /// driver cannot read back). A power of two up to [`QUEUE_SIZE`] is used as written;
+    /// anything else (0, not a power of two, larger) is remembered as invalid, and
+    /// [`PvirqDevice::activate`] then fails (spec §2.3).
+    pub fn set_queue_size(&mut self, size: u32) {
+        let usable = u16::try_from(size)
+            .ok()
+            .filter(|s| s.is_power_of_two() && *s <= QUEUE_SIZE);
+        if let Some(size) = usable {
+            self.queue.set_size(size);
+        }
+        self.queue_size_ok = usable.is_some();
+    }
+
     /// The request queue, for the transport to configure before activation.
     pub fn queue_mut(&mut self) -> &mut Queue {
         &mut self.queue
@@ -184,10 +202,15 @@ impl PvirqDevice {
         self.needs_reset
     }
 
-    /// Activates the device (DRIVER_OK): VERSION_1 must be negotiated and the queue valid.
+    /// Activates the device (DRIVER_OK): VERSION_1 must be negotiated and the queue valid,
+    /// with a size the driver set through [`PvirqDevice::set_queue_size`] that the device
+    /// can use.
     pub fn activate(&mut self, mem: GuestMemoryMmap) -> Result<(), HostError> {
         if self.acked_features & feature::VERSION_1 == 0 {
             return Err(HostError::Activation("VERSION_1 not negotiated"));
+        }
+        if !self.queue_size_ok {
+            return Err(HostError::Activation("request queue size unusable"));
         }
         if !self.queue.is_valid(&mem) {
             return Err(HostError::Activation("request queue not valid"));
@@ -209,9 +232,13 @@ impl PvirqDevice {
         self.acked_features = 0;
         self.mem = None;
         self.needs_reset = false;
+        self.queue_size_ok = true;
     }
 
-    fn enter_needs_reset(&mut self) {
+    /// Sets DEVICE_NEEDS_RESET and raises the configuration-change interrupt (once until the
+    /// next reset). The device does it itself on a malformed ring; a transport does it when
+    /// the device cannot go live at DRIVER_OK.
+    pub fn enter_needs_reset(&mut self) {
         if !self.needs_reset {
             self.needs_reset = true;
             self.metrics.needs_reset.fetch_add(1, Ordering::Relaxed);

@@ -13,6 +13,8 @@ pub mod device;
 pub mod event_handler;
 pub mod metrics;
 pub mod mmio;
+#[cfg(test)]
+mod mmio_tests;
 pub mod request;
 #[cfg(test)]
 pub(crate) mod test_utils;

@@ -325,65 +325,6 @@ fn one_vms_flood_does_not_starve_another_on_the_same_thread() {
     assert_eq!(drv_a.used_idx(), 100);
 }
 
-/// Drives the MMIO registers as a guest driver would.
-struct Regs(MmioTransport);
-
-impl Regs {
-    fn r(&self, off: u32) -> u32 {
-        let mut b = [0u8; 4];
-        self.0.read(u64::from(off), &mut b);
-        u32::from_le_bytes(b)
-    }
-    fn w(&mut self, off: u32, v: u32) {
-        self.0.write(u64::from(off), &v.to_le_bytes());
-    }
-    fn set_status(&mut self, bits: u32) {
-        let s = self.r(VIRTIO_MMIO_STATUS);
-        self.w(VIRTIO_MMIO_STATUS, s | bits);
-    }
-}
-
-fn mmio(
-    mem: &vm_memory::GuestMemoryMmap,
-    host: &crate::Host,
-    mode: NotifyMode,
-) -> (Regs, Arc<MmioInterrupt>) {
-    let irq = Arc::new(MmioInterrupt::new());
-    let dev = PvirqDevice::new(vm(host, 0x100, 16), irq.clone()).unwrap();
-    let t = MmioTransport::new(Arc::new(Mutex::new(dev)), mem.clone(), irq.clone(), mode);
-    (Regs(t), irq)
-}
-
-fn bring_up(regs: &mut Regs, drv: &Driver<'_>, features: u64) -> bool {
-    regs.w(VIRTIO_MMIO_STATUS, 0);
-    regs.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE);
-    regs.set_status(VIRTIO_CONFIG_S_DRIVER);
-    regs.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
-    regs.w(VIRTIO_MMIO_DRIVER_FEATURES, features as u32);
-    regs.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-    regs.w(VIRTIO_MMIO_DRIVER_FEATURES, (features >> 32) as u32);
-    regs.set_status(VIRTIO_CONFIG_S_FEATURES_OK);
-    if regs.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
-        return false;
-    }
-    regs.w(VIRTIO_MMIO_QUEUE_SEL, 0);
-    assert_eq!(regs.r(VIRTIO_MMIO_QUEUE_NUM_MAX), 256);
-    regs.w(VIRTIO_MMIO_QUEUE_NUM, 16);
-    let addr = |a: vm_memory::GuestAddress| (a.0 as u32, (a.0 >> 32) as u32);
-    let (lo, hi) = addr(drv.q.desc_table_addr());
-    regs.w(VIRTIO_MMIO_QUEUE_DESC_LOW, lo);
-    regs.w(VIRTIO_MMIO_QUEUE_DESC_HIGH, hi);
-    let (lo, hi) = addr(drv.q.avail_addr());
-    regs.w(VIRTIO_MMIO_QUEUE_AVAIL_LOW, lo);
-    regs.w(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, hi);
-    let (lo, hi) = addr(drv.q.used_addr());
-    regs.w(VIRTIO_MMIO_QUEUE_USED_LOW, lo);
-    regs.w(VIRTIO_MMIO_QUEUE_USED_HIGH, hi);
-    regs.w(VIRTIO_MMIO_QUEUE_READY, 1);
-    regs.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
-    regs.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_DRIVER_OK != 0
-}
-
 #[test]
 fn mmio_identity_negotiation_and_inline_notify() {
     let host = host();
