@@ -220,6 +220,14 @@ impl PvirqDevice {
         Ok(())
     }
 
+    /// Stops using the request queue (QueueReady ← 0 while live): no chain is taken from it
+    /// and its memory is not read or written again until a device reset. Processing runs
+    /// under `&mut self`, so no chain is half-handled when this returns. The VM's grants
+    /// stay: they belong to the VM's assigned devices, not to the queue (spec §2.3).
+    pub fn stop_queue(&mut self) {
+        self.queue.set_ready(false);
+    }
+
     /// Device reset (status ← 0): frees every grant of the VM and forgets the queue and
     /// the negotiated features.
     pub fn reset(&mut self) {
@@ -253,7 +261,8 @@ impl PvirqDevice {
     /// Handles up to `budget` chains from the request queue, then signals the used ring
     /// once if anything was returned.
     pub fn process_queue(&mut self, budget: usize) -> Processed {
-        if self.needs_reset {
+        // A stopped queue's memory may already be the driver's again.
+        if self.needs_reset || !self.queue.ready() {
             return Processed::default();
         }
         // Borrowed out of `self` for the round (cloning it would copy its region list).

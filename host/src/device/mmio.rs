@@ -225,6 +225,9 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(v),
             VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(v),
             VIRTIO_MMIO_STATUS => self.set_status(v),
+            VIRTIO_MMIO_QUEUE_READY if self.queue_sel == 0 && self.live() => {
+                self.set_live_queue_ready(v)
+            }
             VIRTIO_MMIO_QUEUE_NUM
             | VIRTIO_MMIO_QUEUE_READY
             | VIRTIO_MMIO_QUEUE_DESC_LOW
@@ -252,6 +255,26 @@ impl MmioTransport {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// DRIVER_OK set (and FAILED not): the device is live.
+    fn live(&self) -> bool {
+        self.has(VIRTIO_CONFIG_S_DRIVER_OK) && !self.has(VIRTIO_CONFIG_S_FAILED)
+    }
+
+    /// QueueReady written while the device is live (spec §2.3). 0 stops the queue: the
+    /// device lock is taken, so any round of processing has finished (its chains returned)
+    /// before the write completes, and the ring is not touched again; the driver reads 0 at
+    /// once. 1 on a ready queue changes nothing. 1 on a stopped queue would need
+    /// VIRTIO_F_RING_RESET, which the device does not offer: the queue stays stopped and the
+    /// device asks for a reset.
+    fn set_live_queue_ready(&mut self, v: u32) {
+        let mut device = lock(&self.device);
+        if v == 0 {
+            device.stop_queue();
+        } else if !device.queue().ready() {
+            device.enter_needs_reset();
         }
     }
 

@@ -20,6 +20,8 @@ pub mod request;
 pub(crate) mod test_utils;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod virtio_drivers_shim;
 
 pub use device::{
     DEFAULT_BUDGET, InterruptType, Processed, PvirqDevice, QUEUE_SIZE, VirtioInterrupt,
