@@ -46,6 +46,7 @@ pub struct Processed {
 /// The device.
 pub struct PvirqDevice {
     vm: Vm,
+    device_type: u32,
     config: Config,
     avail_features: u64,
     acked_features: u64,
@@ -82,6 +83,7 @@ impl PvirqDevice {
             avail |= feature::IMS | feature::PASID;
         }
         Ok(PvirqDevice {
+            device_type: VIRTIO_ID_PVIRQ,
             config: vm.config().virtio_config(),
             vm,
             avail_features: avail,
@@ -108,9 +110,20 @@ impl PvirqDevice {
         self.budget
     }
 
-    /// The virtio device type.
+    /// The virtio device type: [`VIRTIO_ID_PVIRQ`] unless the VMM set another.
     pub fn device_type(&self) -> u32 {
-        VIRTIO_ID_PVIRQ
+        self.device_type
+    }
+
+    /// Presents the device under another virtio device ID (spec §2.1: the ID is
+    /// provisional; a platform may assign its own). 0 means "no device" to a virtio-mmio
+    /// driver and is refused. Kept across device resets.
+    pub fn set_device_type(&mut self, id: u32) -> Result<(), HostError> {
+        if id == 0 {
+            return Err(HostError::InvalidConfig("virtio device ID 0"));
+        }
+        self.device_type = id;
+        Ok(())
     }
 
     /// Features offered: VERSION_1, RETARGET, and the kinds some device has (PASID with IMS).

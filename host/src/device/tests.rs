@@ -62,7 +62,9 @@ fn config_space_and_offered_features() {
     dev.read_config(14, &mut tail);
     assert_eq!(tail, [0, 0, 0, 0]);
     assert_eq!(dev.avail_features(), feature::ALL);
-    assert_eq!(dev.device_type(), 63);
+    // Provisional, outside virtio's list and crosvm's IDs counting down from 63 (spec §2.1).
+    assert_eq!(dev.device_type(), 56);
+    assert_eq!(dev.device_type(), pvirq_proto::VIRTIO_ID_PVIRQ);
 }
 
 #[test]
@@ -333,7 +335,7 @@ fn mmio_identity_negotiation_and_inline_notify() {
     let (mut regs, irq) = mmio(&mem, &host, NotifyMode::Inline);
     assert_eq!(regs.r(VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
     assert_eq!(regs.r(VIRTIO_MMIO_VERSION), 2);
-    assert_eq!(regs.r(VIRTIO_MMIO_DEVICE_ID), 63);
+    assert_eq!(regs.r(VIRTIO_MMIO_DEVICE_ID), 56);
     regs.w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
     assert_eq!(regs.r(VIRTIO_MMIO_DEVICE_FEATURES), 1);
     regs.w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
@@ -559,4 +561,61 @@ fn the_crate_root_re_exports_the_protocol_types_of_its_public_api() {
     let _: fn(&crate::LayerError) -> Resource = crate::LayerError::resource;
     let _: Option<(crate::GrantMode, crate::MessageFormat)> = None;
     let _: fn(&crate::Vm, &crate::Request<'_>) -> Vec<u8> = crate::Vm::call;
+}
+
+/// The device ID is provisional, so a VMM can present another one (spec §2.1); 0 means "no
+/// device" on virtio-mmio and is refused.
+#[test]
+fn the_vmm_can_override_the_device_id() {
+    let host = host();
+    let mem = guest_memory();
+    let irq = Arc::new(MmioInterrupt::new());
+    let mut dev = PvirqDevice::new(vm(&host, 0x100, 16), irq.clone()).unwrap();
+    assert!(matches!(
+        dev.set_device_type(0),
+        Err(crate::HostError::InvalidConfig(_))
+    ));
+    assert_eq!(dev.device_type(), 56);
+    dev.set_device_type(0x7001).unwrap();
+    let t = MmioTransport::new(Arc::new(Mutex::new(dev)), mem, irq, NotifyMode::Inline);
+    let mut id = [0u8; 4];
+    t.read(u64::from(VIRTIO_MMIO_DEVICE_ID), &mut id);
+    assert_eq!(u32::from_le_bytes(id), 0x7001);
+    // A device reset does not forget it: the ID is the VMM's, not the driver's.
+    let mut t = t;
+    t.write(u64::from(VIRTIO_MMIO_STATUS), &0u32.to_le_bytes());
+    t.read(u64::from(VIRTIO_MMIO_DEVICE_ID), &mut id);
+    assert_eq!(u32::from_le_bytes(id), 0x7001);
+}
+
+/// Spec §2.2: a kind's bit is offered only when some assigned device has that kind.
+#[test]
+fn offered_features_follow_the_assigned_devices() {
+    let host = host();
+    let only = |msi_max, msix_table_size, ims_slots, base| {
+        let vm = host
+            .create_vm(
+                crate::VmConfig {
+                    quota: 8,
+                    num_vcpus: 1,
+                    max_batch: 8,
+                    devices: vec![crate::DeviceSpec {
+                        requester_id: base,
+                        unit: 0,
+                        msi_max,
+                        msix_table_size,
+                        ims_slots,
+                    }],
+                },
+                Box::new(crate::layers::MemoryRoutes::kvm_like()),
+            )
+            .unwrap();
+        PvirqDevice::new(vm, Arc::new(MmioInterrupt::new()))
+            .unwrap()
+            .avail_features()
+    };
+    let base = feature::VERSION_1 | feature::RETARGET;
+    assert_eq!(only(0, 16, 0, 0x300), base | feature::MSIX);
+    assert_eq!(only(4, 0, 0, 0x301), base | feature::MSI);
+    assert_eq!(only(0, 0, 8, 0x302), base | feature::IMS | feature::PASID);
 }
