@@ -83,7 +83,10 @@ pub mod vm;
 pub use backend::{GuestDest, InterruptBackend};
 pub use device::{MmioInterrupt, MmioTransport, NotifyMode, PvirqDevice, VirtioInterrupt};
 pub use error::{HostError, ReplyError};
-/// The wire types a VMM meets in this crate's API, so it need not depend on `pvirq-proto`.
-pub use pvirq_proto::{GrantMode, Kind, MessageFormat, MsiMessage};
+// The protocol types that appear in this crate's public signatures, so that a VMM needs no
+// direct dependency on pvirq-proto.
+pub use pvirq_proto::{
+    Config, GrantMode, Kind, MessageFormat, MsiMessage, Opcode, Request, Resource, Status,
+};
 pub use transaction::{BufferSink, Handled, ReplySink};
 pub use vm::{ApicIds, DeviceSpec, Vm, VmConfig, VmOccupancy};

@@ -5,10 +5,13 @@ use bytemuck::{Pod, Zeroable};
 
 /// Provisional virtio device type ID of pvirq (spec §2.1).
 ///
-/// It is outside the IDs virtio has assigned (1–45 at the time of writing) and is the
-/// highest ID a modern virtio-pci function can carry (PCI device ID 0x1040 + 63 = 0x107f).
-/// A VMM may override it; a driver matches on whatever ID its platform assigns.
-pub const VIRTIO_ID_PVIRQ: u32 = 63;
+/// No shipping VMM uses it: virtio assigns IDs counting up (to 47 in the virtio-spec tree
+/// at the time of writing, 48 pending) and crosvm gives its own nonstandard devices IDs
+/// counting down from 63 (63, 62, 61 taken, 60 used out of tree), so 56 sits in the middle
+/// of the gap. It is below 64, so a modern virtio-pci function can carry it (PCI device ID
+/// 0x1040 + 56 = 0x1078). A VMM may override it (`PvirqDevice::set_device_type` in
+/// `pvirq-host`); a driver matches on whatever ID its platform assigns.
+pub const VIRTIO_ID_PVIRQ: u32 = 56;
 
 /// The protocol version this crate speaks, as found in [`Config::version`].
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -137,7 +137,9 @@ pub struct QueryBody {
     pub available: Le32,
 }
 
+// The only unsafe code of the crate: vm-memory's `ByteValued` is an unsafe trait.
 #[cfg(feature = "vm-memory")]
+#[allow(unsafe_code)]
 mod byte_valued {
     use super::*;
     // SAFETY: each type is `repr(C)` of byte arrays and `u8`s (the `Pod` derive checks that

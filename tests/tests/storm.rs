@@ -288,7 +288,7 @@ fn storm(host: &ModelHost, index: usize, vms: &mpsc::Sender<Vm>, start: &Barrier
     let total_vectors = u32::from(VECTORS);
     start.wait();
     for op in 0..OPS {
-        if index % 4 == 0 && (op == OPS / 3 || op == 2 * OPS / 3) {
+        if index.is_multiple_of(4) && (op == OPS / 3 || op == 2 * OPS / 3) {
             s.virtio_reset(host, vms);
         }
         match s.rng.below(20) {
@@ -308,7 +308,7 @@ fn storm(host: &ModelHost, index: usize, vms: &mpsc::Sender<Vm>, start: &Barrier
     // Half the VMs give everything back through the protocol, half by virtio reset.
     let vm = s.ch.vm().clone();
     let shortages = s.shortages;
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         while let Some(run) = s.held_run() {
             s.ch.driver().free(0, run).expect("final FREE");
             for i in run.indices() {

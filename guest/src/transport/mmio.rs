@@ -90,7 +90,7 @@ impl VolatileMmio {
 
     fn ptr<T>(&self, offset: usize) -> Option<*mut T> {
         let size = size_of::<T>();
-        if offset % size != 0 || offset.checked_add(size)? > self.len {
+        if !offset.is_multiple_of(size) || offset.checked_add(size)? > self.len {
             return None;
         }
         // SAFETY: `offset + size <= len`, so the pointer stays inside the mapped window.

@@ -35,7 +35,7 @@ pub mod interrupt {
 ///
 /// Methods mirror the virtio 1.x basic facilities; a transport does no protocol logic.
 pub trait Transport {
-    /// The virtio device ID (63 for pvirq unless the platform assigns another).
+    /// The virtio device ID ([`pvirq_proto::VIRTIO_ID_PVIRQ`] unless the platform assigns another).
     fn device_id(&self) -> u32;
     /// All 64 feature bits the device offers.
     fn device_features(&mut self) -> u64;

@@ -2,7 +2,7 @@
 //! queue.
 
 use super::metrics::PvirqMetrics;
-use super::request::{ChainBuffers, ChainSink, parse_chain};
+use super::request::{ChainBuffers, ChainSink, DescriptorTable, parse_chain};
 use crate::error::HostError;
 use crate::vm::{Vm, VmOccupancy};
 use pvirq_proto::{Config, Kind, VIRTIO_ID_PVIRQ, feature};
@@ -10,7 +10,7 @@ use std::num::Wrapping;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// Size of the request queue (its `QueueNumMax`).
@@ -46,6 +46,7 @@ pub struct Processed {
 /// The device.
 pub struct PvirqDevice {
     vm: Vm,
+    device_type: u32,
     config: Config,
     avail_features: u64,
     acked_features: u64,
@@ -54,6 +55,9 @@ pub struct PvirqDevice {
     interrupt: Arc<dyn VirtioInterrupt>,
     mem: Option<GuestMemoryMmap>,
     needs_reset: bool,
+    /// False while the last QueueNum the driver wrote is a size the device cannot use:
+    /// activation then fails rather than using a size the driver never laid out.
+    queue_size_ok: bool,
     budget: usize,
     metrics: Arc<PvirqMetrics>,
     /// Request and buffer lists of the chain being handled, reused for every chain.
@@ -78,6 +82,7 @@ impl PvirqDevice {
             avail |= feature::IMS | feature::PASID;
         }
         Ok(PvirqDevice {
+            device_type: VIRTIO_ID_PVIRQ,
             config: vm.config().virtio_config(),
             vm,
             avail_features: avail,
@@ -87,6 +92,7 @@ impl PvirqDevice {
             interrupt,
             mem: None,
             needs_reset: false,
+            queue_size_ok: true,
             budget: DEFAULT_BUDGET,
             metrics: Arc::new(PvirqMetrics::default()),
             chain: ChainBuffers::default(),
@@ -103,9 +109,20 @@ impl PvirqDevice {
         self.budget
     }
 
-    /// The virtio device type.
+    /// The virtio device type: [`VIRTIO_ID_PVIRQ`] unless the VMM set another.
     pub fn device_type(&self) -> u32 {
-        VIRTIO_ID_PVIRQ
+        self.device_type
+    }
+
+    /// Presents the device under another virtio device ID (spec §2.1: the ID is
+    /// provisional; a platform may assign its own). 0 means "no device" to a virtio-mmio
+    /// driver and is refused. Kept across device resets.
+    pub fn set_device_type(&mut self, id: u32) -> Result<(), HostError> {
+        if id == 0 {
+            return Err(HostError::InvalidConfig("virtio device ID 0"));
+        }
+        self.device_type = id;
+        Ok(())
     }
 
     /// Features offered: VERSION_1, RETARGET, and the kinds some device has (PASID with IMS).
@@ -141,6 +158,20 @@ impl PvirqDevice {
             let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
             *b = at.and_then(|o| bytes.get(o).copied()).unwrap_or(0);
         }
+    }
+
+    /// Sets the request queue's size as the driver wrote it (virtio-mmio QueueNum, which the
+    /// driver cannot read back). A power of two up to [`QUEUE_SIZE`] is used as written;
+    /// anything else (0, not a power of two, larger) is remembered as invalid, and
+    /// [`PvirqDevice::activate`] then fails (spec §2.3).
+    pub fn set_queue_size(&mut self, size: u32) {
+        let usable = u16::try_from(size)
+            .ok()
+            .filter(|s| s.is_power_of_two() && *s <= QUEUE_SIZE);
+        if let Some(size) = usable {
+            self.queue.set_size(size);
+        }
+        self.queue_size_ok = usable.is_some();
     }
 
     /// The request queue, for the transport to configure before activation.
@@ -183,10 +214,15 @@ impl PvirqDevice {
         self.needs_reset
     }
 
-    /// Activates the device (DRIVER_OK): VERSION_1 must be negotiated and the queue valid.
+    /// Activates the device (DRIVER_OK): VERSION_1 must be negotiated and the queue valid,
+    /// with a size the driver set through [`PvirqDevice::set_queue_size`] that the device
+    /// can use.
     pub fn activate(&mut self, mem: GuestMemoryMmap) -> Result<(), HostError> {
         if self.acked_features & feature::VERSION_1 == 0 {
             return Err(HostError::Activation("VERSION_1 not negotiated"));
+        }
+        if !self.queue_size_ok {
+            return Err(HostError::Activation("request queue size unusable"));
         }
         if !self.queue.is_valid(&mem) {
             return Err(HostError::Activation("request queue not valid"));
@@ -194,6 +230,14 @@ impl PvirqDevice {
         self.vm.set_features(self.acked_features);
         self.mem = Some(mem);
         Ok(())
+    }
+
+    /// Stops using the request queue (QueueReady ← 0 while live): no chain is taken from it
+    /// and its memory is not read or written again until a device reset. Processing runs
+    /// under `&mut self`, so no chain is half-handled when this returns. The VM's grants
+    /// stay: they belong to the VM's assigned devices, not to the queue (spec §2.3).
+    pub fn stop_queue(&mut self) {
+        self.queue.set_ready(false);
     }
 
     /// Device reset (status ← 0): frees every grant of the VM and forgets the queue and
@@ -205,9 +249,13 @@ impl PvirqDevice {
         self.acked_features = 0;
         self.mem = None;
         self.needs_reset = false;
+        self.queue_size_ok = true;
     }
 
-    fn enter_needs_reset(&mut self) {
+    /// Sets DEVICE_NEEDS_RESET and raises the configuration-change interrupt (once until the
+    /// next reset). The device does it itself on a malformed ring; a transport does it when
+    /// the device cannot go live at DRIVER_OK.
+    pub fn enter_needs_reset(&mut self) {
         if !self.needs_reset {
             self.needs_reset = true;
             self.metrics.needs_reset.fetch_add(1, Ordering::Relaxed);
@@ -222,7 +270,8 @@ impl PvirqDevice {
     /// Handles up to `budget` chains from the request queue, then signals the used ring
     /// once if anything was returned.
     pub fn process_queue(&mut self, budget: usize) -> Processed {
-        if self.needs_reset {
+        // A stopped queue's memory may already be the driver's again.
+        if self.needs_reset || !self.queue.ready() {
             return Processed::default();
         }
         // Borrowed out of `self` for the round (cloning it would copy its region list).
@@ -248,16 +297,24 @@ impl PvirqDevice {
             // A fresh iterator per chain: `iter` checks the avail index (a driver claiming
             // more chains than the queue holds is a corrupt ring), and `add_used` needs the
             // queue back.
-            let chain = match self.queue.iter(mem) {
-                Ok(mut chains) => chains.next(),
+            let head = match self.queue.iter(mem) {
+                Ok(mut chains) => chains.next().map(|chain| chain.head_index()),
                 Err(_) => {
                     self.enter_needs_reset();
                     break;
                 }
             };
-            let Some(chain) = chain else { break };
-            let head = chain.head_index();
-            if parse_chain(mem, chain, &mut self.chain).is_err() {
+            let Some(head) = head else { break };
+            let table = DescriptorTable {
+                addr: GuestAddress(self.queue.desc_table()),
+                size: self.queue.size(),
+            };
+            let mut visited = 0;
+            let parsed = parse_chain(mem, table, head, &mut self.chain, &mut visited);
+            self.metrics
+                .descriptors
+                .fetch_add(visited, Ordering::Relaxed);
+            if parsed.is_err() {
                 self.enter_needs_reset();
                 break;
             }
@@ -281,9 +338,12 @@ impl PvirqDevice {
         done
     }
 
-    /// Handles every pending chain (the inline path: the caller is the VM's own vCPU).
+    /// Handles every pending chain (the inline path: the caller is the VM's own vCPU), up
+    /// to one queue's worth: no more can be pending at once in a valid ring, and the cap
+    /// keeps the work bounded (spec §8) when another vCPU adds chains meanwhile, whose own
+    /// notification then handles them.
     pub fn process_all(&mut self) -> Processed {
-        self.process_queue(usize::MAX)
+        self.process_queue(usize::from(self.queue.size()))
     }
 
     fn has_pending(&self, mem: &GuestMemoryMmap) -> bool {

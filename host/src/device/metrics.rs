@@ -20,6 +20,9 @@ pub struct PvirqMetrics {
     pub budget_yields: AtomicU64,
     /// Times the device entered NEEDS_RESET (corrupt ring).
     pub needs_reset: AtomicU64,
+    /// Descriptors read from the descriptor table. The work of one notification is bounded
+    /// by budget × queue size of them (spec §8).
+    pub descriptors: AtomicU64,
     /// Used-buffer or config interrupts that failed to be raised.
     pub interrupt_errors: AtomicU64,
     /// Queue-eventfd read/write failures.
@@ -41,6 +44,8 @@ pub struct MetricsSnapshot {
     pub budget_yields: u64,
     /// See [`PvirqMetrics::needs_reset`].
     pub needs_reset: u64,
+    /// See [`PvirqMetrics::descriptors`].
+    pub descriptors: u64,
 }
 
 impl PvirqMetrics {
@@ -94,6 +99,7 @@ impl PvirqMetrics {
             notifications: load(&self.notifications),
             budget_yields: load(&self.budget_yields),
             needs_reset: load(&self.needs_reset),
+            descriptors: load(&self.descriptors),
         }
     }
 }

@@ -10,8 +10,8 @@ use crate::sync::lock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_config::{
-    VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED,
-    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
 };
 use virtio_bindings::virtio_mmio::*;
 use virtio_queue::QueueT;
@@ -24,6 +24,13 @@ pub const MMIO_MAGIC: u32 = 0x7472_6976;
 pub const MMIO_VERSION: u32 = 2;
 /// Vendor ID reported (none in particular).
 pub const MMIO_VENDOR_ID: u32 = 0;
+
+/// The status bits a driver sets (virtio 1.2 §2.1); the rest are reserved or the device's.
+const DRIVER_STATUS_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
+    | VIRTIO_CONFIG_S_DRIVER
+    | VIRTIO_CONFIG_S_FEATURES_OK
+    | VIRTIO_CONFIG_S_DRIVER_OK
+    | VIRTIO_CONFIG_S_FAILED;
 
 /// How a QueueNotify write is handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,6 +225,9 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(v),
             VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(v),
             VIRTIO_MMIO_STATUS => self.set_status(v),
+            VIRTIO_MMIO_QUEUE_READY if self.queue_sel == 0 && self.live() => {
+                self.set_live_queue_ready(v)
+            }
             VIRTIO_MMIO_QUEUE_NUM
             | VIRTIO_MMIO_QUEUE_READY
             | VIRTIO_MMIO_QUEUE_DESC_LOW
@@ -229,9 +239,12 @@ impl MmioTransport {
                 if self.queue_writable() =>
             {
                 let mut device = lock(&self.device);
+                if offset == VIRTIO_MMIO_QUEUE_NUM {
+                    device.set_queue_size(v);
+                    return;
+                }
                 let q = device.queue_mut();
                 match offset {
-                    VIRTIO_MMIO_QUEUE_NUM => q.set_size(u16::try_from(v).unwrap_or(0)),
                     VIRTIO_MMIO_QUEUE_READY => q.set_ready(v == 1),
                     VIRTIO_MMIO_QUEUE_DESC_LOW => q.set_desc_table_address(Some(v), None),
                     VIRTIO_MMIO_QUEUE_DESC_HIGH => q.set_desc_table_address(None, Some(v)),
@@ -242,6 +255,26 @@ impl MmioTransport {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// DRIVER_OK set (and FAILED not): the device is live.
+    fn live(&self) -> bool {
+        self.has(VIRTIO_CONFIG_S_DRIVER_OK) && !self.has(VIRTIO_CONFIG_S_FAILED)
+    }
+
+    /// QueueReady written while the device is live (spec §2.3). 0 stops the queue: the
+    /// device lock is taken, so any round of processing has finished (its chains returned)
+    /// before the write completes, and the ring is not touched again; the driver reads 0 at
+    /// once. 1 on a ready queue changes nothing. 1 on a stopped queue would need
+    /// VIRTIO_F_RING_RESET, which the device does not offer: the queue stays stopped and the
+    /// device asks for a reset.
+    fn set_live_queue_ready(&mut self, v: u32) {
+        let mut device = lock(&self.device);
+        if v == 0 {
+            device.stop_queue();
+        } else if !device.queue().ready() {
+            device.enter_needs_reset();
         }
     }
 
@@ -277,11 +310,13 @@ impl MmioTransport {
             self.interrupt.ack(u32::MAX);
             return;
         }
-        // The driver only adds bits (virtio 3.1.1); anything else is ignored.
+        // Only the driver's bits are kept: reserved bits and DEVICE_NEEDS_RESET (the device's
+        // own, reported by `status`) read back clear.
+        let mut v = v & DRIVER_STATUS_BITS;
+        // The driver only adds bits (virtio 2.1.1); anything else is ignored.
         if v & self.status != self.status {
             return;
         }
-        let mut v = v & !VIRTIO_CONFIG_S_NEEDS_RESET;
         let added = v & !self.status;
         let mut device = lock(&self.device);
         if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
@@ -300,8 +335,11 @@ impl MmioTransport {
             let activated =
                 v & VIRTIO_CONFIG_S_FEATURES_OK != 0 && device.activate(self.mem.clone()).is_ok();
             if !activated {
-                v &= !VIRTIO_CONFIG_S_DRIVER_OK;
-                v |= VIRTIO_CONFIG_S_FAILED;
+                // The device cannot go live (no valid queue, or a size it cannot use): it
+                // says so with its own error bit and a configuration-change interrupt, as
+                // virtio 2.1.2 asks, and ignores notifications until reset. FAILED is the
+                // driver's bit and is left to it.
+                device.enter_needs_reset();
             }
         }
         self.status = v;

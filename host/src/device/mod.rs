@@ -6,16 +6,22 @@
 //! - [`metrics`]: counters for the VMM.
 
 // `device/device.rs` is Firecracker's layout, kept on purpose.
+#[cfg(test)]
+mod chain_tests;
 #[allow(clippy::module_inception)]
 pub mod device;
 pub mod event_handler;
 pub mod metrics;
 pub mod mmio;
+#[cfg(test)]
+mod mmio_tests;
 pub mod request;
 #[cfg(test)]
 pub(crate) mod test_utils;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod virtio_drivers_shim;
 
 pub use device::{
     DEFAULT_BUDGET, InterruptType, Processed, PvirqDevice, QUEUE_SIZE, VirtioInterrupt,

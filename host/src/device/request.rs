@@ -2,23 +2,48 @@
 //!
 //! A chain is readable descriptors (the request) followed by writable ones (the reply).
 //! Problems with one chain are the guest's request problem and get a status; a chain
-//! that cannot even be walked (a loop, a `next` beyond the table) means the ring itself is
-//! corrupt, and the device needs a reset.
+//! that cannot even be walked (a loop, a `next` beyond the table, an indirect descriptor, more
+//! than 2^32 bytes) means the ring itself is malformed, and the device needs a reset.
 
 use crate::error::ReplyError;
 use crate::transaction::ReplySink;
 use pvirq_proto::{HEADER_LEN, MAX_BATCH_LIMIT};
-use std::ops::Deref;
-use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend};
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend};
+
+/// Bytes of one split-ring descriptor.
+const DESCRIPTOR_SIZE: u64 = 16;
 
 /// Longest valid request: header, body, `MAX_BATCH_LIMIT` targets. Anything longer is
 /// read only to this length plus one byte, which decoding then rejects as a bad length.
 pub const MAX_REQUEST_LEN: usize = HEADER_LEN + 16 + MAX_BATCH_LIMIT as usize * 8;
 
-/// A chain that cannot be walked: the ring is corrupt.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct CorruptChain;
+/// Why a chain cannot be walked: the ring itself is malformed, and the device needs a reset
+/// (spec §8, [DEV-15]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MalformedChain {
+    /// A `next` (or the head) names no entry of the descriptor table.
+    OutsideTable,
+    /// More descriptors than the queue holds: a loop.
+    TooManyDescriptors,
+    /// `VIRTQ_DESC_F_INDIRECT`, which the device never offers (`VIRTIO_F_INDIRECT_DESC`).
+    Indirect,
+    /// The descriptor table entry lies outside guest memory.
+    Unreadable,
+    /// The lengths add up to more than 2^32 bytes, which virtio forbids.
+    TooLong,
+}
+
+/// Where the descriptor table of a split queue lies, and how many entries it has.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DescriptorTable {
+    pub(crate) addr: GuestAddress,
+    pub(crate) size: u16,
+}
+
+/// Virtio's limit on a chain's total length (virtio 1.2 §2.7.5.2: a driver MUST NOT add a
+/// chain longer than 2^32 bytes).
+const MAX_CHAIN_BYTES: u64 = 1 << 32;
 
 /// One chain, parsed, in buffers the device keeps from one chain to the next so that
 /// handling a request allocates nothing here.
@@ -33,36 +58,57 @@ pub(crate) struct ChainBuffers {
     pub(crate) writable: Vec<(GuestAddress, u32)>,
 }
 
-/// Walks `chain`, reads its request into `out.request`, and collects its writable buffers
-/// into `out.writable` (both replace what `out` held).
-pub(crate) fn parse_chain<M, T>(
+/// Walks the chain headed at `head` in `table`, reads its request into `out.request`, and
+/// collects its writable buffers into `out.writable` (both replace what `out` held).
+/// `visited` counts the descriptors read, so that at most `table.size` are read per chain.
+///
+/// The walk is ours rather than virtio-queue's `DescriptorChain`, which follows indirect
+/// tables of up to 65,535 entries without saying so and stops silently at 2^32 - 1 bytes.
+pub(crate) fn parse_chain<M: GuestMemory>(
     mem: &M,
-    chain: DescriptorChain<T>,
+    table: DescriptorTable,
+    head: u16,
     out: &mut ChainBuffers,
-) -> Result<(), CorruptChain>
-where
-    M: GuestMemory,
-    T: Deref,
-    T::Target: GuestMemory,
-{
+    visited: &mut u64,
+) -> Result<(), MalformedChain> {
     out.request.clear();
     out.readable.clear();
     out.writable.clear();
     let mut misordered = false;
-    let mut last_has_next = true; // an empty walk is a corrupt head
-    for desc in chain {
-        last_has_next = desc.has_next();
+    let mut total: u64 = 0;
+    let mut index = head;
+    let mut ended = false;
+    for _ in 0..table.size {
+        if index >= table.size {
+            return Err(MalformedChain::OutsideTable);
+        }
+        let at = table
+            .addr
+            .checked_add(u64::from(index) * DESCRIPTOR_SIZE)
+            .ok_or(MalformedChain::Unreadable)?;
+        let desc: Descriptor = mem.read_obj(at).map_err(|_| MalformedChain::Unreadable)?;
+        *visited += 1;
+        if desc.refers_to_indirect_table() {
+            return Err(MalformedChain::Indirect);
+        }
+        total += u64::from(desc.len());
+        if total > MAX_CHAIN_BYTES {
+            return Err(MalformedChain::TooLong);
+        }
         if desc.is_write_only() {
             out.writable.push((desc.addr(), desc.len()));
         } else {
             misordered |= !out.writable.is_empty();
             out.readable.push((desc.addr(), desc.len()));
         }
+        if !desc.has_next() {
+            ended = true;
+            break;
+        }
+        index = desc.next();
     }
-    // The walk stops early, still pointing on, when the chain loops or is longer than the
-    // queue, when `next` is out of the table, or when a descriptor cannot be read.
-    if last_has_next {
-        return Err(CorruptChain);
+    if !ended {
+        return Err(MalformedChain::TooManyDescriptors);
     }
     if !misordered && read_request(mem, &out.readable, &mut out.request).is_none() {
         out.request.clear();

@@ -2,12 +2,14 @@
 //! `MockSplitQueue`, and reads back used entries and replies.
 
 use super::device::PvirqDevice;
-use super::mmio::MmioInterrupt;
+use super::mmio::{MmioInterrupt, MmioTransport, NotifyMode};
 use crate::model::{ModelConfig, ModelHost};
 use crate::routes::MemoryRoutes;
 use crate::vm::{DeviceSpec, Vm, VmConfig};
 use pvirq_proto::{Request, feature};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use virtio_bindings::virtio_config::*;
+use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{RawDescriptor, split::Descriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -196,4 +198,94 @@ impl<'a> Driver<'a> {
             .write_obj(idx, GuestAddress(self.q.avail_addr().0 + 2))
             .unwrap();
     }
+
+    /// Writes raw descriptors at table index `first..` without making anything available.
+    pub(crate) fn write_descs(&self, first: u16, descs: &[RawDescriptor]) {
+        for (i, d) in descs.iter().enumerate() {
+            self.q.desc_table().store(first + i as u16, *d).unwrap();
+        }
+    }
+
+    /// Makes the chain headed at `head` available once more (a head may be published any
+    /// number of times: a driver bug the device cannot tell from a fresh chain).
+    pub(crate) fn publish(&self, head: u16) {
+        let avail = self.q.avail_addr().0;
+        let idx: u16 = self.mem.read_obj(GuestAddress(avail + 2)).unwrap();
+        let size = (self.q.desc_table().total_size() / 16) as u16;
+        let at = avail + 4 + u64::from(idx % size) * 2;
+        self.mem.write_obj(head, GuestAddress(at)).unwrap();
+        self.set_avail_idx(idx.wrapping_add(1));
+    }
+}
+
+/// Drives the MMIO registers as a guest driver would.
+pub(crate) struct Regs(pub(crate) MmioTransport);
+
+impl Regs {
+    pub(crate) fn r(&self, off: u32) -> u32 {
+        let mut b = [0u8; 4];
+        self.0.read(u64::from(off), &mut b);
+        u32::from_le_bytes(b)
+    }
+    pub(crate) fn w(&mut self, off: u32, v: u32) {
+        self.0.write(u64::from(off), &v.to_le_bytes());
+    }
+    pub(crate) fn set_status(&mut self, bits: u32) {
+        let s = self.r(VIRTIO_MMIO_STATUS);
+        self.w(VIRTIO_MMIO_STATUS, s | bits);
+    }
+}
+
+pub(crate) fn mmio(
+    mem: &GuestMemoryMmap,
+    host: &ModelHost,
+    mode: NotifyMode,
+) -> (Regs, Arc<MmioInterrupt>) {
+    let irq = Arc::new(MmioInterrupt::new());
+    let dev = PvirqDevice::new(vm(host, 0x100, 16), irq.clone()).unwrap();
+    let t = MmioTransport::new(Arc::new(Mutex::new(dev)), mem.clone(), irq.clone(), mode);
+    (Regs(t), irq)
+}
+
+/// Brings the device up as a virtio 1.x driver does, with a queue of 16: true if DRIVER_OK
+/// reads back set and NEEDS_RESET clear.
+pub(crate) fn bring_up(regs: &mut Regs, drv: &Driver<'_>, features: u64) -> bool {
+    bring_up_with(regs, drv, features, 16)
+}
+
+/// [`bring_up`] writing `queue_num` to QueueNum.
+pub(crate) fn bring_up_with(
+    regs: &mut Regs,
+    drv: &Driver<'_>,
+    features: u64,
+    queue_num: u32,
+) -> bool {
+    regs.w(VIRTIO_MMIO_STATUS, 0);
+    regs.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE);
+    regs.set_status(VIRTIO_CONFIG_S_DRIVER);
+    regs.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+    regs.w(VIRTIO_MMIO_DRIVER_FEATURES, features as u32);
+    regs.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+    regs.w(VIRTIO_MMIO_DRIVER_FEATURES, (features >> 32) as u32);
+    regs.set_status(VIRTIO_CONFIG_S_FEATURES_OK);
+    if regs.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
+        return false;
+    }
+    regs.w(VIRTIO_MMIO_QUEUE_SEL, 0);
+    assert_eq!(regs.r(VIRTIO_MMIO_QUEUE_NUM_MAX), 256);
+    regs.w(VIRTIO_MMIO_QUEUE_NUM, queue_num);
+    let addr = |a: GuestAddress| (a.0 as u32, (a.0 >> 32) as u32);
+    let (lo, hi) = addr(drv.q.desc_table_addr());
+    regs.w(VIRTIO_MMIO_QUEUE_DESC_LOW, lo);
+    regs.w(VIRTIO_MMIO_QUEUE_DESC_HIGH, hi);
+    let (lo, hi) = addr(drv.q.avail_addr());
+    regs.w(VIRTIO_MMIO_QUEUE_AVAIL_LOW, lo);
+    regs.w(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, hi);
+    let (lo, hi) = addr(drv.q.used_addr());
+    regs.w(VIRTIO_MMIO_QUEUE_USED_LOW, lo);
+    regs.w(VIRTIO_MMIO_QUEUE_USED_HIGH, hi);
+    regs.w(VIRTIO_MMIO_QUEUE_READY, 1);
+    regs.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
+    let status = regs.r(VIRTIO_MMIO_STATUS);
+    status & VIRTIO_CONFIG_S_DRIVER_OK != 0 && status & VIRTIO_CONFIG_S_NEEDS_RESET == 0
 }

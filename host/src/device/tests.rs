@@ -61,7 +61,9 @@ fn config_space_and_offered_features() {
     dev.read_config(14, &mut tail);
     assert_eq!(tail, [0, 0, 0, 0]);
     assert_eq!(dev.avail_features(), feature::ALL);
-    assert_eq!(dev.device_type(), 63);
+    // Provisional, outside virtio's list and crosvm's IDs counting down from 63 (spec §2.1).
+    assert_eq!(dev.device_type(), 56);
+    assert_eq!(dev.device_type(), pvirq_proto::VIRTIO_ID_PVIRQ);
 }
 
 #[test]
@@ -325,65 +327,6 @@ fn one_vms_flood_does_not_starve_another_on_the_same_thread() {
     assert_eq!(drv_a.used_idx(), 100);
 }
 
-/// Drives the MMIO registers as a guest driver would.
-struct Regs(MmioTransport);
-
-impl Regs {
-    fn r(&self, off: u32) -> u32 {
-        let mut b = [0u8; 4];
-        self.0.read(u64::from(off), &mut b);
-        u32::from_le_bytes(b)
-    }
-    fn w(&mut self, off: u32, v: u32) {
-        self.0.write(u64::from(off), &v.to_le_bytes());
-    }
-    fn set_status(&mut self, bits: u32) {
-        let s = self.r(VIRTIO_MMIO_STATUS);
-        self.w(VIRTIO_MMIO_STATUS, s | bits);
-    }
-}
-
-fn mmio(
-    mem: &vm_memory::GuestMemoryMmap,
-    host: &crate::model::ModelHost,
-    mode: NotifyMode,
-) -> (Regs, Arc<MmioInterrupt>) {
-    let irq = Arc::new(MmioInterrupt::new());
-    let dev = PvirqDevice::new(vm(host, 0x100, 16), irq.clone()).unwrap();
-    let t = MmioTransport::new(Arc::new(Mutex::new(dev)), mem.clone(), irq.clone(), mode);
-    (Regs(t), irq)
-}
-
-fn bring_up(regs: &mut Regs, drv: &Driver<'_>, features: u64) -> bool {
-    regs.w(VIRTIO_MMIO_STATUS, 0);
-    regs.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE);
-    regs.set_status(VIRTIO_CONFIG_S_DRIVER);
-    regs.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
-    regs.w(VIRTIO_MMIO_DRIVER_FEATURES, features as u32);
-    regs.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-    regs.w(VIRTIO_MMIO_DRIVER_FEATURES, (features >> 32) as u32);
-    regs.set_status(VIRTIO_CONFIG_S_FEATURES_OK);
-    if regs.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
-        return false;
-    }
-    regs.w(VIRTIO_MMIO_QUEUE_SEL, 0);
-    assert_eq!(regs.r(VIRTIO_MMIO_QUEUE_NUM_MAX), 256);
-    regs.w(VIRTIO_MMIO_QUEUE_NUM, 16);
-    let addr = |a: vm_memory::GuestAddress| (a.0 as u32, (a.0 >> 32) as u32);
-    let (lo, hi) = addr(drv.q.desc_table_addr());
-    regs.w(VIRTIO_MMIO_QUEUE_DESC_LOW, lo);
-    regs.w(VIRTIO_MMIO_QUEUE_DESC_HIGH, hi);
-    let (lo, hi) = addr(drv.q.avail_addr());
-    regs.w(VIRTIO_MMIO_QUEUE_AVAIL_LOW, lo);
-    regs.w(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, hi);
-    let (lo, hi) = addr(drv.q.used_addr());
-    regs.w(VIRTIO_MMIO_QUEUE_USED_LOW, lo);
-    regs.w(VIRTIO_MMIO_QUEUE_USED_HIGH, hi);
-    regs.w(VIRTIO_MMIO_QUEUE_READY, 1);
-    regs.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
-    regs.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_DRIVER_OK != 0
-}
-
 #[test]
 fn mmio_identity_negotiation_and_inline_notify() {
     let host = host();
@@ -392,7 +335,7 @@ fn mmio_identity_negotiation_and_inline_notify() {
     let (mut regs, irq) = mmio(&mem, &host, NotifyMode::Inline);
     assert_eq!(regs.r(VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
     assert_eq!(regs.r(VIRTIO_MMIO_VERSION), 2);
-    assert_eq!(regs.r(VIRTIO_MMIO_DEVICE_ID), 63);
+    assert_eq!(regs.r(VIRTIO_MMIO_DEVICE_ID), 56);
     regs.w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
     assert_eq!(regs.r(VIRTIO_MMIO_DEVICE_FEATURES), 1);
     regs.w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
@@ -587,4 +530,100 @@ fn every_status_is_reached_through_the_queue() {
     }
     assert_eq!(dev.occupancy().held, 1);
     host.check_invariants().unwrap();
+}
+
+/// A VMM names every type of the host's public signatures through `pvirq_host` alone, without
+/// a dependency on `pvirq-proto` (issue 11, item 8).
+#[test]
+fn the_crate_root_re_exports_the_protocol_types_of_its_public_api() {
+    use crate::{Config, Kind, MsiMessage, Opcode, Resource, Status};
+    let host = host();
+    let mem = guest_memory();
+    let mut drv = Driver::new(&mem, 16);
+    let (mut dev, _irq) = active_device(vm(&host, 0x100, 32), &mem, &drv.q);
+    assert!(dev.vm().config().devices[0].supports(Kind::MsiX));
+    let config: Config = dev.vm().config().virtio_config();
+    assert_eq!(config.vm_quota.get(), 32);
+    let bufs = drv.send(&alloc_bytes(0, 1), &[64]);
+    dev.process_all();
+    assert_eq!(dev.metrics().requests(Opcode::Alloc), 1);
+    assert_eq!(dev.metrics().replies(Status::Ok), 1);
+    let grant = match Response::decode(&drv.reply(&bufs, drv.used(0).1))
+        .unwrap()
+        .outcome
+    {
+        Outcome::Allocated { grants, .. } => grants[0].message(),
+        other => panic!("{other:?}"),
+    };
+    // The message a VMM reads from the device's MSI-X table, spelled with the host's type.
+    let message = MsiMessage {
+        address: grant.address,
+        data: grant.data,
+    };
+    assert_eq!(
+        host.fire(0x100, message).unwrap().to().map(|t| t.1),
+        Some(0x40)
+    );
+    let fault = host.fire(0x101, message).unwrap_err();
+    assert_eq!(fault.message, message);
+    let _: Option<Resource> = None;
+    let _: Option<(crate::GrantMode, crate::MessageFormat)> = None;
+    let _: fn(&crate::Vm, &crate::Request<'_>) -> Vec<u8> = crate::Vm::call;
+}
+
+/// The device ID is provisional, so a VMM can present another one (spec §2.1); 0 means "no
+/// device" on virtio-mmio and is refused.
+#[test]
+fn the_vmm_can_override_the_device_id() {
+    let host = host();
+    let mem = guest_memory();
+    let irq = Arc::new(MmioInterrupt::new());
+    let mut dev = PvirqDevice::new(vm(&host, 0x100, 16), irq.clone()).unwrap();
+    assert!(matches!(
+        dev.set_device_type(0),
+        Err(crate::HostError::InvalidConfig(_))
+    ));
+    assert_eq!(dev.device_type(), 56);
+    dev.set_device_type(0x7001).unwrap();
+    let t = MmioTransport::new(Arc::new(Mutex::new(dev)), mem, irq, NotifyMode::Inline);
+    let mut id = [0u8; 4];
+    t.read(u64::from(VIRTIO_MMIO_DEVICE_ID), &mut id);
+    assert_eq!(u32::from_le_bytes(id), 0x7001);
+    // A device reset does not forget it: the ID is the VMM's, not the driver's.
+    let mut t = t;
+    t.write(u64::from(VIRTIO_MMIO_STATUS), &0u32.to_le_bytes());
+    t.read(u64::from(VIRTIO_MMIO_DEVICE_ID), &mut id);
+    assert_eq!(u32::from_le_bytes(id), 0x7001);
+}
+
+/// Spec §2.2: a kind's bit is offered only when some assigned device has that kind.
+#[test]
+fn offered_features_follow_the_assigned_devices() {
+    let host = host();
+    let only = |msi_max, msix_table_size, ims_slots, base| {
+        let vm = host
+            .create_vm(
+                crate::VmConfig {
+                    quota: 8,
+                    num_vcpus: 1,
+                    max_batch: 8,
+                    devices: vec![crate::DeviceSpec {
+                        requester_id: base,
+                        msi_max,
+                        msix_table_size,
+                        ims_slots,
+                    }],
+                    ..crate::VmConfig::default()
+                },
+                Box::new(crate::routes::MemoryRoutes::kvm_like()),
+            )
+            .unwrap();
+        PvirqDevice::new(vm, Arc::new(MmioInterrupt::new()))
+            .unwrap()
+            .avail_features()
+    };
+    let base = feature::VERSION_1 | feature::RETARGET;
+    assert_eq!(only(0, 16, 0, 0x300), base | feature::MSIX);
+    assert_eq!(only(4, 0, 0, 0x301), base | feature::MSI);
+    assert_eq!(only(0, 0, 8, 0x302), base | feature::IMS | feature::PASID);
 }

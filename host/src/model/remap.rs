@@ -179,7 +179,7 @@ impl RemapUnits {
     pub fn alloc_at(&mut self, unit: u16, first: u32, count: u32, source_id: u16) -> Option<u16> {
         let u = self.unit_mut(unit)?;
         let end = first.checked_add(count)?;
-        if count == 0 || first % count.next_power_of_two() != 0 && count > 1 {
+        if count == 0 || !first.is_multiple_of(count.next_power_of_two()) && count > 1 {
             return None;
         }
         if end > u.free.len() || !(first..end).all(|i| u.free.is_free(i)) {

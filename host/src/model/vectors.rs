@@ -79,10 +79,10 @@ impl VectorMatrix {
         }
         let mut bits = [0u64; 4];
         for v in config.first..config.end {
-            if !config.reserved.contains(&v) {
-                if let Some(word) = bits.get_mut(usize::from(v / 64)) {
-                    *word |= 1 << (v % 64);
-                }
+            if !config.reserved.contains(&v)
+                && let Some(word) = bits.get_mut(usize::from(v / 64))
+            {
+                *word |= 1 << (v % 64);
             }
         }
         let per_cpu: u32 = bits.iter().map(|w| w.count_ones()).sum();

@@ -100,10 +100,11 @@ pub fn enable<H: IrqHost>(
     {
         // A restored grant whose old message is this index's token keeps it: the guest
         // need not reprogram the entry.
-        if let Some(old) = v.previous.and_then(VmmToken::decode) {
-            if old.kind == kind && u32::from(old.index) == index {
-                run.state.set_generation(index, old.generation);
-            }
+        if let Some(old) = v.previous.and_then(VmmToken::decode)
+            && old.kind == kind
+            && u32::from(old.index) == index
+        {
+            run.state.set_generation(index, old.generation);
         }
         let token = VmmToken {
             kind,

@@ -69,11 +69,11 @@ impl KindState {
     /// Records that `index` now has a trigger; returns its new generation.
     pub fn mark_enabled(&mut self, index: u32) -> u8 {
         let i = usize::try_from(index).unwrap_or(usize::MAX);
-        if let Some(slot) = self.enabled.get_mut(i) {
-            if !*slot {
-                *slot = true;
-                self.enabled_count += 1;
-            }
+        if let Some(slot) = self.enabled.get_mut(i)
+            && !*slot
+        {
+            *slot = true;
+            self.enabled_count += 1;
         }
         match self.generation.get_mut(i) {
             Some(generation) => {
@@ -97,11 +97,11 @@ impl KindState {
     /// Records that `index` has no trigger any more.
     pub fn mark_disabled(&mut self, index: u32) {
         let i = usize::try_from(index).unwrap_or(usize::MAX);
-        if let Some(slot) = self.enabled.get_mut(i) {
-            if *slot {
-                *slot = false;
-                self.enabled_count -= 1;
-            }
+        if let Some(slot) = self.enabled.get_mut(i)
+            && *slot
+        {
+            *slot = false;
+            self.enabled_count -= 1;
         }
     }
 

@@ -327,14 +327,14 @@ impl Parser<'_> {
             },
         };
         let expect = self.expect(table, raw.expect.unwrap_or_default(), snapshots)?;
-        if let Some(name) = &raw.snapshot {
-            if !snapshots.insert(name.clone()) {
-                return Err(self.error(
-                    table,
-                    "snapshot",
-                    format!("snapshot {name:?} is already taken by an earlier step"),
-                ));
-            }
+        if let Some(name) = &raw.snapshot
+            && !snapshots.insert(name.clone())
+        {
+            return Err(self.error(
+                table,
+                "snapshot",
+                format!("snapshot {name:?} is already taken by an earlier step"),
+            ));
         }
         Ok(Step {
             line,
@@ -549,14 +549,14 @@ impl Parser<'_> {
                 )
             })?),
         };
-        if let Some(name) = &raw.host_equals {
-            if !snapshots.contains(name) {
-                return Err(self.error(
-                    table,
-                    "expect.host_equals",
-                    format!("no earlier step has snapshot = {name:?}"),
-                ));
-            }
+        if let Some(name) = &raw.host_equals
+            && !snapshots.contains(name)
+        {
+            return Err(self.error(
+                table,
+                "expect.host_equals",
+                format!("no earlier step has snapshot = {name:?}"),
+            ));
         }
         Ok(Expect {
             status,

@@ -75,7 +75,7 @@ impl MachineBuilder {
             Mode::Counter => MIN_MEM_SIZE,
             Mode::Driver => layout::DRIVER_MIN_MEM_SIZE,
         };
-        if !(min..=MAX_MEM_SIZE).contains(&mem_size) || mem_size % 4096 != 0 {
+        if !(min..=MAX_MEM_SIZE).contains(&mem_size) || !mem_size.is_multiple_of(4096) {
             return Err(VmmError::MemorySize {
                 size: mem_size,
                 min,
