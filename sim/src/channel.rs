@@ -13,7 +13,7 @@ use pvirq_host::model::ModelHost;
 use pvirq_host::routes::GuestRoutes;
 use pvirq_host::{MmioInterrupt, MmioTransport, NotifyMode, PvirqDevice, Vm, VmConfig};
 use std::sync::{Arc, Mutex, PoisonError};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 
 /// Guest memory of an in-process channel: the ring and request buffers live in it.
 pub const GUEST_MEMORY_SIZE: usize = 4 << 20;
@@ -82,13 +82,13 @@ impl Channel {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), GUEST_MEMORY_SIZE)])
             .map_err(|e| SimError::GuestMemory(e.to_string()))?;
         let interrupt = Arc::new(MmioInterrupt::new());
-        let device = PvirqDevice::new(vm.clone(), interrupt.clone())?;
+        let device = PvirqDevice::new(vm.clone())?;
         let front = Arc::new(Mutex::new(MmioTransport::new(
             Arc::new(Mutex::new(device)),
-            mem.clone(),
+            GuestMemoryAtomic::new(mem.clone()),
             interrupt.clone(),
             NotifyMode::Inline,
-        )));
+        )?));
         let driver = attach_driver(&front, &mem, options, tap.clone())?;
         Ok(Channel {
             vm,

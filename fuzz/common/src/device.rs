@@ -14,7 +14,8 @@ use pvirq_proto::{
 use std::sync::Arc;
 use virtio_queue::Queue;
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// Guest memory: rings from 0, data from [`DATA`].
 pub const MEM_SIZE: u64 = 1 << 20;
@@ -224,7 +225,7 @@ fn publish(
 fn drain(dev: &mut PvirqDevice, host: &ModelHost) -> usize {
     let mut chains = 0;
     for _ in 0..MAX_CALLS {
-        let done = dev.process_queue(1);
+        let done = dev.process_queue(0, 1);
         check(host, "after a request");
         chains += done.chains;
         if done.chains == 0 && !done.more {
@@ -286,13 +287,14 @@ pub fn run(input: &DeviceInput) -> usize {
     }
 
     let irq = Arc::new(MmioInterrupt::new());
-    let mut dev = PvirqDevice::new(vm.clone(), irq).expect("device");
-    match q.create_queue::<Queue>() {
-        Ok(queue) => *dev.queue_mut() = queue,
-        Err(_) => return 0,
-    }
+    let mut dev = PvirqDevice::new(vm.clone()).expect("device");
+    let Ok(queue) = q.create_queue::<Queue>() else {
+        return 0;
+    };
     dev.ack_features(feature::ALL & !u64::from(input.features_off & 0x1F));
-    if dev.activate(mem.clone()).is_err() {
+    let evt = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    let atomic = GuestMemoryAtomic::new(mem.clone());
+    if dev.activate(atomic, irq, vec![queue], vec![evt]).is_err() {
         return 0;
     }
     let mut chains = drain(&mut dev, &host);

@@ -97,7 +97,7 @@ fn one_notification_reads_at_most_budget_times_queue_size_descriptors() {
         drv.publish(0);
     }
     let bound = (BUDGET * usize::from(SIZE)) as u64;
-    let done = dev.process_queue(BUDGET);
+    let done = dev.process_queue(0, BUDGET);
     assert_eq!(
         done,
         Processed {
@@ -106,7 +106,7 @@ fn one_notification_reads_at_most_budget_times_queue_size_descriptors() {
         }
     );
     assert_eq!(dev.metrics().snapshot().descriptors, bound);
-    assert_eq!(dev.process_queue(BUDGET).chains, BUDGET);
+    assert_eq!(dev.process_queue(0, BUDGET).chains, BUDGET);
     assert_eq!(dev.metrics().snapshot().descriptors, 2 * bound);
     assert!(!dev.needs_reset());
     assert_eq!(
@@ -128,7 +128,7 @@ fn one_notification_reads_at_most_budget_times_queue_size_descriptors() {
     for _ in 0..SIZE / 2 {
         drv.publish(0);
     }
-    dev.process_queue(BUDGET);
+    dev.process_queue(0, BUDGET);
     let read = dev.metrics().snapshot().descriptors - before;
     assert!(read <= bound, "{read} descriptors read in one notification");
     assert!(dev.needs_reset());

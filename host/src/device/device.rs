@@ -1,16 +1,22 @@
-//! The pvirq virtio device: feature and config negotiation, activation, and the request
-//! queue.
+//! The pvirq virtio device, in the lifecycle VMMs give their virtio devices
+//! (Firecracker's and cloud-hypervisor's `VirtioDevice`): the transport negotiates features
+//! and sets the queues up, then hands the device its guest memory, its interrupt and its
+//! queues with their eventfds at `activate`, and takes them back at `reset`.
+//!
+//! The device is generic over vm-memory's address space: a VMM that logs dirty pages for
+//! live migration gives it a `GuestMemoryAtomic<GuestMemoryMmap<AtomicBitmap>>`, and every
+//! byte the device writes (replies, the used ring) is marked dirty.
 
+use super::error::ActivateError;
 use super::metrics::PvirqMetrics;
-use super::request::{ChainBuffers, ChainSink, DescriptorTable, parse_chain};
+use super::request::ChainBuffers;
 use crate::error::HostError;
 use crate::vm::{Vm, VmOccupancy};
 use pvirq_proto::{Config, Kind, VIRTIO_ID_PVIRQ, feature};
-use std::num::Wrapping;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// Size of the request queue (its `QueueNumMax`).
@@ -21,9 +27,9 @@ pub const DEFAULT_BUDGET: usize = 64;
 /// Which interrupt the device raises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InterruptType {
-    /// Used-buffer notification of the request queue.
-    Queue,
-    /// Configuration change (here: the device entered NEEDS_RESET).
+    /// Used-buffer notification of a queue.
+    Queue(u16),
+    /// Configuration change (the device entered NEEDS_RESET, or its configuration moved).
     Config,
 }
 
@@ -43,32 +49,46 @@ pub struct Processed {
     pub more: bool,
 }
 
-/// The device.
-pub struct PvirqDevice {
-    vm: Vm,
+/// What a live device holds of its transport's, given back by [`PvirqDevice::reset`].
+pub struct ActiveParts<M: GuestAddressSpace> {
+    /// The guest memory.
+    pub mem: M,
+    /// The interrupt.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    /// The queues, in index order.
+    pub queues: Vec<Queue>,
+    /// Their notification eventfds.
+    pub queue_evts: Vec<EventFd>,
+}
+
+/// The device. `M` is the guest's address space (default: a `GuestMemoryAtomic` over
+/// `GuestMemoryMmap`, as cloud-hypervisor and Firecracker use).
+pub struct PvirqDevice<M: GuestAddressSpace = GuestMemoryAtomic<GuestMemoryMmap>> {
+    pub(super) vm: Vm,
     device_type: u32,
     config: Config,
     avail_features: u64,
     acked_features: u64,
-    queue: Queue,
-    queue_evt: EventFd,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    mem: Option<GuestMemoryMmap>,
-    needs_reset: bool,
-    /// False while the last QueueNum the driver wrote is a size the device cannot use:
-    /// activation then fails rather than using a size the driver never laid out.
-    queue_size_ok: bool,
-    budget: usize,
-    metrics: Arc<PvirqMetrics>,
+    pub(super) active: Option<ActiveParts<M>>,
+    /// Queues stopped by the driver (QueueReady ← 0 while live), by index.
+    pub(super) stopped: Vec<bool>,
+    pub(super) needs_reset: bool,
+    pub(super) paused: bool,
+    /// A notification arrived while paused: process on resume.
+    pub(super) deferred: bool,
+    /// Written when the device goes live, so an event loop can start watching its queues.
+    activate_evt: EventFd,
+    pub(super) budget: usize,
+    pub(super) metrics: Arc<PvirqMetrics>,
     /// Request and buffer lists of the chain being handled, reused for every chain.
-    chain: ChainBuffers,
+    pub(super) chain: ChainBuffers,
 }
 
-impl PvirqDevice {
-    /// A device serving `vm`, interrupting through `interrupt`.
-    pub fn new(vm: Vm, interrupt: Arc<dyn VirtioInterrupt>) -> Result<Self, HostError> {
-        let queue = Queue::new(QUEUE_SIZE).map_err(|_| HostError::InvalidConfig("queue size"))?;
-        let queue_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| HostError::eventfd(&e))?;
+impl<M: GuestAddressSpace> PvirqDevice<M> {
+    /// A device serving `vm`. It offers VERSION_1, RETARGET, and the kinds (PASID with IMS)
+    /// some assigned device of the VM has.
+    pub fn new(vm: Vm) -> Result<Self, HostError> {
+        let activate_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| HostError::eventfd(&e))?;
         let devices = &vm.config().devices;
         let has = |k: Kind| devices.iter().any(|d| d.supports(k));
         let mut avail = feature::VERSION_1 | feature::RETARGET;
@@ -87,12 +107,12 @@ impl PvirqDevice {
             vm,
             avail_features: avail,
             acked_features: 0,
-            queue,
-            queue_evt,
-            interrupt,
-            mem: None,
+            active: None,
+            stopped: Vec::new(),
             needs_reset: false,
-            queue_size_ok: true,
+            paused: false,
+            deferred: false,
+            activate_evt,
             budget: DEFAULT_BUDGET,
             metrics: Arc::new(PvirqMetrics::default()),
             chain: ChainBuffers::default(),
@@ -125,7 +145,12 @@ impl PvirqDevice {
         Ok(())
     }
 
-    /// Features offered: VERSION_1, RETARGET, and the kinds some device has (PASID with IMS).
+    /// The largest size of each queue (virtio-mmio `QueueNumMax`), in index order.
+    pub fn queue_max_sizes(&self) -> &'static [u16] {
+        &[QUEUE_SIZE]
+    }
+
+    /// Features offered.
     pub fn avail_features(&self) -> u64 {
         self.avail_features
     }
@@ -160,35 +185,6 @@ impl PvirqDevice {
         }
     }
 
-    /// Sets the request queue's size as the driver wrote it (virtio-mmio QueueNum, which the
-    /// driver cannot read back). A power of two up to [`QUEUE_SIZE`] is used as written;
-    /// anything else (0, not a power of two, larger) is remembered as invalid, and
-    /// [`PvirqDevice::activate`] then fails (spec §2.3).
-    pub fn set_queue_size(&mut self, size: u32) {
-        let usable = u16::try_from(size)
-            .ok()
-            .filter(|s| s.is_power_of_two() && *s <= QUEUE_SIZE);
-        if let Some(size) = usable {
-            self.queue.set_size(size);
-        }
-        self.queue_size_ok = usable.is_some();
-    }
-
-    /// The request queue, for the transport to configure before activation.
-    pub fn queue_mut(&mut self) -> &mut Queue {
-        &mut self.queue
-    }
-
-    /// The request queue.
-    pub fn queue(&self) -> &Queue {
-        &self.queue
-    }
-
-    /// The queue-notify eventfd (for an ioeventfd, and the event handler).
-    pub fn queue_evt(&self) -> &EventFd {
-        &self.queue_evt
-    }
-
     /// The counters.
     pub fn metrics(&self) -> Arc<PvirqMetrics> {
         Arc::clone(&self.metrics)
@@ -204,151 +200,163 @@ impl PvirqDevice {
         self.vm.occupancy()
     }
 
-    /// Whether the device has been activated.
+    /// Whether the device is live.
     pub fn is_activated(&self) -> bool {
-        self.mem.is_some()
+        self.active.is_some()
     }
 
-    /// Whether the device needs a reset (it saw a corrupt ring).
+    /// Whether the device needs a reset (it saw a malformed ring, or could not go live).
     pub fn needs_reset(&self) -> bool {
         self.needs_reset
     }
 
-    /// Activates the device (DRIVER_OK): VERSION_1 must be negotiated and the queue valid,
-    /// with a size the driver set through [`PvirqDevice::set_queue_size`] that the device
-    /// can use.
-    pub fn activate(&mut self, mem: GuestMemoryMmap) -> Result<(), HostError> {
-        if self.acked_features & feature::VERSION_1 == 0 {
-            return Err(HostError::Activation("VERSION_1 not negotiated"));
+    /// Written once each time the device goes live: an event loop watching it registers
+    /// the queue eventfds then ([`PvirqDevice::queue_evt`]).
+    pub fn activate_evt(&self) -> &EventFd {
+        &self.activate_evt
+    }
+
+    /// The notification eventfd of queue `index`, while live.
+    pub fn queue_evt(&self, index: usize) -> Option<&EventFd> {
+        self.active.as_ref()?.queue_evts.get(index)
+    }
+
+    /// A live queue, for the transport to read back its registers.
+    pub fn queue(&self, index: usize) -> Option<&Queue> {
+        self.active.as_ref()?.queues.get(index)
+    }
+
+    /// Makes the device live with the transport's guest memory, interrupt and queues (with
+    /// their notification eventfds), as virtio's DRIVER_OK does: VERSION_1 must have been
+    /// negotiated, and every queue must be ready, of a usable size, with its rings in guest
+    /// memory.
+    pub fn activate(
+        &mut self,
+        mem: M,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+        queue_evts: Vec<EventFd>,
+    ) -> Result<(), ActivateError> {
+        if self.active.is_some() {
+            return Err(ActivateError::AlreadyActive);
         }
-        if !self.queue_size_ok {
-            return Err(HostError::Activation("request queue size unusable"));
+        self.check_activation(&mem, &queues)?;
+        if queue_evts.len() != queues.len() {
+            return Err(ActivateError::QueueCount {
+                expected: queues.len(),
+                got: queue_evts.len(),
+            });
         }
-        if !self.queue.is_valid(&mem) {
-            return Err(HostError::Activation("request queue not valid"));
-        }
+        let expected = queues.len();
         self.vm.set_features(self.acked_features);
-        self.mem = Some(mem);
+        self.stopped = vec![false; expected];
+        self.active = Some(ActiveParts {
+            mem,
+            interrupt,
+            queues,
+            queue_evts,
+        });
+        if self.activate_evt.write(1).is_err() {
+            self.metrics.event_errors.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
-    /// Stops using the request queue (QueueReady ← 0 while live): no chain is taken from it
-    /// and its memory is not read or written again until a device reset. Processing runs
-    /// under `&mut self`, so no chain is half-handled when this returns. The VM's grants
-    /// stay: they belong to the VM's assigned devices, not to the queue (spec §2.3).
-    pub fn stop_queue(&mut self) {
-        self.queue.set_ready(false);
+    /// Whether [`PvirqDevice::activate`] would accept `queues` over `mem` (a transport asks
+    /// before it hands its queue eventfds over).
+    pub fn check_activation(&self, mem: &M, queues: &[Queue]) -> Result<(), ActivateError> {
+        if self.acked_features & feature::VERSION_1 == 0 {
+            return Err(ActivateError::Version1);
+        }
+        let expected = self.queue_max_sizes().len();
+        if queues.len() != expected {
+            return Err(ActivateError::QueueCount {
+                expected,
+                got: queues.len(),
+            });
+        }
+        let guest = mem.memory();
+        for (i, (q, max)) in queues.iter().zip(self.queue_max_sizes()).enumerate() {
+            let size = q.size();
+            if size == 0 || !size.is_power_of_two() || size > *max {
+                return Err(ActivateError::QueueSize(i));
+            }
+            if !q.is_valid(&*guest) {
+                return Err(ActivateError::QueueInvalid(i));
+            }
+        }
+        Ok(())
     }
 
-    /// Device reset (status ← 0): frees every grant of the VM and forgets the queue and
-    /// the negotiated features.
-    pub fn reset(&mut self) {
+    /// Stops using queue `index` (QueueReady ← 0 while live): no chain is taken from it and
+    /// its memory is not read or written again until a device reset. Processing runs under
+    /// `&mut self`, so no chain is half-handled when this returns. The VM's grants stay: they
+    /// belong to the VM's assigned devices, not to the queue (spec §2.3).
+    pub fn stop_queue(&mut self, index: usize) {
+        if let Some(stopped) = self.stopped.get_mut(index) {
+            *stopped = true;
+        }
+    }
+
+    /// Whether queue `index` is live and not stopped.
+    pub fn queue_running(&self, index: usize) -> bool {
+        self.active.is_some() && !self.stopped.get(index).copied().unwrap_or(true)
+    }
+
+    /// Device reset (status ← 0): frees every grant of the VM ([DEV-1]), forgets the
+    /// negotiated features, and gives the transport back what `activate` took (none if the
+    /// device was not live).
+    pub fn reset(&mut self) -> Option<ActiveParts<M>> {
         // Frees everything whatever the route layer says ([DEV-1]).
         self.vm.reset_all();
-        self.queue.reset();
         self.acked_features = 0;
-        self.mem = None;
         self.needs_reset = false;
-        self.queue_size_ok = true;
+        self.paused = false;
+        self.deferred = false;
+        self.stopped.clear();
+        self.active.take()
     }
 
     /// Sets DEVICE_NEEDS_RESET and raises the configuration-change interrupt (once until the
     /// next reset). The device does it itself on a malformed ring; a transport does it when
-    /// the device cannot go live at DRIVER_OK.
-    pub fn enter_needs_reset(&mut self) {
-        if !self.needs_reset {
-            self.needs_reset = true;
-            self.metrics.needs_reset.fetch_add(1, Ordering::Relaxed);
-            if self.interrupt.trigger(InterruptType::Config).is_err() {
-                self.metrics
-                    .interrupt_errors
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+    /// the device cannot go live at DRIVER_OK, with the interrupt it would have given.
+    pub fn enter_needs_reset(&mut self, interrupt: Option<&dyn VirtioInterrupt>) {
+        if self.needs_reset {
+            return;
         }
-    }
-
-    /// Handles up to `budget` chains from the request queue, then signals the used ring
-    /// once if anything was returned.
-    pub fn process_queue(&mut self, budget: usize) -> Processed {
-        // A stopped queue's memory may already be the driver's again.
-        if self.needs_reset || !self.queue.ready() {
-            return Processed::default();
-        }
-        // Borrowed out of `self` for the round (cloning it would copy its region list).
-        let Some(mem) = self.mem.take() else {
-            return Processed::default();
+        self.needs_reset = true;
+        self.metrics.needs_reset.fetch_add(1, Ordering::Relaxed);
+        let raised = match (&self.active, interrupt) {
+            (Some(active), _) => active.interrupt.trigger(InterruptType::Config),
+            (None, Some(interrupt)) => interrupt.trigger(InterruptType::Config),
+            (None, None) => Ok(()),
         };
-        let done = self.process_chains(&mem, budget);
-        self.mem = Some(mem);
-        done
-    }
-
-    fn process_chains(&mut self, mem: &GuestMemoryMmap, budget: usize) -> Processed {
-        let mut done = Processed::default();
-        self.metrics.notifications.fetch_add(1, Ordering::Relaxed);
-        loop {
-            if done.chains >= budget {
-                done.more = self.has_pending(mem);
-                if done.more {
-                    self.metrics.budget_yields.fetch_add(1, Ordering::Relaxed);
-                }
-                break;
-            }
-            // A fresh iterator per chain: `iter` checks the avail index (a driver claiming
-            // more chains than the queue holds is a corrupt ring), and `add_used` needs the
-            // queue back.
-            let head = match self.queue.iter(mem) {
-                Ok(mut chains) => chains.next().map(|chain| chain.head_index()),
-                Err(_) => {
-                    self.enter_needs_reset();
-                    break;
-                }
-            };
-            let Some(head) = head else { break };
-            let table = DescriptorTable {
-                addr: GuestAddress(self.queue.desc_table()),
-                size: self.queue.size(),
-            };
-            let mut visited = 0;
-            let parsed = parse_chain(mem, table, head, &mut self.chain, &mut visited);
+        if raised.is_err() {
             self.metrics
-                .descriptors
-                .fetch_add(visited, Ordering::Relaxed);
-            if parsed.is_err() {
-                self.enter_needs_reset();
-                break;
-            }
-            let mut sink = ChainSink::new(mem, &self.chain.writable);
-            let handled = self.vm.handle(&self.chain.request, &mut sink);
-            self.metrics.record(&handled);
-            if self.queue.add_used(mem, head, handled.used_len).is_err() {
-                self.enter_needs_reset();
-                break;
-            }
-            done.chains += 1;
+                .interrupt_errors
+                .fetch_add(1, Ordering::Relaxed);
         }
-        if done.chains > 0 {
-            let notify = self.queue.needs_notification(mem).unwrap_or(true);
-            if notify && self.interrupt.trigger(InterruptType::Queue).is_err() {
-                self.metrics
-                    .interrupt_errors
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        done
     }
 
-    /// Handles every pending chain (the inline path: the caller is the VM's own vCPU), up
-    /// to one queue's worth: no more can be pending at once in a valid ring, and the cap
-    /// keeps the work bounded (spec §8) when another vCPU adds chains meanwhile, whose own
-    /// notification then handles them.
-    pub fn process_all(&mut self) -> Processed {
-        self.process_queue(usize::from(self.queue.size()))
+    /// Stops processing (a VMM pausing the VM, before a snapshot): notifications that arrive
+    /// are remembered, not handled. Processing is synchronous under `&mut self`, so nothing
+    /// is in flight once this returns.
+    pub fn pause(&mut self) {
+        self.paused = true;
     }
 
-    fn has_pending(&self, mem: &GuestMemoryMmap) -> bool {
-        self.queue
-            .avail_idx(mem, Ordering::Acquire)
-            .is_ok_and(|idx| idx != Wrapping(self.queue.next_avail()))
+    /// Whether the device is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Continues after [`PvirqDevice::pause`], handling what arrived meanwhile.
+    pub fn resume(&mut self) -> Processed {
+        self.paused = false;
+        if std::mem::take(&mut self.deferred) {
+            self.process_queue(0, self.budget)
+        } else {
+            Processed::default()
+        }
     }
 }

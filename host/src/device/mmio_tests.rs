@@ -57,7 +57,10 @@ fn every_power_of_two_up_to_queue_num_max_is_used_as_written() {
             feature::ALL,
             u32::from(size)
         ));
-        assert_eq!(regs.0.device().lock().unwrap().queue().size(), size);
+        assert_eq!(
+            regs.0.device().lock().unwrap().queue(0).unwrap().size(),
+            size
+        );
         if size == 1 {
             continue; // a pvirq chain needs two descriptors
         }
@@ -161,7 +164,7 @@ mod queue_ready {
         let device = t.0.0.device().clone();
         let (desc, avail, used) = {
             let d = device.lock().unwrap();
-            let q = d.queue();
+            let q = d.queue(0).unwrap();
             (q.desc_table(), q.avail_ring(), q.used_ring())
         };
         let used_before = {

@@ -1,8 +1,10 @@
 //! The pvirq virtio device, laid out as Firecracker's devices are:
-//! - [`device`]: state, negotiation, activation, queue processing;
+//! - [`device`]: state, negotiation, the activate/reset lifecycle, pause and resume;
+//! - `process`: queue processing;
 //! - [`request`]: reading a request from a chain and writing its reply;
 //! - [`event_handler`]: the `event-manager` subscriber owning the queue eventfd;
-//! - [`mmio`]: the virtio-mmio v2 register front;
+//! - [`mmio`]: the virtio-mmio v2 transport (a `vm-device` bus device);
+//! - [`persist`]: snapshot and restore;
 //! - [`metrics`]: counters for the VMM.
 
 // `device/device.rs` is Firecracker's layout, kept on purpose.
@@ -10,11 +12,16 @@
 mod chain_tests;
 #[allow(clippy::module_inception)]
 pub mod device;
+mod error;
 pub mod event_handler;
+#[cfg(test)]
+mod lifecycle_tests;
 pub mod metrics;
 pub mod mmio;
 #[cfg(test)]
 mod mmio_tests;
+pub mod persist;
+mod process;
 pub mod request;
 #[cfg(test)]
 pub(crate) mod test_utils;
@@ -24,7 +31,9 @@ mod tests;
 mod virtio_drivers_shim;
 
 pub use device::{
-    DEFAULT_BUDGET, InterruptType, Processed, PvirqDevice, QUEUE_SIZE, VirtioInterrupt,
+    ActiveParts, DEFAULT_BUDGET, InterruptType, Processed, PvirqDevice, QUEUE_SIZE, VirtioInterrupt,
 };
+pub use error::ActivateError;
 pub use metrics::{MetricsSnapshot, PvirqMetrics};
-pub use mmio::{MmioInterrupt, MmioTransport, NotifyMode};
+pub use mmio::{MmioInterrupt, MmioRegisters, MmioTransport, NotifyMode};
+pub use persist::{PersistError, PvirqDeviceState, QueueSnapshot, RestoreParts};

@@ -13,7 +13,16 @@ use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{RawDescriptor, split::Descriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+/// The address space the device tests give the device.
+pub(crate) type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
+
+/// `mem` as the device's address space.
+pub(crate) fn atomic(mem: &GuestMemoryMmap) -> Mem {
+    GuestMemoryAtomic::new(mem.clone())
+}
 
 /// Guest memory: 4 MiB from 0. Rings at 0, data from 1 MiB.
 pub(crate) const MEM_SIZE: u64 = 4 << 20;
@@ -55,12 +64,14 @@ pub(crate) fn active_device(
     vm: Vm,
     mem: &GuestMemoryMmap,
     q: &MockSplitQueue<'_, GuestMemoryMmap>,
-) -> (PvirqDevice, Arc<MmioInterrupt>) {
+) -> (PvirqDevice<Mem>, Arc<MmioInterrupt>) {
     let irq = Arc::new(MmioInterrupt::new());
-    let mut dev = PvirqDevice::new(vm, irq.clone()).unwrap();
-    *dev.queue_mut() = q.create_queue().unwrap();
+    let mut dev = PvirqDevice::new(vm).unwrap();
     dev.ack_features(feature::ALL);
-    dev.activate(mem.clone()).unwrap();
+    let queue = q.create_queue().unwrap();
+    let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+    dev.activate(atomic(mem), irq.clone(), vec![queue], vec![evt])
+        .unwrap();
     (dev, irq)
 }
 
@@ -219,7 +230,7 @@ impl<'a> Driver<'a> {
 }
 
 /// Drives the MMIO registers as a guest driver would.
-pub(crate) struct Regs(pub(crate) MmioTransport);
+pub(crate) struct Regs(pub(crate) MmioTransport<Mem>);
 
 impl Regs {
     pub(crate) fn r(&self, off: u32) -> u32 {
@@ -242,8 +253,8 @@ pub(crate) fn mmio(
     mode: NotifyMode,
 ) -> (Regs, Arc<MmioInterrupt>) {
     let irq = Arc::new(MmioInterrupt::new());
-    let dev = PvirqDevice::new(vm(host, 0x100, 16), irq.clone()).unwrap();
-    let t = MmioTransport::new(Arc::new(Mutex::new(dev)), mem.clone(), irq.clone(), mode);
+    let dev = PvirqDevice::new(vm(host, 0x100, 16)).unwrap();
+    let t = MmioTransport::new(Arc::new(Mutex::new(dev)), atomic(mem), irq.clone(), mode).unwrap();
     (Regs(t), irq)
 }
 

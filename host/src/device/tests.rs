@@ -53,7 +53,7 @@ fn refusal(bytes: &[u8]) -> Option<Refusal> {
 fn config_space_and_offered_features() {
     let host = host();
     let vm = vm(&host, 0x100, 32);
-    let dev = PvirqDevice::new(vm, Arc::new(MmioInterrupt::new())).unwrap();
+    let dev = PvirqDevice::<Mem>::new(vm).unwrap();
     let mut bytes = [0u8; Config::SIZE];
     dev.read_config(0, &mut bytes);
     assert_eq!(bytes, [1, 0, 64, 0, 2, 0, 0, 0, 32, 0, 0, 0, 2, 0, 0, 0]);
@@ -70,11 +70,33 @@ fn config_space_and_offered_features() {
 fn activation_needs_version_1_and_a_valid_queue() {
     let host = host();
     let mem = guest_memory();
-    let mut dev = PvirqDevice::new(vm(&host, 0x100, 8), Arc::new(MmioInterrupt::new())).unwrap();
+    let mut dev = PvirqDevice::<Mem>::new(vm(&host, 0x100, 8)).unwrap();
+    let irq = Arc::new(MmioInterrupt::new());
+    let parts = || {
+        let queue = virtio_queue::Queue::new(16).unwrap();
+        let evt = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        (vec![queue], vec![evt])
+    };
     dev.ack_features(feature::MSIX);
-    assert!(dev.activate(mem.clone()).is_err());
+    let (q, e) = parts();
+    assert_eq!(
+        dev.activate(atomic(&mem), irq.clone(), q, e),
+        Err(crate::device::ActivateError::Version1)
+    );
     dev.ack_features(feature::ALL);
-    assert!(dev.activate(mem.clone()).is_err(), "queue not ready");
+    let (q, e) = parts();
+    assert_eq!(
+        dev.activate(atomic(&mem), irq.clone(), q, e),
+        Err(crate::device::ActivateError::QueueInvalid(0)),
+        "queue not ready"
+    );
+    assert_eq!(
+        dev.activate(atomic(&mem), irq.clone(), vec![], vec![]),
+        Err(crate::device::ActivateError::QueueCount {
+            expected: 1,
+            got: 0
+        })
+    );
     assert!(!dev.is_activated());
     assert_eq!(dev.process_all(), Processed::default());
 }
@@ -286,7 +308,7 @@ fn the_budget_bounds_one_notification_and_the_event_loop_comes_back() {
     let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().unwrap();
     em.add_subscriber(dev.clone());
-    dev.lock().unwrap().queue_evt().write(1).unwrap();
+    dev.lock().unwrap().queue_evt(0).unwrap().write(1).unwrap();
     em.run_with_timeout(0).unwrap();
     assert_eq!(drv.used_idx(), 4);
     em.run_with_timeout(0).unwrap();
@@ -318,8 +340,8 @@ fn one_vms_flood_does_not_starve_another_on_the_same_thread() {
         EventManager::new().unwrap();
     em.add_subscriber(a.clone());
     em.add_subscriber(b.clone());
-    a.lock().unwrap().queue_evt().write(1).unwrap();
-    b.lock().unwrap().queue_evt().write(1).unwrap();
+    a.lock().unwrap().queue_evt(0).unwrap().write(1).unwrap();
+    b.lock().unwrap().queue_evt(0).unwrap().write(1).unwrap();
     em.run_with_timeout(0).unwrap();
     assert_eq!(drv_b.used_idx(), 1, "B served in the first round");
     assert_eq!(drv_a.used_idx(), 8, "A held to its budget");
@@ -375,7 +397,7 @@ fn mmio_identity_negotiation_and_inline_notify() {
     );
     // Queue registers are frozen after DRIVER_OK.
     regs.w(VIRTIO_MMIO_QUEUE_NUM, 4);
-    assert_eq!(regs.0.device().lock().unwrap().queue().size(), 16);
+    assert_eq!(regs.0.device().lock().unwrap().queue(0).unwrap().size(), 16);
     // Status 0 resets the device and frees the grants.
     assert_eq!(host.occupancy().vectors_used, 2);
     regs.w(VIRTIO_MMIO_STATUS, 0);
@@ -578,14 +600,20 @@ fn the_vmm_can_override_the_device_id() {
     let host = host();
     let mem = guest_memory();
     let irq = Arc::new(MmioInterrupt::new());
-    let mut dev = PvirqDevice::new(vm(&host, 0x100, 16), irq.clone()).unwrap();
+    let mut dev = PvirqDevice::<Mem>::new(vm(&host, 0x100, 16)).unwrap();
     assert!(matches!(
         dev.set_device_type(0),
         Err(crate::HostError::InvalidConfig(_))
     ));
     assert_eq!(dev.device_type(), 56);
     dev.set_device_type(0x7001).unwrap();
-    let t = MmioTransport::new(Arc::new(Mutex::new(dev)), mem, irq, NotifyMode::Inline);
+    let t = MmioTransport::new(
+        Arc::new(Mutex::new(dev)),
+        atomic(&mem),
+        irq,
+        NotifyMode::Inline,
+    )
+    .unwrap();
     let mut id = [0u8; 4];
     t.read(u64::from(VIRTIO_MMIO_DEVICE_ID), &mut id);
     assert_eq!(u32::from_le_bytes(id), 0x7001);
@@ -618,9 +646,7 @@ fn offered_features_follow_the_assigned_devices() {
                 Box::new(crate::routes::MemoryRoutes::kvm_like()),
             )
             .unwrap();
-        PvirqDevice::new(vm, Arc::new(MmioInterrupt::new()))
-            .unwrap()
-            .avail_features()
+        PvirqDevice::<Mem>::new(vm).unwrap().avail_features()
     };
     let base = feature::VERSION_1 | feature::RETARGET;
     assert_eq!(only(0, 16, 0, 0x300), base | feature::MSIX);

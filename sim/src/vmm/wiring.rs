@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use vm_device::DeviceMmio;
 use vm_device::bus::{MmioAddress, MmioAddressOffset};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// The VM's routing table with every commit timed.
@@ -155,13 +155,13 @@ pub fn pvirq_device(
 ) -> Result<(Vm, Arc<PvirqFront>), VmmError> {
     let vm = host.create_vm(config, Box::new(routes))?;
     let interrupt = Arc::new(MmioInterrupt::with_line(line));
-    let device = PvirqDevice::new(vm.clone(), interrupt.clone())?;
+    let device = PvirqDevice::new(vm.clone())?;
     let front = MmioTransport::new(
         Arc::new(Mutex::new(device)),
-        mem,
+        GuestMemoryAtomic::new(mem),
         interrupt.clone(),
         NotifyMode::Inline,
-    );
+    )?;
     Ok((
         vm,
         Arc::new(PvirqFront {
