@@ -5,8 +5,8 @@
 
 use crate::wire::Blob;
 use crate::wire_struct;
-use pvirq_host::routes::MemoryRoutes;
 use pvirq_host::model::{ModelConfig, ModelHost};
+use pvirq_host::routes::MemoryRoutes;
 use pvirq_host::{DeviceSpec, MmioInterrupt, PvirqDevice, Vm, VmConfig};
 use pvirq_proto::{
     Alloc, IndexRange, IndexSpec, Kind, Operation, Request, Retarget, Target, feature,
