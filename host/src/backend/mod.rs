@@ -10,10 +10,8 @@
 //!
 //! Backends shipped: [`crate::vfio::VfioBackend`] (the real host, through VFIO) and the
 //! modelled host kernel ([`crate::model`]), for the simulator, tests, fuzzing and
-//! benchmarks. `fault::Faulty` (feature `test-utils`) wraps either and fails on command.
-
-#[cfg(any(test, feature = "test-utils"))]
-pub mod fault;
+//! benchmarks. [`crate::fault::Faulty`] (feature `test-utils`) wraps either and fails on
+//! command.
 
 use pvirq_proto::{GrantMode, Kind, MessageFormat, MsiMessage, Resource};
 use std::fmt;
