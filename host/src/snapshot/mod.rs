@@ -3,7 +3,7 @@
 //! became of each grant of one that was ([`RestoredGrant`], from [`crate::Vm::restore`]).
 //!
 //! A snapshot to restore is untrusted input (it may come from another host, or from a
-//! file anyone could edit): it is validated ([`validate`]) against the destination VM's
+//! file anyone could edit): it is validated (`validate.rs`) against the destination VM's
 //! configuration, and the first inconsistency is refused with a typed [`RestoreError`]
 //! before anything is reserved. The format on disk or on the wire is the VMM's choice
 //! (serde: JSON, bincode, postcard...).

@@ -15,9 +15,9 @@
 //! FREE, RESET and RETARGET stage their route changes the same way and release host
 //! resources only after the commit, so they are all-or-nothing too.
 //!
-//! The module is a set of free functions over a VM's state ([`crate::state::VmState`]),
-//! called by the [`crate::Vm`] handle with the VM's lock held: [`handle`] for a request,
-//! [`restore`] for a snapshot. It never names the handle, so `vm` depends on it and not
+//! The module is a set of free functions over a VM's state (`state::VmState`), called by
+//! the [`crate::Vm`] handle with the VM's lock held: `handle` for a request, `restore`
+//! for a snapshot. It never names the handle, so `vm` depends on it and not
 //! the other way round.
 
 mod alloc;

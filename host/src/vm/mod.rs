@@ -2,8 +2,8 @@
 //!
 //! The core owns no host resource itself: each device's [`InterruptBackend`] reserves
 //! from the host, the [`GuestRoutes`] route into the guest. What the handle guards is the
-//! VM's state ([`crate::state`]); requests and restores are transactions over it
-//! ([`crate::transaction`]), and [`crate::state::release_all`] is the one path by which
+//! VM's state (the crate's `state` module); requests and restores are transactions over
+//! it ([`crate::transaction`]), and `state::release_all` is the one path by which
 //! everything goes back (a virtio reset, and the last clone of the handle going away).
 
 #[cfg(any(test, feature = "test-utils"))]
