@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the VFIO-in-QEMU test (tests/tests/vfio_qemu.rs) needs on a Debian bookworm
+# Installs what the VFIO-in-QEMU test (lab/tests/vfio_qemu.rs) needs on a Debian bookworm
 # machine, as root: QEMU 10 from bookworm-backports, busybox-static, cpio, and a Linux 6.12
 # kernel (downloaded, unpacked into a cache, never installed as the machine's kernel) with
 # its VFIO modules decompressed, since busybox insmod cannot read .ko.xz.

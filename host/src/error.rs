@@ -6,7 +6,7 @@
 pub enum HostError {
     /// A configuration value is out of its allowed range.
     #[error("invalid configuration: {0}")]
-    InvalidConfig(&'static str),
+    InvalidConfig(#[from] ConfigError),
     /// A device's IOMMU unit does not exist on the modelled host.
     #[error("IOMMU unit {unit} does not exist (the host has {units})")]
     NoSuchUnit {
@@ -26,12 +26,92 @@ pub enum HostError {
         /// Backends given.
         backends: usize,
     },
-    /// The virtio device cannot be activated in its current state.
-    #[error("device activation failed: {0}")]
-    Activation(&'static str),
     /// An eventfd could not be created or used.
     #[error("eventfd: errno {0}")]
     EventFd(i32),
+}
+
+/// Which configuration value is out of range, and what it was.
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `DeviceSpec::msi_max` is neither 0 nor a power of two ≤ 32.
+    #[error("msi_max {0} is neither 0 nor a power of two ≤ 32")]
+    MsiMax(u16),
+    /// `DeviceSpec::msix_table_size` is larger than PCI allows.
+    #[error("an MSI-X table of {size} entries is larger than {max}")]
+    MsixTableSize {
+        /// The size given.
+        size: u16,
+        /// The largest allowed.
+        max: u16,
+    },
+    /// `DeviceSpec::ims_slots` is larger than a device may declare.
+    #[error("{slots} IMS slots are more than {max}")]
+    ImsSlots {
+        /// The count given.
+        slots: u32,
+        /// The largest allowed.
+        max: u32,
+    },
+    /// `VmConfig::num_vcpus` is 0.
+    #[error("a VM needs at least one vCPU")]
+    NoVcpus,
+    /// `VmConfig::max_batch` is outside `1..=max`.
+    #[error("max_batch {batch} is not in 1..={max}")]
+    MaxBatch {
+        /// The value given.
+        batch: u16,
+        /// The largest allowed.
+        max: u16,
+    },
+    /// `ApicIds::Table` does not give one APIC ID per vCPU.
+    #[error("{ids} APIC IDs for {vcpus} vCPUs")]
+    ApicIdCount {
+        /// APIC IDs given.
+        ids: usize,
+        /// vCPUs of the VM.
+        vcpus: u32,
+    },
+    /// Two vCPUs were given the same APIC ID.
+    #[error("APIC ID {0} is given to two vCPUs")]
+    DuplicateApicId(u32),
+    /// `ModelConfig::vtd_max_msi_block` is neither 0 nor a power of two ≤ 32.
+    #[error("vtd_max_msi_block {0} is neither 0 nor a power of two ≤ 32")]
+    VtdMaxMsiBlock(u32),
+    /// An AMD remapping table of a size the model does not have (512 or 2048).
+    #[error("an AMD remapping table has 512 or 2048 entries, not {0}")]
+    AmdTableSize(u32),
+    /// The modelled host has no remapping unit.
+    #[error("the modelled host needs at least one remapping unit")]
+    NoRemapUnits,
+    /// A remapping unit's table size is outside `1..=65536`.
+    #[error("{0} entries per remapping unit, not 1..=65536")]
+    RemapEntries(u32),
+    /// The modelled host has no CPU.
+    #[error("the modelled host needs at least one CPU")]
+    NoHostCpus,
+    /// The host vector range `first..end` is empty.
+    #[error("host vector range {first:#x}..{end:#x} is empty")]
+    EmptyVectorRange {
+        /// First usable vector.
+        first: u8,
+        /// One past the last.
+        end: u8,
+    },
+    /// Every vector of the host range is reserved.
+    #[error("every host vector of the range is reserved")]
+    NoUsableVector,
+    /// Virtio device ID 0, which means "no device" to a virtio-mmio driver.
+    #[error("virtio device ID 0 means no device")]
+    DeviceIdZero,
+    /// Route ids `first..first + count` do not fit in 32 bits.
+    #[error("route ids {first}..{first}+{count} overflow")]
+    RouteIdRange {
+        /// First id.
+        first: u32,
+        /// Number of ids.
+        count: u32,
+    },
 }
 
 impl HostError {

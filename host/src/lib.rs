@@ -67,13 +67,18 @@
 
 pub mod backend;
 mod bitmap;
+pub mod config;
 pub mod device;
 pub mod error;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fault;
 pub mod grants;
 pub mod kvm;
 pub mod model;
 mod paged;
 pub mod routes;
+pub mod snapshot;
+mod state;
 mod sync;
 pub mod transaction;
 #[cfg(feature = "vfio")]
@@ -81,12 +86,13 @@ pub mod vfio;
 pub mod vm;
 
 pub use backend::{GuestDest, InterruptBackend};
+pub use config::{ApicIds, DeviceSpec, VmConfig};
 pub use device::{MmioInterrupt, MmioTransport, NotifyMode, PvirqDevice, VirtioInterrupt};
-pub use error::{HostError, ReplyError};
+pub use error::{ConfigError, HostError, ReplyError};
 // The protocol types that appear in this crate's public signatures, so that a VMM needs no
 // direct dependency on pvirq-proto.
 pub use pvirq_proto::{
     Config, GrantMode, Kind, MessageFormat, MsiMessage, Opcode, Request, Resource, Status,
 };
 pub use transaction::{BufferSink, Handled, ReplySink};
-pub use vm::{ApicIds, DeviceSpec, Vm, VmConfig, VmOccupancy};
+pub use vm::{Vm, VmOccupancy};

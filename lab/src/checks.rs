@@ -123,6 +123,10 @@ pub fn run(bdf: &str) -> LabReport {
         }
         Err(e) => report.setup_error = Some(format!("pvirq path: {e}")),
     }
+    match crate::path_faults::run(&opened, &sysfs) {
+        Ok(walk) => report.path_faults = walk,
+        Err(e) => report.setup_error = Some(format!("path faults: {e}")),
+    }
     report.lines_at_exit = lines();
     report
 }

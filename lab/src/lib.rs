@@ -9,6 +9,9 @@
 //! - Then the same through the whole pvirq path ([`pvirq_path`]): guest driver, ring,
 //!   virtio device, transaction, `VfioBackend`, over `pvirq_sim::Channel`; and the cost
 //!   per vector of a grant against the bare `VFIO_DEVICE_SET_IRQS`, in the same run.
+//! - Then every failure point of that path ([`path_faults`]): route stage and commit,
+//!   each `VFIO_DEVICE_SET_IRQS` of the enable, each write of the reply; after each,
+//!   nothing held in the kernel, the backend or the VM's books, and a retry succeeds.
 //! - On the host ([`lab_env`], [`initramfs`], [`qemu`]): find the kernel and QEMU that
 //!   `.ci/vfio-lab-setup.sh` installed, build an initramfs around the binary, boot it and
 //!   read the report back. `tests/vfio_qemu.rs` asserts on it.
@@ -19,6 +22,7 @@ pub mod eventfd_wait;
 pub mod initramfs;
 pub mod lab_env;
 pub mod nvme;
+pub mod path_faults;
 pub mod procfs;
 pub mod pvirq_path;
 pub mod qemu;

@@ -181,6 +181,94 @@ pub struct PvirqPath {
     pub errors: Vec<String>,
 }
 
+/// One grant as the VM's books hold it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GrantSeen {
+    /// Its MSI-X index.
+    pub index: u32,
+    /// Its guest route.
+    pub route: u32,
+    /// The data of its message (the token: kind, generation, index).
+    pub data: u32,
+}
+
+/// Everything that says what is held, read at one moment: the kernel's side and the
+/// VM's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HeldState {
+    /// `vfio-msix` lines in /proc/interrupts: the IRQ handlers the kernel holds.
+    pub lines: u32,
+    /// VFIO's own state: the routes whose eventfd the kernel signalled when asked to fire
+    /// every vector of the table (`DATA_NONE | ACTION_TRIGGER`): the triggers it holds.
+    pub attached: Vec<u32>,
+    /// The errno of that call, 0 if it succeeded (`EINVAL` while MSI-X is off).
+    pub fire_errno: i32,
+    /// Indices the backend says are enabled.
+    pub backend_enabled: Vec<u32>,
+    /// Vectors the VM holds against its quota.
+    pub held: u32,
+    /// The VM's grants, by index.
+    pub grants: Vec<GrantSeen>,
+}
+
+impl HeldState {
+    /// The granted indices.
+    pub fn indices(&self) -> Vec<u32> {
+        self.grants.iter().map(|g| g.index).collect()
+    }
+
+    /// The granted routes, sorted.
+    pub fn routes(&self) -> Vec<u32> {
+        let mut routes: Vec<u32> = self.grants.iter().map(|g| g.route).collect();
+        routes.sort_unstable();
+        routes
+    }
+}
+
+/// One failure point of the full pvirq path, failed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PathFaultCase {
+    /// `alloc` (5 vectors in three runs) or `free` (2 vectors).
+    pub request: String,
+    /// `route-add`, `route-remove`, `route-commit`, `enable` or `reply-write`.
+    pub point: String,
+    /// Which call (or, for `reply-write`, which guest-memory write) failed, from 1.
+    pub nth: u64,
+    /// `exhausted` or `failed` (routes), the errno's name (enable), `outside` (reply).
+    pub fault: String,
+    /// What the guest got: `no-space RESOURCE AVAILABLE`, `device-error RESOURCE`,
+    /// `no-reply`, or `ok:N`.
+    pub outcome: String,
+    /// What was held before the request.
+    pub before: HeldState,
+    /// And after it.
+    pub after: HeldState,
+    /// The same request without the fault: `ok:N` or what went wrong.
+    pub retry: String,
+    /// What was held after the retry (the probes see it change).
+    pub retried: HeldState,
+    /// What was held once the retry was undone (the next case starts from it).
+    pub restored: HeldState,
+}
+
+/// Every failure point of the full path (guest driver, ring, device, transaction,
+/// `VfioBackend`) on the real kernel.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PathFaults {
+    /// The MSI-X indices held around every request.
+    pub base: Vec<u32>,
+    /// `VFIO_DEVICE_SET_IRQS` calls the ALLOC makes without a fault.
+    pub alloc_calls: u64,
+    /// The cases, in the order they ran.
+    pub cases: Vec<PathFaultCase>,
+    /// Steps outside the cases that failed (setting the base up, undoing a retry).
+    pub errors: Vec<String>,
+}
+
 /// Cost per vector of a grant through pvirq against the bare call, same run, in the
 /// guest (TCG: every instruction, user and kernel, is emulated).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -242,6 +330,8 @@ pub struct LabReport {
     pub backend_cost: BackendCost,
     /// The full pvirq path.
     pub pvirq_path: PvirqPath,
+    /// Every failure point of the full path.
+    pub path_faults: PathFaults,
     /// Its cost against the bare call.
     pub cost: Cost,
     /// Lines after everything was freed.

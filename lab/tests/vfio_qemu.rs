@@ -3,7 +3,7 @@
 //! vfio-pci. Needs what `.ci/vfio-lab-setup.sh` installs; without it the test says it
 //! skipped, unless `PVIRQ_REQUIRE_QEMU=1`, which makes that a failure.
 
-use pvirq_vfio_lab::report::LabReport;
+use pvirq_vfio_lab::report::{LabReport, PathFaultCase, PathFaults};
 use pvirq_vfio_lab::{initramfs, lab_env, qemu};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -164,6 +164,9 @@ fn vfio_backend_on_a_real_vtd_kernel() {
         p.lines_after_reset, 0,
         "RESET releases everything in the kernel"
     );
+    assert!(p.errors.is_empty(), "full path: {:?}", p.errors);
+
+    path_faults(&r.path_faults);
     assert_eq!(r.lines_at_exit, 0);
 
     let bc = &r.backend_cost;
@@ -189,4 +192,91 @@ fn vfio_backend_on_a_real_vtd_kernel() {
         c.bare_batch_us,
         c.batch_ratio
     );
+}
+
+/// What the guest must be told when `c`'s point fails.
+fn expected_outcome(c: &PathFaultCase) -> String {
+    match (c.point.as_str(), c.fault.as_str()) {
+        // A route the ALLOC could not add: a shortage names the routes staged before it.
+        ("route-add", "exhausted") => format!("no-space guest-route {}", c.nth - 1),
+        ("route-add" | "route-remove" | "route-commit", _) => "device-error guest-route".into(),
+        // errno.rs: ENOSPC is the CPU vectors running out on VT-d; EBADF names the
+        // route's eventfd; EINVAL the device's table.
+        ("enable", "ENOSPC") => "no-space host-vector".into(),
+        ("enable", "EBADF") => "device-error guest-route".into(),
+        ("enable", "EINVAL") => "device-error device-slots".into(),
+        ("reply-write", _) => "no-reply".into(),
+        other => panic!("unknown failure point {other:?}"),
+    }
+}
+
+/// Every failure point of the full path, on the real kernel: nothing held after any of
+/// them, and the request then goes through.
+fn path_faults(w: &PathFaults) {
+    assert!(w.errors.is_empty(), "path faults: {:?}", w.errors);
+    assert_eq!(w.base, [0, 1, 2, 3, 6, 9]);
+    assert_eq!(
+        w.alloc_calls, 3,
+        "one VFIO_DEVICE_SET_IRQS per run: 4-5, 7-8, 10"
+    );
+    for c in &w.cases {
+        let b = &c.before;
+        // The state each case starts from is the base, and the probes see it: VFIO holds
+        // a trigger for exactly the grants' routes, each with its IRQ handler.
+        assert_eq!(b.indices(), w.base, "{c:?}");
+        assert_eq!((b.lines, b.fire_errno, b.held), (6, 0, 6), "{c:?}");
+        assert_eq!(b.attached, b.routes(), "{c:?}");
+        assert_eq!(b.backend_enabled, w.base, "{c:?}");
+        let expected = expected_outcome(c);
+        assert!(
+            c.outcome.starts_with(&expected),
+            "{} {} #{} {}: got {:?}, expected {expected:?}",
+            c.request,
+            c.point,
+            c.nth,
+            c.fault,
+            c.outcome
+        );
+        // Nothing held that was not before: the kernel's handlers and triggers, the
+        // backend, the VM's quota and grants (same routes, same messages).
+        assert_eq!(&c.after, b, "{c:?}");
+        let (ok, held) = match c.request.as_str() {
+            "alloc" => ("ok:5", 11),
+            _ => ("ok:2", 4),
+        };
+        assert_eq!(c.retry, ok, "retry without the fault: {c:?}");
+        // The same probes see the retry's vectors come and go in the kernel.
+        let t = &c.retried;
+        assert_eq!(
+            (t.lines, t.held, t.grants.len()),
+            (held, held, held as usize),
+            "{c:?}"
+        );
+        assert_eq!(t.attached, t.routes(), "{c:?}");
+        assert_eq!(t.backend_enabled, t.indices(), "{c:?}");
+        let r = &c.restored;
+        assert_eq!(
+            (r.indices(), r.lines, r.held, &r.backend_enabled),
+            (b.indices(), b.lines, b.held, &b.backend_enabled),
+            "{c:?}"
+        );
+        assert_eq!(r.attached, r.routes(), "{c:?}");
+    }
+    let count = |request: &str, point: &str| {
+        w.cases
+            .iter()
+            .filter(|c| c.request == request && c.point == point)
+            .count()
+    };
+    // Both fault kinds at each route call: 5 adds (or 2 removals) and the commit.
+    assert_eq!(count("alloc", "route-add"), 10);
+    assert_eq!(count("alloc", "route-commit"), 2);
+    assert_eq!(count("free", "route-remove"), 4);
+    assert_eq!(count("free", "route-commit"), 2);
+    // Three errnos at each of the three calls.
+    assert_eq!(count("alloc", "enable"), 9);
+    // Every 8-byte write of the reply: ALLOC's is a 24-byte header and 5 grants of 16
+    // bytes (104 bytes, 13 writes), FREE's the header alone (3 writes).
+    assert_eq!(count("alloc", "reply-write"), 13);
+    assert_eq!(count("free", "reply-write"), 3);
 }

@@ -7,7 +7,7 @@
 //! without the fault must get exactly the answer a fault-free run gets.
 
 use pvirq_guest::{Error, Options};
-use pvirq_host::backend::fault::{FaultKind, FaultPlan, Faulty, LayerCall};
+use pvirq_host::fault::{FaultKind, FaultPlan, Faulty, LayerCall};
 use pvirq_host::model::{ModelConfig, ModelHost, RemapConfig};
 use pvirq_host::routes::MemoryRoutes;
 use pvirq_proto::{

@@ -10,16 +10,14 @@
 //!
 //! Backends shipped: [`crate::vfio::VfioBackend`] (the real host, through VFIO) and the
 //! modelled host kernel ([`crate::model`]), for the simulator, tests, fuzzing and
-//! benchmarks. `fault::Faulty` (feature `test-utils`) wraps either and fails on command.
-
-#[cfg(any(test, feature = "test-utils"))]
-pub mod fault;
+//! benchmarks. [`crate::fault::Faulty`] (feature `test-utils`) wraps either and fails on
+//! command.
 
 use pvirq_proto::{GrantMode, Kind, MessageFormat, MsiMessage, Resource};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Where a route delivers in the guest: an x2APIC ID and a guest vector.
@@ -193,4 +191,36 @@ pub trait InterruptBackend: Send {
     /// A backed vector's guest destination changed (or it was parked, `None`). A backend
     /// that posted it points its IRTE at the new vCPU; others have nothing to do.
     fn retarget(&mut self, _kind: Kind, _index: u32, _dest: Option<GuestDest>) {}
+}
+
+/// A backend the VMM shares with its own code: the core calls it through the lock, and
+/// the VMM keeps a clone to ask it things the trait does not (for VFIO, its MSI-X table
+/// emulation calls `VfioBackend::recognise` on each trapped write). Do not call into the
+/// VM while holding this lock: the core takes the VM's lock, then this one.
+impl<B: InterruptBackend> InterruptBackend for Arc<Mutex<B>> {
+    fn format(&self) -> MessageFormat {
+        crate::sync::lock(self).format()
+    }
+    fn can_post(&self) -> bool {
+        crate::sync::lock(self).can_post()
+    }
+    fn max_msi_block(&self) -> u32 {
+        crate::sync::lock(self).max_msi_block()
+    }
+    fn supply(&self, kind: Kind) -> HostSupply {
+        crate::sync::lock(self).supply(kind)
+    }
+    fn enable(
+        &mut self,
+        request: &EnableRequest<'_>,
+        out: &mut Vec<Enabled>,
+    ) -> Result<(), BackendError> {
+        crate::sync::lock(self).enable(request, out)
+    }
+    fn disable(&mut self, kind: Kind, indices: &[u32]) {
+        crate::sync::lock(self).disable(kind, indices)
+    }
+    fn retarget(&mut self, kind: Kind, index: u32, dest: Option<GuestDest>) {
+        crate::sync::lock(self).retarget(kind, index, dest)
+    }
 }

@@ -10,7 +10,7 @@
 use super::error::ActivateError;
 use super::metrics::PvirqMetrics;
 use super::request::ChainBuffers;
-use crate::error::HostError;
+use crate::error::{ConfigError, HostError};
 use crate::vm::{Vm, VmOccupancy};
 use pvirq_proto::{Config, Kind, VIRTIO_ID_PVIRQ, feature};
 use std::sync::Arc;
@@ -139,7 +139,7 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
     /// driver and is refused. Kept across device resets.
     pub fn set_device_type(&mut self, id: u32) -> Result<(), HostError> {
         if id == 0 {
-            return Err(HostError::InvalidConfig("virtio device ID 0"));
+            return Err(ConfigError::DeviceIdZero.into());
         }
         self.device_type = id;
         Ok(())

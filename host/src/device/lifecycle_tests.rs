@@ -4,10 +4,10 @@
 
 use super::test_utils::*;
 use super::*;
+use crate::config::{DeviceSpec, VmConfig};
 use crate::model::ModelHost;
 use crate::routes::MemoryRoutes;
-use crate::transaction::Restored;
-use crate::vm::{DeviceSpec, VmConfig};
+use crate::snapshot::Restored;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use pvirq_proto::{Alloc, Kind, Operation, Outcome, Request, Response, Target, feature};
 use std::os::fd::AsRawFd;
@@ -324,7 +324,7 @@ fn a_hostile_or_unusable_state_is_refused_with_nothing_held() {
         ),
         (
             with(|s| s.vm.devices[0].grants[0].index = 999),
-            PersistError::Grants(crate::vm::RestoreError::IndexOutOfRange {
+            PersistError::Grants(crate::snapshot::RestoreError::IndexOutOfRange {
                 handle: 0,
                 kind: Kind::MsiX,
                 index: 999,

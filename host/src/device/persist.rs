@@ -11,8 +11,8 @@
 use super::device::{PvirqDevice, VirtioInterrupt};
 use super::error::ActivateError;
 use crate::error::HostError;
-use crate::transaction::{Restored, RestoredGrant};
-use crate::vm::{RestoreError, Vm, VmSnapshot};
+use crate::snapshot::{RestoreError, Restored, RestoredGrant, VmSnapshot};
+use crate::vm::Vm;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use virtio_queue::{Queue, QueueState};

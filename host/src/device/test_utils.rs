@@ -3,9 +3,10 @@
 
 use super::device::PvirqDevice;
 use super::mmio::{MmioInterrupt, MmioTransport, NotifyMode};
+use crate::config::{DeviceSpec, VmConfig};
 use crate::model::{ModelConfig, ModelHost};
 use crate::routes::MemoryRoutes;
-use crate::vm::{DeviceSpec, Vm, VmConfig};
+use crate::vm::Vm;
 use pvirq_proto::{Request, feature};
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_config::*;

@@ -462,7 +462,7 @@ fn a_freed_handle_faults_when_the_device_fires_it() {
 
 #[test]
 fn every_status_is_reached_through_the_queue() {
-    use crate::backend::fault::{FaultKind, FaultPlan, Faulty};
+    use crate::fault::{FaultKind, FaultPlan, Faulty};
     use pvirq_proto::{IndexRange, Retarget};
     let plan = FaultPlan::new();
     let host = host();
@@ -603,7 +603,9 @@ fn the_vmm_can_override_the_device_id() {
     let mut dev = PvirqDevice::<Mem>::new(vm(&host, 0x100, 16)).unwrap();
     assert!(matches!(
         dev.set_device_type(0),
-        Err(crate::HostError::InvalidConfig(_))
+        Err(crate::HostError::InvalidConfig(
+            crate::ConfigError::DeviceIdZero
+        ))
     ));
     assert_eq!(dev.device_type(), 56);
     dev.set_device_type(0x7001).unwrap();

@@ -1,6 +1,10 @@
-//! The one error type of the KVM routing layer.
+//! The one error type of the KVM routing layer, and how it reaches the core: as the
+//! hypervisor-neutral [`RouteError::Hypervisor`], so that the route seam knows nothing of
+//! KVM.
 
 use super::msi::Gsi;
+use crate::routes::RouteError;
+use std::io;
 
 /// What went wrong while staging, committing or releasing KVM GSI routes.
 #[derive(Debug, thiserror::Error)]
@@ -53,4 +57,30 @@ pub enum KvmRouteError {
         /// The ioctl's error.
         source: kvm_ioctls::Error,
     },
+}
+
+impl KvmRouteError {
+    /// The errno KVM (or the eventfd call) answered, if the error came from a syscall.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            KvmRouteError::IrqfdRegister { source, .. }
+            | KvmRouteError::SetGsiRouting { source, .. } => Some(source.errno()),
+            KvmRouteError::EventFd { errno } => Some(*errno),
+            KvmRouteError::InvalidGsiRange { .. }
+            | KvmRouteError::Exhausted { .. }
+            | KvmRouteError::UnknownGsi(_)
+            | KvmRouteError::TooManyEntries { .. } => None,
+        }
+    }
+}
+
+impl From<KvmRouteError> for RouteError {
+    /// The route seam's view: the errno's kind where KVM gave one, with the KVM error
+    /// kept inside for whoever wants the detail.
+    fn from(e: KvmRouteError) -> Self {
+        let kind = e.errno().map_or(io::ErrorKind::Other, |errno| {
+            io::Error::from_raw_os_error(errno).kind()
+        });
+        RouteError::Hypervisor(io::Error::new(kind, e))
+    }
 }

@@ -267,7 +267,7 @@ impl<O: RouteOwner> GuestRoutes for KvmRoutes<O> {
         if let Err(e) = self.owner.commit(&changes) {
             KvmRouteCounters::bump(&self.counters.failed_commits);
             self.abort();
-            return Err(RouteError::Kvm(e));
+            return Err(e.into());
         }
         for slot in std::mem::take(&mut self.unsynced) {
             self.free.put(u32::from(slot));

@@ -163,9 +163,15 @@ fn a_refused_commit_changes_nothing_and_clear_still_forgets_everything() {
     routes.stage_add(dest(0, 0x41)).unwrap();
     let c = routes.stage_add(dest(0, 0x42)).unwrap();
     assert_eq!(c.id, 4096);
+    // The core sees a hypervisor-neutral refusal: EINVAL's kind, the KVM error inside.
+    let Err(RouteError::Hypervisor(err)) = routes.commit() else {
+        panic!("KVM accepted GSI 4096");
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert!(matches!(
-        routes.commit(),
-        Err(RouteError::Kvm(KvmRouteError::SetGsiRouting { .. }))
+        err.get_ref()
+            .and_then(|e| e.downcast_ref::<KvmRouteError>()),
+        Some(KvmRouteError::SetGsiRouting { .. })
     ));
     assert_eq!(routes.counters().failed_commits(), 1);
     // As before the batch: a still goes to 0x40, the two others are free again.

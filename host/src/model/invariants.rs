@@ -15,15 +15,17 @@ use super::ModelHost;
 use super::kernel::DeviceRemap;
 use super::remap::IrteDest;
 use super::vectors::HostVector;
+use super::violation::ModelViolation;
 use crate::sync::lock;
-use crate::vm::Vm;
+use crate::vm::{Vm, violations};
 use pvirq_proto::Kind;
 use std::collections::HashSet;
 use std::sync::Weak;
 
 impl ModelHost {
-    /// Checks every invariant; the list of violations if any.
-    pub fn check_invariants(&self) -> Result<(), Vec<String>> {
+    /// Checks every invariant, each VM's own included; every violation found, if any.
+    /// For tests, the simulator and the fuzzer (feature `test-utils`).
+    pub fn check_invariants(&self) -> Result<(), Vec<ModelViolation>> {
         let vms: Vec<_> = lock(&self.vms)
             .iter()
             .filter_map(|(id, w)| Weak::upgrade(w).map(|shared| (*id, Vm { shared })))
@@ -34,24 +36,30 @@ impl ModelHost {
         let mut irtes_seen: HashSet<(u16, u16)> = HashSet::new();
         let mut devices_seen = 0usize;
         for (id, vm) in &vms {
-            let st = lock(&vm.shared.state);
+            let st = vm.state();
             errors.extend(
-                vm.violations(&st)
+                violations(vm.config(), &st)
                     .into_iter()
-                    .map(|e| format!("vm {id}: {e}")),
+                    .map(|violation| ModelViolation::Vm { vm: *id, violation }),
             );
             let kernel = lock(&self.kernel);
             for (handle, dev) in st.devices.iter().enumerate() {
                 let rid = dev.spec.requester_id;
                 let Some(kdev) = kernel.devices.get(&rid) else {
-                    errors.push(format!(
-                        "vm {id} dev {handle}: {rid:#06x} unknown to the kernel"
-                    ));
+                    errors.push(ModelViolation::UnknownDevice {
+                        vm: *id,
+                        handle,
+                        requester_id: rid,
+                    });
                     continue;
                 };
                 devices_seen += 1;
                 if kdev.vm != *id {
-                    errors.push(format!("{rid:#06x} belongs to vm {} not {id}", kdev.vm));
+                    errors.push(ModelViolation::WrongVm {
+                        requester_id: rid,
+                        owner: kdev.vm,
+                        vm: *id,
+                    });
                 }
                 let mut granted = 0usize;
                 for kind in Kind::ALL.iter().copied() {
@@ -60,23 +68,32 @@ impl ModelHost {
                     for (index, record) in table.records.iter() {
                         granted += 1;
                         let Some(v) = kdev.vectors.get((kind, index)) else {
-                            errors.push(format!("vm {id} dev {handle} {kind} {index}: not backed"));
+                            errors.push(ModelViolation::NotBacked {
+                                vm: *id,
+                                handle,
+                                kind,
+                                index,
+                            });
                             continue;
                         };
                         if (v.message, v.mode, v.dest, v.pasid)
                             != (record.message, record.mode, record.dest, record.pasid)
                         {
-                            errors.push(format!(
-                                "vm {id} dev {handle} {kind} {index}: kernel {:?} vs grant {record:?}",
-                                (v.message, v.mode, v.dest, v.pasid)
-                            ));
+                            errors.push(ModelViolation::BackingDiffers {
+                                vm: *id,
+                                handle,
+                                kind,
+                                index,
+                                kernel: (v.message, v.mode, v.dest, v.pasid),
+                                grant: *record,
+                            });
                         }
                         irtes.push(v.irte);
                         let unit = kdev.unit();
                         if let DeviceRemap::Vtd { .. } = kdev.remap
                             && !irtes_seen.insert((unit, v.irte))
                         {
-                            errors.push(format!("IRTE {unit}:{} backs two vectors", v.irte));
+                            errors.push(ModelViolation::SharedIrte { unit, irte: v.irte });
                         }
                         let table = match &kdev.remap {
                             DeviceRemap::Vtd { .. } => &kernel.remap,
@@ -89,23 +106,29 @@ impl ModelHost {
                                     None => v.dest.map(IrteDest::Posted),
                                 };
                                 if e.dest != expected {
-                                    errors.push(format!(
-                                        "IRTE {}:{} goes to {:?}, expected {expected:?}",
-                                        unit, v.irte, e.dest
-                                    ));
+                                    errors.push(ModelViolation::IrteDestination {
+                                        unit,
+                                        irte: v.irte,
+                                        dest: e.dest,
+                                        expected,
+                                    });
                                 }
                             }
-                            e => errors.push(format!(
-                                "vm {id} dev {handle} {kind} {index}: IRTE {} is {e:?}",
-                                v.irte
-                            )),
+                            entry => errors.push(ModelViolation::IrteNotOwned {
+                                vm: *id,
+                                handle,
+                                kind,
+                                index,
+                                irte: v.irte,
+                                entry,
+                            }),
                         }
                         if let Some(hv) = v.host_vector {
                             if !kernel.vectors.is_allocated(hv) {
-                                errors.push(format!("host vector {hv:?} not allocated"));
+                                errors.push(ModelViolation::HostVectorNotAllocated(hv));
                             }
                             if !vectors_seen.insert(hv) {
-                                errors.push(format!("host vector {hv:?} backs two vectors"));
+                                errors.push(ModelViolation::SharedHostVector(hv));
                             }
                         }
                     }
@@ -116,53 +139,60 @@ impl ModelHost {
                             .iter()
                             .all(|i| (base..base + n).contains(&u32::from(*i)));
                         if !(n.is_power_of_two() && base % n == 0 && contiguous) {
-                            errors.push(format!(
-                                "vm {id} dev {handle}: MSI block of {n} not on an aligned IRTE block at {base}"
-                            ));
+                            errors.push(ModelViolation::MsiBlockUnaligned {
+                                vm: *id,
+                                handle,
+                                count: n,
+                                base,
+                            });
                         }
                     }
                 }
                 if let DeviceRemap::Amd { table } = &kdev.remap {
                     let used = table.capacity(0) - table.free_entries(0);
                     if used as usize != kdev.vectors.len() {
-                        errors.push(format!(
-                            "vm {id} dev {handle}: AMD table has {used} entries in use for {} vectors",
-                            kdev.vectors.len()
-                        ));
+                        errors.push(ModelViolation::AmdTableCount {
+                            vm: *id,
+                            handle,
+                            used,
+                            vectors: kdev.vectors.len(),
+                        });
                     }
                 } else {
                     backed_vtd += kdev.vectors.len() as u64;
                 }
                 if kdev.vectors.len() != granted {
-                    errors.push(format!(
-                        "vm {id} dev {handle}: kernel backs {} vectors, {granted} granted",
-                        kdev.vectors.len()
-                    ));
+                    errors.push(ModelViolation::BackedCount {
+                        vm: *id,
+                        handle,
+                        backed: kdev.vectors.len(),
+                        granted,
+                    });
                 }
             }
         }
         let kernel = lock(&self.kernel);
         if kernel.devices.len() != devices_seen {
-            errors.push(format!(
-                "kernel knows {} devices, live VMs have {devices_seen}",
-                kernel.devices.len()
-            ));
+            errors.push(ModelViolation::DeviceCount {
+                kernel: kernel.devices.len(),
+                live: devices_seen,
+            });
         }
         let irtes_used: u64 = (0..kernel.remap.units())
             .map(|u| u64::from(kernel.remap.capacity(u) - kernel.remap.free_entries(u)))
             .sum();
         if irtes_used != irtes_seen.len() as u64 || irtes_used != backed_vtd {
-            errors.push(format!(
-                "{irtes_used} VT-d IRTEs in use, {} seen, {backed_vtd} vectors backed on VT-d",
-                irtes_seen.len()
-            ));
+            errors.push(ModelViolation::IrteCount {
+                used: irtes_used,
+                seen: irtes_seen.len() as u64,
+                backed: backed_vtd,
+            });
         }
         if u64::from(kernel.vectors.allocated()) != vectors_seen.len() as u64 {
-            errors.push(format!(
-                "{} host vectors allocated, {} held by grants",
-                kernel.vectors.allocated(),
-                vectors_seen.len()
-            ));
+            errors.push(ModelViolation::HostVectorCount {
+                allocated: kernel.vectors.allocated(),
+                held: vectors_seen.len() as u64,
+            });
         }
         if errors.is_empty() {
             Ok(())

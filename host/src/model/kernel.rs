@@ -7,6 +7,7 @@ use super::vectors::{HostVector, VectorMatrix};
 use super::{Fault, FaultReason};
 use crate::backend::{BackendError, EnableRequest, Enabled, GuestDest, Trigger, VectorSetup};
 use crate::bitmap::floor_pow2;
+use crate::error::HostError;
 use crate::paged::PagedMap;
 use pvirq_proto::{GrantMode, Kind, MessageFormat, MsiMessage, RemappableMsi, Resource};
 use std::collections::{HashMap, VecDeque};
@@ -27,6 +28,8 @@ pub(crate) struct EnabledVector {
     pub(crate) dest: Option<GuestDest>,
     pub(crate) pasid: Option<u32>,
     pub(crate) mode: GrantMode,
+    /// The message given, which only the invariant check reads back.
+    #[cfg(any(test, feature = "test-utils"))]
     pub(crate) message: MsiMessage,
 }
 
@@ -70,6 +73,7 @@ impl DeviceVectors {
         self.0.get_mut(kind_slot(kind))?.remove(&index)
     }
 
+    #[cfg(any(test, feature = "test-utils"))]
     pub(crate) fn len(&self) -> usize {
         self.0.iter().map(PagedMap::len).sum()
     }
@@ -100,6 +104,7 @@ impl ModelDevice {
     }
 
     /// The unit a VT-d device is on (0 for an AMD table's one unit).
+    #[cfg(any(test, feature = "test-utils"))]
     pub(crate) fn unit(&self) -> u16 {
         match self.remap {
             DeviceRemap::Vtd { unit } => unit,
@@ -125,14 +130,13 @@ pub enum Placement {
 
 impl Placement {
     /// The device's remapping state when it is attached.
-    pub(crate) fn attach(self) -> Option<DeviceRemap> {
+    pub(crate) fn attach(self) -> Result<DeviceRemap, HostError> {
         match self {
-            Placement::Vtd { unit } => Some(DeviceRemap::Vtd { unit }),
+            Placement::Vtd { unit } => Ok(DeviceRemap::Vtd { unit }),
             Placement::Amd { entries } => RemapUnits::new(RemapConfig {
                 units: 1,
                 entries_per_unit: entries,
             })
-            .ok()
             .map(|table| DeviceRemap::Amd { table }),
         }
     }
@@ -288,6 +292,7 @@ impl Kernel {
                     dest: setup.dest,
                     pasid: request.pasid,
                     mode,
+                    #[cfg(any(test, feature = "test-utils"))]
                     message,
                 },
             );

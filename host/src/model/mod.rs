@@ -14,21 +14,27 @@
 
 pub mod amd;
 mod backend;
+#[cfg(any(test, feature = "test-utils"))]
 mod invariants;
 mod kernel;
 pub mod remap;
 pub mod vectors;
+#[cfg(any(test, feature = "test-utils"))]
+mod violation;
 
 pub use backend::ModelBackend;
 pub use kernel::{Placement, VmId};
 pub use remap::{Irte, IrteDest, IrteOwner, RemapConfig, RemapFault, RemapUnits};
 pub use vectors::{HostVector, VectorConfig, VectorMatrix};
+#[cfg(any(test, feature = "test-utils"))]
+pub use violation::{KernelBacking, ModelViolation};
 
 use crate::backend::{GuestDest, InterruptBackend};
-use crate::error::HostError;
+use crate::config::VmConfig;
+use crate::error::{ConfigError, HostError};
 use crate::routes::GuestRoutes;
 use crate::sync::lock;
-use crate::vm::{Vm, VmConfig, VmShared};
+use crate::vm::{Vm, VmShared};
 use kernel::Kernel;
 use pvirq_proto::{GrantMode, MsiMessage};
 use std::collections::{HashMap, VecDeque};
@@ -156,11 +162,7 @@ impl ModelHost {
                 vtd_max_block: match config.vtd_max_msi_block {
                     0 => 32,
                     n if n.is_power_of_two() && n <= 32 => n,
-                    _ => {
-                        return Err(HostError::InvalidConfig(
-                            "vtd_max_msi_block must be a power of two ≤ 32",
-                        ));
-                    }
+                    n => return Err(ConfigError::VtdMaxMsiBlock(n).into()),
                 },
                 devices: HashMap::new(),
                 placements: HashMap::new(),
@@ -191,9 +193,7 @@ impl ModelHost {
             }
             Placement::Amd { entries } => {
                 if !amd::AMD_TABLE_SIZES.contains(&entries) {
-                    return Err(HostError::InvalidConfig(
-                        "an AMD remapping table has 512 or 2048 entries",
-                    ));
+                    return Err(ConfigError::AmdTableSize(entries).into());
                 }
             }
         }
@@ -221,9 +221,7 @@ impl ModelHost {
             .get(&requester_id)
             .copied()
             .unwrap_or(Placement::Vtd { unit: 0 });
-        let remap = placement
-            .attach()
-            .ok_or(HostError::InvalidConfig("unusable placement"))?;
+        let remap = placement.attach()?;
         kernel.devices.insert(
             requester_id,
             kernel::ModelDevice {

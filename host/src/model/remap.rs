@@ -8,7 +8,7 @@
 use super::vectors::HostVector;
 use crate::backend::GuestDest;
 use crate::bitmap::IndexBitmap;
-use crate::error::HostError;
+use crate::error::{ConfigError, HostError};
 use pvirq_proto::{Kind, MsiMessage, RemappableMsi};
 
 /// Where an IRTE sends its interrupt.
@@ -100,12 +100,10 @@ impl RemapUnits {
     /// Units as `config` describes.
     pub fn new(config: RemapConfig) -> Result<Self, HostError> {
         if config.units == 0 {
-            return Err(HostError::InvalidConfig("at least one remapping unit"));
+            return Err(ConfigError::NoRemapUnits.into());
         }
         if config.entries_per_unit == 0 || config.entries_per_unit > 65_536 {
-            return Err(HostError::InvalidConfig(
-                "entries per unit must be 1..=65536",
-            ));
+            return Err(ConfigError::RemapEntries(config.entries_per_unit).into());
         }
         let units = (0..config.units)
             .map(|_| Unit {

@@ -2,8 +2,8 @@
 //! posted entries.
 
 use super::*;
+use crate::config::DeviceSpec;
 use crate::routes::MemoryRoutes;
-use crate::vm::DeviceSpec;
 use pvirq_proto::{
     Alloc, Grant, IndexSpec, Kind, Operation, Outcome, Refusal, Request, Resource, Response, Target,
 };

@@ -7,7 +7,7 @@
 //! moves the "highest" mark by at most one, and finds a free vector with a
 //! `trailing_zeros` over four 64-bit words: O(1) however full the pool is.
 
-use crate::error::HostError;
+use crate::error::{ConfigError, HostError};
 
 /// A host interrupt vector on one CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,10 +72,14 @@ impl VectorMatrix {
     /// A matrix as `config` describes.
     pub fn new(config: &VectorConfig) -> Result<Self, HostError> {
         if config.cpus == 0 {
-            return Err(HostError::InvalidConfig("at least one host CPU"));
+            return Err(ConfigError::NoHostCpus.into());
         }
         if config.first >= config.end {
-            return Err(HostError::InvalidConfig("empty host vector range"));
+            return Err(ConfigError::EmptyVectorRange {
+                first: config.first,
+                end: config.end,
+            }
+            .into());
         }
         let mut bits = [0u64; 4];
         for v in config.first..config.end {
@@ -87,7 +91,7 @@ impl VectorMatrix {
         }
         let per_cpu: u32 = bits.iter().map(|w| w.count_ones()).sum();
         if per_cpu == 0 {
-            return Err(HostError::InvalidConfig("no usable host vector"));
+            return Err(ConfigError::NoUsableVector.into());
         }
         let mut matrix = VectorMatrix {
             cpus: vec![

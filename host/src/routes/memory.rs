@@ -9,7 +9,7 @@
 use super::{GuestRoutes, RouteError, RouteId, RouteState, StagedRoute};
 use crate::backend::{GuestDest, Signal, Trigger};
 use crate::bitmap::IndexBitmap;
-use crate::error::HostError;
+use crate::error::{ConfigError, HostError};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
@@ -141,7 +141,11 @@ impl MemoryRoutes {
     /// Route ids `first_id..first_id + count`.
     pub fn with_range(first_id: u32, count: u32) -> Result<Self, HostError> {
         if first_id.checked_add(count).is_none() {
-            return Err(HostError::InvalidConfig("route id range overflows"));
+            return Err(ConfigError::RouteIdRange {
+                first: first_id,
+                count,
+            }
+            .into());
         }
         Ok(Self::build(first_id, count))
     }

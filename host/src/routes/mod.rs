@@ -16,7 +16,6 @@ pub(crate) use batch::RouteBatch;
 pub use memory::{MemoryRoutes, RouteBook};
 
 use crate::backend::{GuestDest, Trigger};
-use crate::kvm::KvmRouteError;
 
 /// A route's identity within its VM (for KVM: the GSI).
 pub type RouteId = u32;
@@ -63,9 +62,11 @@ pub enum RouteError {
     /// The route does not exist (or is not this layer's).
     #[error("route {0} does not exist")]
     NoSuchRoute(RouteId),
-    /// KVM refused.
+    /// The hypervisor refused the change; nothing staged is live. Its kind (and raw errno,
+    /// where it gave one) is the hypervisor's answer; the error inside is the layer's own
+    /// (for KVM, a [`crate::kvm::KvmRouteError`]), which `io::Error::get_ref` reaches.
     #[error(transparent)]
-    Kvm(#[from] KvmRouteError),
+    Hypervisor(std::io::Error),
     /// A test layer was told to fail.
     #[error("injected route failure")]
     Injected,

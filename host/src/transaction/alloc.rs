@@ -6,9 +6,10 @@ use super::reply::{Ctx, Handled};
 use super::sizing::Supply;
 use super::{backend_refusal, route_failure, route_refusal, table_size, usable};
 use crate::backend::{EnableRequest, Enabled, GuestDest, VectorSetup};
+use crate::config::VmConfig;
 use crate::grants::GrantRecord;
 use crate::routes::RouteBatch;
-use crate::vm::{VmConfig, VmState};
+use crate::state::VmState;
 use pvirq_proto::{
     Alloc, Field, Grant, IndexSpec, Kind, Outcome, Refusal, Resource, Status, feature,
 };

@@ -1,12 +1,12 @@
-//! FREE and RESET (spec §4.6, §4.8), and the virtio device reset that frees everything
-//! ([DEV-1]): stage the route removals, reply, commit, then the backend stops backing.
+//! FREE and RESET (spec §4.6, §4.8): stage the route removals, reply, commit, then the
+//! grants are released ([`crate::state::release`]: the backend stops backing them).
 
 use super::reply::{Ctx, Handled};
 use super::{route_failure, usable};
+use crate::config::VmConfig;
 use crate::grants::GrantRecord;
 use crate::routes::RouteBatch;
-use crate::sync::lock;
-use crate::vm::{DeviceState, Vm, VmConfig, VmState};
+use crate::state::{DeviceState, VmState, release};
 use pvirq_proto::{Field, IndexRange, Kind, Outcome, Refusal, Status};
 
 /// The grants a FREE names (all of them, or the refusal), or every grant of the device for
@@ -40,25 +40,6 @@ fn select(
                 .ok_or(Refusal::NotGranted { index: i })
         })
         .collect()
-}
-
-/// After the routes are gone: the backend stops backing the vectors, the records go.
-fn forget(dev: &mut DeviceState, grants: &[(Kind, u32, GrantRecord)]) {
-    for kind in Kind::ALL.iter().copied() {
-        let indices: Vec<u32> = grants
-            .iter()
-            .filter(|(k, _, _)| *k == kind)
-            .map(|(_, i, _)| *i)
-            .collect();
-        if indices.is_empty() {
-            continue;
-        }
-        dev.backend.disable(kind, &indices);
-        let table = dev.grants.table_mut(kind);
-        for index in indices {
-            table.remove(index);
-        }
-    }
 }
 
 pub(super) fn free(
@@ -113,40 +94,7 @@ pub(super) fn free(
     if let Err(e) = batch.commit() {
         return ctx.refuse(route_failure(&e));
     }
-    forget(dev, &grants);
+    release(dev, &grants);
     *held = new_held;
     ctx.handled(used, Status::Ok)
-}
-
-impl Vm {
-    /// Frees every grant of every device (virtio device reset, [DEV-1]); returns how many.
-    /// It cannot fail: if the route layer refuses to commit the removals, the backends stop
-    /// backing the vectors anyway and the routes are cleared.
-    pub fn reset_all(&self) -> u32 {
-        release_all(&mut lock(&self.shared.state))
-    }
-}
-
-/// Frees every grant of the VM: one route commit, then the host side.
-fn release_all(st: &mut VmState) -> u32 {
-    let per_device: Vec<_> = st.devices.iter().map(|d| d.grants.all()).collect();
-    let committed = {
-        let mut batch = RouteBatch::new(st.routes.as_mut());
-        per_device
-            .iter()
-            .flatten()
-            .try_for_each(|(_, _, record)| batch.remove(record.route))
-            .and_then(|()| batch.commit())
-            .is_ok()
-    };
-    if !committed {
-        st.routes.clear();
-    }
-    let mut count = 0;
-    for (dev, grants) in st.devices.iter_mut().zip(&per_device) {
-        forget(dev, grants);
-        count += grants.len() as u32;
-    }
-    st.held = st.held.saturating_sub(count);
-    count
 }

@@ -14,6 +14,11 @@
 //!
 //! FREE, RESET and RETARGET stage their route changes the same way and release host
 //! resources only after the commit, so they are all-or-nothing too.
+//!
+//! The module is a set of free functions over a VM's state (`state::VmState`), called by
+//! the [`crate::Vm`] handle with the VM's lock held: `handle` for a request, `restore`
+//! for a snapshot. It never names the handle, so `vm` depends on it and not
+//! the other way round.
 
 mod alloc;
 mod backed;
@@ -25,13 +30,13 @@ mod retarget;
 mod sizing;
 
 pub use reply::{BufferSink, Handled, ReplySink};
-pub use restore::{Restored, RestoredGrant};
+pub(crate) use restore::restore;
 
 use crate::backend::BackendError;
 use crate::bitmap::floor_pow2;
+use crate::config::{DeviceSpec, VmConfig};
 use crate::routes::RouteError;
-use crate::sync::lock;
-use crate::vm::{DeviceSpec, DeviceState, Vm};
+use crate::state::{DeviceState, VmState};
 use pvirq_proto::{
     Field, Kind, Operation, RESPONSE_HEADER_LEN, Refusal, Request, Resource, feature,
 };
@@ -108,58 +113,43 @@ fn route_failure(_: &RouteError) -> Refusal {
     }
 }
 
-impl Vm {
-    /// Handles one request (`request` = the readable bytes) and writes the reply to `sink`.
-    pub fn handle(&self, request: &[u8], sink: &mut dyn ReplySink) -> Handled {
-        let echo = Request::peek_header(request)
-            .map(|h| Echo {
-                opcode: h.opcode,
-                device: h.device.get(),
-                tag: h.tag.get(),
-            })
-            .unwrap_or_default();
-        let config = &self.shared.config;
-        let mut st = lock(&self.shared.state);
-        let mut ctx = Ctx { echo, sink };
-        if ctx.sink.capacity() < RESPONSE_HEADER_LEN {
-            // Not even a refusal fits: say nothing, change nothing.
-            return ctx.dropped();
-        }
-        let request = match Request::decode(request, config.max_batch) {
-            Ok(r) => r,
-            Err(e) => return ctx.refuse(e.refusal()),
-        };
-        let needed = request.max_response_len();
-        if ctx.sink.capacity() < needed {
-            return ctx.refuse(Refusal::ResponseTooSmall {
-                needed: needed as u32,
-            });
-        }
-        let st = &mut *st;
-        match &request.op {
-            Operation::Query => query::query(&mut ctx, config, st, request.device),
-            Operation::Alloc(a) => alloc::alloc(&mut ctx, config, st, request.device, a),
-            Operation::Free(r) => free::free(&mut ctx, config, st, request.device, Some(r)),
-            Operation::Reset => free::free(&mut ctx, config, st, request.device, None),
-            Operation::Retarget(r) => retarget::retarget(&mut ctx, config, st, request.device, r),
-        }
+/// Handles one request (`request` = the readable bytes) of the VM whose configuration is
+/// `config` and whose state is `st` (the caller holds its lock), writing the reply to
+/// `sink`.
+pub(crate) fn handle(
+    config: &VmConfig,
+    st: &mut VmState,
+    request: &[u8],
+    sink: &mut dyn ReplySink,
+) -> Handled {
+    let echo = Request::peek_header(request)
+        .map(|h| Echo {
+            opcode: h.opcode,
+            device: h.device.get(),
+            tag: h.tag.get(),
+        })
+        .unwrap_or_default();
+    let mut ctx = Ctx { echo, sink };
+    if ctx.sink.capacity() < RESPONSE_HEADER_LEN {
+        // Not even a refusal fits: say nothing, change nothing.
+        return ctx.dropped();
     }
-
-    /// Encodes `request`, handles it with a buffer as large as its largest reply, and
-    /// returns the reply bytes (empty if nothing was written).
-    #[cfg(any(test, feature = "test-utils"))]
-    pub fn call(&self, request: &Request<'_>) -> Vec<u8> {
-        let mut bytes = vec![0u8; request.encoded_len()];
-        let Ok(len) = request.encode(&mut bytes) else {
-            return Vec::new();
-        };
-        let mut sink = BufferSink::new(request.max_response_len());
-        let handled = self.handle(bytes.get(..len).unwrap_or_default(), &mut sink);
-        if handled.used_len == 0 {
-            Vec::new()
-        } else {
-            sink.bytes().to_vec()
-        }
+    let request = match Request::decode(request, config.max_batch) {
+        Ok(r) => r,
+        Err(e) => return ctx.refuse(e.refusal()),
+    };
+    let needed = request.max_response_len();
+    if ctx.sink.capacity() < needed {
+        return ctx.refuse(Refusal::ResponseTooSmall {
+            needed: needed as u32,
+        });
+    }
+    match &request.op {
+        Operation::Query => query::query(&mut ctx, config, st, request.device),
+        Operation::Alloc(a) => alloc::alloc(&mut ctx, config, st, request.device, a),
+        Operation::Free(r) => free::free(&mut ctx, config, st, request.device, Some(r)),
+        Operation::Reset => free::free(&mut ctx, config, st, request.device, None),
+        Operation::Retarget(r) => retarget::retarget(&mut ctx, config, st, request.device, r),
     }
 }
 

@@ -3,7 +3,8 @@
 use super::reply::{Ctx, Handled};
 use super::sizing::Supply;
 use super::{table_size, usable};
-use crate::vm::{VmConfig, VmState};
+use crate::config::VmConfig;
+use crate::state::VmState;
 use pvirq_proto::{DeviceInfo, Kind, KindSet, Outcome, Refusal, Status};
 
 pub(super) fn query(ctx: &mut Ctx<'_>, config: &VmConfig, st: &VmState, handle: u32) -> Handled {

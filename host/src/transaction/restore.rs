@@ -1,5 +1,5 @@
-//! Restoring a snapshot on a fresh VM: every grant re-reserved through the destination's
-//! backends before the VM runs, one route commit for all of them.
+//! Restoring a validated snapshot on a fresh VM: every grant re-reserved through the
+//! destination's backends before the VM runs, one route commit for all of them.
 //!
 //! A grant whose host gives it the same message is kept as it was; one the host gives a
 //! new message is reprogrammed (the driver is told, with the new message); one the host
@@ -9,37 +9,12 @@
 use crate::backend::{BackendError, EnableRequest, Enabled, VectorSetup};
 use crate::grants::GrantRecord;
 use crate::routes::RouteBatch;
-use crate::sync::lock;
-use crate::vm::snapshot::CheckedGrant;
-use crate::vm::{RestoreError, Vm, VmSnapshot};
-use pvirq_proto::{Kind, MsiMessage, Resource};
+use crate::snapshot::{CheckedGrant, RestoreError, Restored, RestoredGrant};
+use crate::state::VmState;
+use pvirq_proto::{Kind, Resource};
 
 /// Feature bit 7, POSTED (spec §2.2): grants may be posted.
 const POSTED: u64 = 1 << 7;
-
-/// What became of one grant of a restored snapshot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Restored {
-    /// The same message: nothing changes for the guest.
-    Kept,
-    /// Backed, with a new message the guest must program.
-    Reprogrammed(MsiMessage),
-    /// Not backed: the host had no room (`resource`), or refused.
-    Revoked(Resource),
-}
-
-/// One grant's fate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RestoredGrant {
-    /// The device handle.
-    pub device: u32,
-    /// The kind.
-    pub kind: Kind,
-    /// The index.
-    pub index: u32,
-    /// What became of it.
-    pub outcome: Restored,
-}
 
 /// The resource a refusal names, for a revoked grant.
 fn revoked(e: &BackendError) -> Resource {
@@ -53,146 +28,139 @@ fn revoked(e: &BackendError) -> Resource {
     }
 }
 
-impl Vm {
-    /// Restores `snapshot` on this VM, which must hold nothing yet: validates every field
-    /// ([`RestoreError`] on the first inconsistency, with nothing reserved), re-reserves
-    /// every grant through the devices' backends, commits the routes once, and sets the
-    /// negotiated features. `offered` is what the device offers (features a snapshot may
-    /// carry). Returns each grant's fate, in snapshot order per device.
-    pub fn restore(
-        &self,
-        snapshot: &VmSnapshot,
-        offered: u64,
-    ) -> Result<Vec<RestoredGrant>, RestoreError> {
-        let config = &self.shared.config;
-        let grants = snapshot.validate(config, offered)?;
-        let mut st = lock(&self.shared.state);
-        if st.held > 0 {
-            return Err(RestoreError::NotFresh(st.held));
-        }
-        let allow_posted = snapshot.features & POSTED != 0;
-        let st = &mut *st;
-        let mut batch = RouteBatch::new(st.routes.as_mut());
-        let mut report = Vec::new();
-        // Per device and kind: (index, route, setup, enabled) of what the host backed.
-        let mut backed: Vec<Vec<(CheckedGrant, u32, Enabled)>> = Vec::new();
-        for (handle, (dev, wanted)) in st.devices.iter_mut().zip(&grants).enumerate() {
-            let mut kept = Vec::new();
-            for kind in Kind::ALL.iter().copied() {
-                let group: Vec<CheckedGrant> =
-                    wanted.iter().copied().filter(|g| g.kind == kind).collect();
-                if group.is_empty() {
-                    continue;
-                }
-                let mut setups = Vec::with_capacity(group.len());
-                let mut routes = Vec::with_capacity(group.len());
-                for g in &group {
-                    match batch.add(g.dest) {
-                        Ok(route) => {
-                            routes.push(route.id);
-                            setups.push(VectorSetup {
-                                index: g.index,
-                                trigger: route.trigger,
-                                dest: g.dest,
-                                previous: Some(g.message),
-                            });
-                        }
-                        Err(_) => {
-                            // Routes ran out: what is left of the group is revoked.
-                            break;
-                        }
-                    }
-                }
-                let mut enabled = Vec::with_capacity(setups.len());
-                let whole = EnableRequest {
-                    kind,
-                    vectors: &setups,
-                    min: setups.len(),
-                    pasid: group.first().and_then(|g| g.pasid),
-                    allow_posted,
-                };
-                let mut fates: Vec<Result<Enabled, Resource>> = Vec::with_capacity(group.len());
-                match dev.backend.enable(&whole, &mut enabled) {
-                    Ok(()) => fates.extend(enabled.iter().map(|e| Ok(*e))),
-                    // A block is backed whole or not at all; other kinds vector by vector,
-                    // so that one shortage revokes as little as it must.
-                    Err(e) if kind == Kind::Msi => {
-                        fates.extend(setups.iter().map(|_| Err(revoked(&e))))
+/// Restores the validated `grants` (per device, from a snapshot whose negotiated features
+/// are `features`) on a VM that holds nothing yet: re-reserves every grant through the
+/// devices' backends, commits the routes once, and sets the features. Returns each
+/// grant's fate, in snapshot order per device.
+pub(crate) fn restore(
+    st: &mut VmState,
+    grants: &[Vec<CheckedGrant>],
+    features: u64,
+) -> Result<Vec<RestoredGrant>, RestoreError> {
+    if st.held > 0 {
+        return Err(RestoreError::NotFresh(st.held));
+    }
+    let allow_posted = features & POSTED != 0;
+    let mut batch = RouteBatch::new(st.routes.as_mut());
+    let mut report = Vec::new();
+    // Per device and kind: (index, route, setup, enabled) of what the host backed.
+    let mut backed: Vec<Vec<(CheckedGrant, u32, Enabled)>> = Vec::new();
+    for (handle, (dev, wanted)) in st.devices.iter_mut().zip(grants).enumerate() {
+        let mut kept = Vec::new();
+        for kind in Kind::ALL.iter().copied() {
+            let group: Vec<CheckedGrant> =
+                wanted.iter().copied().filter(|g| g.kind == kind).collect();
+            if group.is_empty() {
+                continue;
+            }
+            let mut setups = Vec::with_capacity(group.len());
+            let mut routes = Vec::with_capacity(group.len());
+            for g in &group {
+                match batch.add(g.dest) {
+                    Ok(route) => {
+                        routes.push(route.id);
+                        setups.push(VectorSetup {
+                            index: g.index,
+                            trigger: route.trigger,
+                            dest: g.dest,
+                            previous: Some(g.message),
+                        });
                     }
                     Err(_) => {
-                        for setup in &setups {
-                            let one = EnableRequest {
-                                vectors: std::slice::from_ref(setup),
-                                min: 1,
-                                pasid: group
-                                    .iter()
-                                    .find(|g| g.index == setup.index)
-                                    .and_then(|g| g.pasid),
-                                ..whole
-                            };
-                            let mut out = Vec::with_capacity(1);
-                            fates.push(match dev.backend.enable(&one, &mut out) {
-                                Ok(()) => out.first().copied().ok_or(Resource::None),
-                                Err(e) => Err(revoked(&e)),
-                            });
-                        }
+                        // Routes ran out: what is left of the group is revoked.
+                        break;
                     }
                 }
-                for (i, g) in group.iter().enumerate() {
-                    let fate = fates.get(i).copied().unwrap_or(Err(Resource::GuestRoute));
-                    let outcome = match (fate, routes.get(i)) {
-                        (Ok(e), Some(route)) => {
-                            kept.push((*g, *route, e));
-                            if e.message == g.message {
-                                Restored::Kept
-                            } else {
-                                Restored::Reprogrammed(e.message)
-                            }
-                        }
-                        (Err(resource), route) => {
-                            if let Some(route) = route {
-                                let _ = batch.remove(*route);
-                            }
-                            Restored::Revoked(resource)
-                        }
-                        (Ok(_), None) => Restored::Revoked(Resource::GuestRoute),
-                    };
-                    report.push(RestoredGrant {
-                        device: handle as u32,
-                        kind,
-                        index: g.index,
-                        outcome,
-                    });
+            }
+            let mut enabled = Vec::with_capacity(setups.len());
+            let whole = EnableRequest {
+                kind,
+                vectors: &setups,
+                min: setups.len(),
+                pasid: group.first().and_then(|g| g.pasid),
+                allow_posted,
+            };
+            let mut fates: Vec<Result<Enabled, Resource>> = Vec::with_capacity(group.len());
+            match dev.backend.enable(&whole, &mut enabled) {
+                Ok(()) => fates.extend(enabled.iter().map(|e| Ok(*e))),
+                // A block is backed whole or not at all; other kinds vector by vector,
+                // so that one shortage revokes as little as it must.
+                Err(e) if kind == Kind::Msi => {
+                    fates.extend(setups.iter().map(|_| Err(revoked(&e))))
+                }
+                Err(_) => {
+                    for setup in &setups {
+                        let one = EnableRequest {
+                            vectors: std::slice::from_ref(setup),
+                            min: 1,
+                            pasid: group
+                                .iter()
+                                .find(|g| g.index == setup.index)
+                                .and_then(|g| g.pasid),
+                            ..whole
+                        };
+                        let mut out = Vec::with_capacity(1);
+                        fates.push(match dev.backend.enable(&one, &mut out) {
+                            Ok(()) => out.first().copied().ok_or(Resource::None),
+                            Err(e) => Err(revoked(&e)),
+                        });
+                    }
                 }
             }
-            backed.push(kept);
-        }
-        if batch.commit().is_err() {
-            for (dev, kept) in st.devices.iter_mut().zip(&backed) {
-                for (g, _, _) in kept {
-                    dev.backend.disable(g.kind, &[g.index]);
-                }
+            for (i, g) in group.iter().enumerate() {
+                let fate = fates.get(i).copied().unwrap_or(Err(Resource::GuestRoute));
+                let outcome = match (fate, routes.get(i)) {
+                    (Ok(e), Some(route)) => {
+                        kept.push((*g, *route, e));
+                        if e.message == g.message {
+                            Restored::Kept
+                        } else {
+                            Restored::Reprogrammed(e.message)
+                        }
+                    }
+                    (Err(resource), route) => {
+                        if let Some(route) = route {
+                            let _ = batch.remove(*route);
+                        }
+                        Restored::Revoked(resource)
+                    }
+                    (Ok(_), None) => Restored::Revoked(Resource::GuestRoute),
+                };
+                report.push(RestoredGrant {
+                    device: handle as u32,
+                    kind,
+                    index: g.index,
+                    outcome,
+                });
             }
-            return Err(RestoreError::Routes);
         }
-        let mut held = 0;
-        for (dev, kept) in st.devices.iter_mut().zip(backed) {
-            for (g, route, e) in kept {
-                dev.grants.table_mut(g.kind).insert(
-                    g.index,
-                    GrantRecord {
-                        route,
-                        dest: g.dest,
-                        message: e.message,
-                        mode: e.mode,
-                        pasid: g.pasid,
-                    },
-                );
-                held += 1;
-            }
-        }
-        st.held = held;
-        st.features = snapshot.features;
-        Ok(report)
+        backed.push(kept);
     }
+    if batch.commit().is_err() {
+        for (dev, kept) in st.devices.iter_mut().zip(&backed) {
+            for (g, _, _) in kept {
+                dev.backend.disable(g.kind, &[g.index]);
+            }
+        }
+        return Err(RestoreError::Routes);
+    }
+    let mut held = 0;
+    for (dev, kept) in st.devices.iter_mut().zip(backed) {
+        for (g, route, e) in kept {
+            dev.grants.table_mut(g.kind).insert(
+                g.index,
+                GrantRecord {
+                    route,
+                    dest: g.dest,
+                    message: e.message,
+                    mode: e.mode,
+                    pasid: g.pasid,
+                },
+            );
+            held += 1;
+        }
+    }
+    st.held = held;
+    st.features = features;
+    Ok(report)
 }

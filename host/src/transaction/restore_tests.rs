@@ -1,10 +1,11 @@
 //! Snapshot and restore through whole VMs on the modelled host.
 
-use crate::backend::fault::{FaultPlan, Faulty};
+use crate::config::{DeviceSpec, VmConfig};
+use crate::fault::{FaultPlan, Faulty};
 use crate::model::{ModelConfig, ModelHost, RemapConfig};
 use crate::routes::MemoryRoutes;
-use crate::transaction::{Restored, RestoredGrant};
-use crate::vm::{DeviceSpec, GrantSnapshot, RestoreError, Vm, VmConfig, VmSnapshot};
+use crate::snapshot::{GrantSnapshot, RestoreError, Restored, RestoredGrant, VmSnapshot};
+use crate::vm::Vm;
 use pvirq_proto::{
     Alloc, IndexRange, IndexSpec, Kind, Operation, Outcome, Request, Resource, Response, Retarget,
     Target, feature,

@@ -4,8 +4,9 @@
 use super::alloc::destinations;
 use super::reply::{Ctx, Handled};
 use super::{route_failure, usable};
+use crate::config::VmConfig;
 use crate::routes::RouteBatch;
-use crate::vm::{VmConfig, VmState};
+use crate::state::VmState;
 use pvirq_proto::{Field, Outcome, Refusal, Retarget, Status, feature};
 
 pub(super) fn retarget(

@@ -1,14 +1,15 @@
 //! Transaction tests at the VM API (no virtio): statuses, counts, rollback, isolation.
 
 use crate::backend::GuestDest;
-use crate::backend::fault::{FaultKind, FaultPlan, Faulty};
+use crate::config::{DeviceSpec, VmConfig};
+use crate::fault::{FaultKind, FaultPlan, Faulty, LayerCall};
 use crate::grants::GrantRecord;
 use crate::model::{
     FaultReason, HostOccupancy, ModelConfig, ModelHost, RemapConfig, RemapFault, VectorConfig,
 };
 use crate::routes::{GuestRoutes, MemoryRoutes, RouteError, RouteId, RouteState, StagedRoute};
 use crate::transaction::BufferSink;
-use crate::vm::{DeviceSpec, Vm, VmConfig, VmOccupancy};
+use crate::vm::{Vm, VmOccupancy};
 use pvirq_proto::{
     Alloc, DeviceInfo, Field, Grant, IndexRange, IndexSpec, Kind, KindSet, Operation, Outcome,
     Refusal, RemappableMsi, Request, Resource, Response, Retarget, Status, Target, feature,
@@ -1105,6 +1106,37 @@ mod properties {
                 prop_assert_eq!(&snapshot(&host, &[&vms[1 - v]]).vms, &before[1 - v]);
             }
         }
+    }
+}
+
+#[test]
+fn dropping_a_vm_releases_by_the_reset_path_even_when_the_commit_is_refused() {
+    // The VM's end and a virtio reset share one release path: the routes go in one
+    // commit, and if the route layer refuses it they are cleared; the host side goes
+    // either way.
+    for refuse in [false, true] {
+        let rig = rig();
+        grants(&alloc(&rig.vm, 0, Kind::Msi, IndexSpec::Any, 4, 4));
+        if refuse {
+            rig.plan.fail_nth_commit(1);
+        } else {
+            rig.plan.disarm();
+        }
+        drop(rig.vm);
+        let removals = vec![LayerCall::RouteRemove; 6];
+        assert_eq!(
+            rig.plan.log(),
+            [removals, vec![LayerCall::RouteCommit]].concat(),
+            "refused: {refuse}"
+        );
+        assert_eq!(rig.plan.injected(), u64::from(refuse));
+        let host = rig.host.occupancy();
+        assert_eq!(
+            (host.units[0].used, host.vectors_used, host.vms),
+            (0, 0, 0),
+            "refused: {refuse}"
+        );
+        rig.host.check_invariants().unwrap();
     }
 }
 

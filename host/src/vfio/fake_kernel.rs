@@ -121,6 +121,19 @@ impl IrqHost for FakeKernel {
                 }
                 Ok(0)
             }
+            // The backend never fires; modelled only as far as the kernel's refusal.
+            IrqSet::Fire {
+                index,
+                start,
+                count,
+            } => {
+                self.calls.push((index, start, count, false));
+                if self.on == Some(index) {
+                    Ok(0)
+                } else {
+                    Err(libc::EINVAL)
+                }
+            }
             IrqSet::Signal { index, start, fds } => {
                 self.calls.push((index, start, set.count(), false));
                 let max = self.irq_info(index).map_or(0, |i| i.count);

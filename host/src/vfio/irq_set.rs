@@ -39,6 +39,19 @@ pub enum IrqSet<'a> {
         /// The VFIO IRQ index.
         index: u32,
     },
+    /// `DATA_NONE` with a count: the kernel signals the trigger of every vector of
+    /// `start..start + count` that has one, as if the device had raised it, and skips
+    /// the vectors without (`vfio_pci_set_msi_trigger`); `EINVAL` while the index is off.
+    /// Never issued by the backend: it is how a test reads VFIO's own state, which
+    /// triggers the kernel holds.
+    Fire {
+        /// The VFIO IRQ index.
+        index: u32,
+        /// The first vector.
+        start: u32,
+        /// How many vectors from `start`.
+        count: u32,
+    },
 }
 
 impl IrqSet<'_> {
@@ -49,6 +62,7 @@ impl IrqSet<'_> {
             #[allow(clippy::cast_possible_truncation)]
             IrqSet::Signal { fds, .. } => fds.len() as u32,
             IrqSet::DisableAll { .. } => 0,
+            IrqSet::Fire { count, .. } => *count,
         }
     }
 
@@ -68,6 +82,12 @@ impl IrqSet<'_> {
                 VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
                 *index,
                 0,
+                &[],
+            ),
+            IrqSet::Fire { index, start, .. } => (
+                VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
+                *index,
+                *start,
                 &[],
             ),
         };
@@ -134,6 +154,18 @@ mod tests {
         }
         .encode(&mut words);
         assert_eq!(words, [20, 0x1 | 0x20, 2, 0, 0]);
+    }
+
+    #[test]
+    fn fire_is_data_none_with_the_range_and_no_data() {
+        let mut words = Vec::new();
+        IrqSet::Fire {
+            index: VFIO_PCI_MSIX_IRQ_INDEX,
+            start: 0,
+            count: 2048,
+        }
+        .encode(&mut words);
+        assert_eq!(words, [20, 0x1 | 0x20, 2, 0, 2048]);
     }
 
     #[test]

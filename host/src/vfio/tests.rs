@@ -416,3 +416,20 @@ fn a_restored_grant_keeps_its_previous_token() {
     assert_ne!(out[1].message, old, "index 10 cannot carry index 9's token");
     assert!(b.recognise(old).is_some());
 }
+
+#[test]
+fn a_vmm_sharing_the_backend_recognises_what_the_core_granted() {
+    // The VMM hands the core a clone and keeps one for its MSI-X table emulation.
+    let shared = Arc::new(Mutex::new(backend(64, 100)));
+    let mut core: Box<dyn InterruptBackend> = Box::new(Arc::clone(&shared));
+    let v = vectors([3, 4]);
+    let mut out = Vec::new();
+    core.enable(&request(Kind::MsiX, &v, 2), &mut out).unwrap();
+    let vmm = shared.lock().unwrap();
+    assert_eq!(vmm.enabled(Kind::MsiX), [3, 4]);
+    let token = vmm.recognise(out[1].message).expect("a live grant");
+    assert_eq!((token.kind, token.index), (Kind::MsiX, 4));
+    drop(vmm);
+    core.disable(Kind::MsiX, &[4]);
+    assert_eq!(shared.lock().unwrap().recognise(out[1].message), None);
+}

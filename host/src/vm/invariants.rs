@@ -6,85 +6,169 @@
 //!   destination), and there are no other live routes;
 //! - every destination is one of the VM's APIC IDs, at a vector ≥ 0x20.
 //!
-//! Call it when no request is in flight. The modelled host checks more on top
-//! ([`crate::model::ModelHost::check_invariants`]).
+//! The modelled host checks more on top ([`crate::model::ModelHost::check_invariants`]).
 
-use super::{Vm, VmState};
-use crate::routes::RouteState;
-use crate::sync::lock;
+use crate::backend::GuestDest;
+use crate::config::VmConfig;
+use crate::routes::{RouteId, RouteState};
+use crate::state::VmState;
 use pvirq_proto::{Kind, MIN_GUEST_VECTOR};
 use std::collections::HashSet;
 
-impl Vm {
-    /// Checks the core's invariants; the list of violations if any.
-    pub fn check_invariants(&self) -> Result<(), Vec<String>> {
-        let state = lock(&self.shared.state);
-        let errors = self.violations(&state);
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
-    }
+/// One way the VM core's books disagree with themselves or with its routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VmViolation {
+    /// A device's table has a different number of used slots than of records.
+    #[error("dev {handle} {kind}: {records} records but {used} slots used")]
+    SlotCount {
+        /// The device handle.
+        handle: usize,
+        /// The kind.
+        kind: Kind,
+        /// Grant records.
+        records: u32,
+        /// Slots taken in the table.
+        used: u32,
+    },
+    /// The MSI grants of a device are not one block `0..n`, n a power of two.
+    #[error("dev {handle}: MSI block is not 0..{granted}")]
+    MsiBlock {
+        /// The device handle.
+        handle: usize,
+        /// MSI grants.
+        granted: u32,
+    },
+    /// Two grants record the same route.
+    #[error("route {0} shared by two grants")]
+    SharedRoute(RouteId),
+    /// A grant's route is not live in the state its record says.
+    #[error("dev {handle} {kind} {index}: route {route} is {live:?}, record says {expected:?}")]
+    RouteState {
+        /// The device handle.
+        handle: usize,
+        /// The kind.
+        kind: Kind,
+        /// The index.
+        index: u32,
+        /// The route.
+        route: RouteId,
+        /// What the route layer has.
+        live: Option<RouteState>,
+        /// What the record says.
+        expected: RouteState,
+    },
+    /// A grant delivers to an APIC ID that is not the VM's, or below vector 0x20.
+    #[error("dev {handle} {kind} {index}: destination {dest:?} is not the VM's")]
+    Destination {
+        /// The device handle.
+        handle: usize,
+        /// The kind.
+        kind: Kind,
+        /// The index.
+        index: u32,
+        /// The destination recorded.
+        dest: GuestDest,
+    },
+    /// The held count is not the number of grants.
+    #[error("held {held} but {grants} grants")]
+    HeldCount {
+        /// The VM's held count.
+        held: u32,
+        /// Grants over all devices.
+        grants: u64,
+    },
+    /// The VM holds more than its quota.
+    #[error("held {held} over quota {quota}")]
+    OverQuota {
+        /// The VM's held count.
+        held: u32,
+        /// Its quota.
+        quota: u32,
+    },
+    /// The route layer has a different number of live routes than there are grants.
+    #[error("{live} live routes for {grants} grants")]
+    LiveRoutes {
+        /// Live routes.
+        live: u32,
+        /// Grants over all devices.
+        grants: u64,
+    },
+}
 
-    pub(crate) fn violations(&self, st: &VmState) -> Vec<String> {
-        let config = &self.shared.config;
-        let mut errors = Vec::new();
-        let mut routes = HashSet::new();
-        let mut total: u64 = 0;
-        for (handle, dev) in st.devices.iter().enumerate() {
-            for kind in Kind::ALL.iter().copied() {
-                let table = dev.grants.table(kind);
-                let granted = table.granted();
-                total += u64::from(granted);
-                let used = table.size() - table.free.free_count();
-                if used != granted {
-                    errors.push(format!(
-                        "dev {handle} {kind}: {granted} records but {used} slots used"
-                    ));
+/// Every violation of the VM core's invariants in `st`, the state of a VM configured by
+/// `config`.
+pub(crate) fn violations(config: &VmConfig, st: &VmState) -> Vec<VmViolation> {
+    let mut errors = Vec::new();
+    let mut routes = HashSet::new();
+    let mut total: u64 = 0;
+    for (handle, dev) in st.devices.iter().enumerate() {
+        for kind in Kind::ALL.iter().copied() {
+            let table = dev.grants.table(kind);
+            let granted = table.granted();
+            total += u64::from(granted);
+            let used = table.size() - table.free.free_count();
+            if used != granted {
+                errors.push(VmViolation::SlotCount {
+                    handle,
+                    kind,
+                    records: granted,
+                    used,
+                });
+            }
+            if kind == Kind::Msi
+                && granted > 0
+                && !(granted.is_power_of_two()
+                    && (0..granted).all(|i| table.records.get(&i).is_some()))
+            {
+                errors.push(VmViolation::MsiBlock { handle, granted });
+            }
+            for (index, record) in table.records.iter() {
+                if !routes.insert(record.route) {
+                    errors.push(VmViolation::SharedRoute(record.route));
                 }
-                if kind == Kind::Msi
-                    && granted > 0
-                    && !(granted.is_power_of_two()
-                        && (0..granted).all(|i| table.records.get(&i).is_some()))
+                let expected = RouteState::of(record.dest);
+                let live = st.routes.route(record.route);
+                if live != Some(expected) {
+                    errors.push(VmViolation::RouteState {
+                        handle,
+                        kind,
+                        index,
+                        route: record.route,
+                        live,
+                        expected,
+                    });
+                }
+                if let Some(dest) = record.dest
+                    && (!config.apic_ids.contains(dest.apic_id, config.num_vcpus)
+                        || dest.vector < MIN_GUEST_VECTOR)
                 {
-                    errors.push(format!("dev {handle}: MSI block is not 0..{granted}"));
-                }
-                for (index, record) in table.records.iter() {
-                    if !routes.insert(record.route) {
-                        errors.push(format!("route {} shared by two grants", record.route));
-                    }
-                    let expected = RouteState::of(record.dest);
-                    let live = st.routes.route(record.route);
-                    if live != Some(expected) {
-                        errors.push(format!(
-                            "dev {handle} {kind} {index}: route {} is {live:?}, record says {expected:?}",
-                            record.route
-                        ));
-                    }
-                    if let Some(dest) = record.dest
-                        && (!config.apic_ids.contains(dest.apic_id, config.num_vcpus)
-                            || dest.vector < MIN_GUEST_VECTOR)
-                    {
-                        errors.push(format!(
-                            "dev {handle} {kind} {index}: destination {dest:?} is not the VM's"
-                        ));
-                    }
+                    errors.push(VmViolation::Destination {
+                        handle,
+                        kind,
+                        index,
+                        dest,
+                    });
                 }
             }
         }
-        if u64::from(st.held) != total {
-            errors.push(format!("held {} but {total} grants", st.held));
-        }
-        if st.held > config.quota {
-            errors.push(format!("held {} over quota {}", st.held, config.quota));
-        }
-        if u64::from(st.routes.live()) != total {
-            errors.push(format!(
-                "{} live routes for {total} grants",
-                st.routes.live()
-            ));
-        }
-        errors
     }
+    if u64::from(st.held) != total {
+        errors.push(VmViolation::HeldCount {
+            held: st.held,
+            grants: total,
+        });
+    }
+    if st.held > config.quota {
+        errors.push(VmViolation::OverQuota {
+            held: st.held,
+            quota: config.quota,
+        });
+    }
+    if u64::from(st.routes.live()) != total {
+        errors.push(VmViolation::LiveRoutes {
+            live: st.routes.live(),
+            grants: total,
+        });
+    }
+    errors
 }

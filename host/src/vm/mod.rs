@@ -1,73 +1,39 @@
-//! The VM core: one VM's assigned devices (handles scoped to it), quota, negotiated
-//! features, guest routes and grants. It owns no host resource itself: each device's
-//! [`InterruptBackend`] reserves from the host, the [`GuestRoutes`] route into the guest.
+//! The VM handle: every public operation on one VM's core is a method of [`Vm`], here.
+//!
+//! The core owns no host resource itself: each device's [`InterruptBackend`] reserves
+//! from the host, the [`GuestRoutes`] route into the guest. What the handle guards is the
+//! VM's state (the crate's `state` module); requests and restores are transactions over
+//! it ([`crate::transaction`]), and `state::release_all` is the one path by which
+//! everything goes back (a virtio reset, and the last clone of the handle going away).
 
-mod config;
+#[cfg(any(test, feature = "test-utils"))]
 mod invariants;
-pub mod snapshot;
 
-pub use config::{ApicIds, DeviceSpec, MAX_IMS_SLOTS, MAX_MSIX_TABLE, VmConfig};
-pub use snapshot::{DeviceSnapshot, GrantSnapshot, RestoreError, SNAPSHOT_VERSION, VmSnapshot};
+#[cfg(any(test, feature = "test-utils"))]
+pub use invariants::VmViolation;
+#[cfg(any(test, feature = "test-utils"))]
+pub(crate) use invariants::violations;
 
 use crate::backend::{GuestDest, InterruptBackend};
+use crate::config::VmConfig;
 use crate::error::HostError;
 use crate::grants::{DeviceGrants, GrantRecord};
 use crate::routes::{GuestRoutes, RouteId, RouteState};
+use crate::snapshot::{RestoreError, RestoredGrant, VmSnapshot};
+use crate::state::{DeviceState, VmState, release_all};
 use crate::sync::lock;
+use crate::transaction::{self, Handled, ReplySink};
 use pvirq_proto::{Kind, feature};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// One assigned device: what the VMM said about it, its backend, its grants.
-pub(crate) struct DeviceState {
-    pub(crate) spec: DeviceSpec,
-    pub(crate) backend: Box<dyn InterruptBackend>,
-    pub(crate) grants: DeviceGrants,
-}
-
-impl DeviceState {
-    /// Stops backing every grant of `kind` (their records stay: the caller drops them).
-    pub(crate) fn disable_all(&mut self, kind: Kind) {
-        let indices: Vec<u32> = self
-            .grants
-            .table(kind)
-            .records
-            .iter()
-            .map(|(i, _)| i)
-            .collect();
-        if !indices.is_empty() {
-            self.backend.disable(kind, &indices);
-        }
-    }
-}
-
-pub(crate) struct VmState {
-    /// Feature bits the driver acknowledged (all defined ones until a driver negotiates).
-    pub(crate) features: u64,
-    pub(crate) routes: Box<dyn GuestRoutes>,
-    pub(crate) devices: Vec<DeviceState>,
-    /// Vectors held over all devices.
-    pub(crate) held: u32,
-}
-
-impl Drop for VmState {
-    fn drop(&mut self) {
-        // The VM is gone: the host stops backing its vectors before its routes go.
-        for dev in &mut self.devices {
-            for kind in Kind::ALL {
-                dev.disable_all(*kind);
-            }
-        }
-        self.routes.clear();
-    }
-}
-
+/// What a [`Vm`] handle shares between its clones.
 pub(crate) struct VmShared {
     pub(crate) config: VmConfig,
     pub(crate) state: Mutex<VmState>,
 }
 
 /// A VM's handle. Cloning shares it; when the last clone goes, every backend stops backing
-/// the VM's vectors and its routes are cleared.
+/// the VM's vectors and its routes are removed.
 #[derive(Clone)]
 pub struct Vm {
     pub(crate) shared: Arc<VmShared>,
@@ -135,6 +101,36 @@ impl Vm {
         })
     }
 
+    /// Handles one request (`request` = the readable bytes) and writes the reply to `sink`:
+    /// one transaction ([`crate::transaction`]), all or nothing.
+    pub fn handle(&self, request: &[u8], sink: &mut dyn ReplySink) -> Handled {
+        transaction::handle(&self.shared.config, &mut self.state(), request, sink)
+    }
+
+    /// Encodes `request`, handles it with a buffer as large as its largest reply, and
+    /// returns the reply bytes (empty if nothing was written).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn call(&self, request: &pvirq_proto::Request<'_>) -> Vec<u8> {
+        let mut bytes = vec![0u8; request.encoded_len()];
+        let Ok(len) = request.encode(&mut bytes) else {
+            return Vec::new();
+        };
+        let mut sink = transaction::BufferSink::new(request.max_response_len());
+        let handled = self.handle(bytes.get(..len).unwrap_or_default(), &mut sink);
+        if handled.used_len == 0 {
+            Vec::new()
+        } else {
+            sink.bytes().to_vec()
+        }
+    }
+
+    /// Frees every grant of every device (virtio device reset, [DEV-1]); returns how many.
+    /// It cannot fail: if the route layer refuses to commit the removals, the backends stop
+    /// backing the vectors anyway and the routes are cleared.
+    pub fn reset_all(&self) -> u32 {
+        release_all(&mut self.state())
+    }
+
     /// Its settings.
     pub fn config(&self) -> &VmConfig {
         &self.shared.config
@@ -142,17 +138,17 @@ impl Vm {
 
     /// Sets the feature bits the driver negotiated.
     pub fn set_features(&self, features: u64) {
-        lock(&self.shared.state).features = features;
+        self.state().features = features;
     }
 
     /// The negotiated feature bits.
     pub fn features(&self) -> u64 {
-        lock(&self.shared.state).features
+        self.state().features
     }
 
     /// What the VM holds now.
     pub fn occupancy(&self) -> VmOccupancy {
-        let state = lock(&self.shared.state);
+        let state = self.state();
         VmOccupancy {
             held: state.held,
             quota: self.shared.config.quota,
@@ -163,8 +159,7 @@ impl Vm {
 
     /// Every grant of device `handle`: `(kind, index, record)`.
     pub fn grants(&self, handle: u32) -> Vec<(Kind, u32, GrantRecord)> {
-        let state = lock(&self.shared.state);
-        state
+        self.state()
             .devices
             .get(handle as usize)
             .map(|d| d.grants.all())
@@ -173,12 +168,12 @@ impl Vm {
 
     /// The live state of a guest route.
     pub fn route(&self, route: RouteId) -> Option<RouteState> {
-        lock(&self.shared.state).routes.route(route)
+        self.state().routes.route(route)
     }
 
     /// Runs `f` on the VM's route layer (to read what a test layer recorded).
     pub fn with_routes<R>(&self, f: impl FnOnce(&dyn GuestRoutes) -> R) -> R {
-        f(lock(&self.shared.state).routes.as_ref())
+        f(self.state().routes.as_ref())
     }
 
     /// Runs `f` on device `handle`'s backend, if the VM has that device.
@@ -187,41 +182,10 @@ impl Vm {
         handle: u32,
         f: impl FnOnce(&dyn InterruptBackend) -> R,
     ) -> Option<R> {
-        let state = lock(&self.shared.state);
-        state
+        self.state()
             .devices
             .get(handle as usize)
             .map(|d| f(d.backend.as_ref()))
-    }
-
-    /// The VM's negotiated features and every grant, as a snapshot to restore elsewhere.
-    pub fn snapshot(&self) -> VmSnapshot {
-        let state = lock(&self.shared.state);
-        VmSnapshot {
-            version: SNAPSHOT_VERSION,
-            features: state.features,
-            devices: state
-                .devices
-                .iter()
-                .map(|d| DeviceSnapshot {
-                    requester_id: d.spec.requester_id,
-                    grants: d
-                        .grants
-                        .all()
-                        .into_iter()
-                        .map(|(kind, index, r)| GrantSnapshot {
-                            kind: kind.to_wire(),
-                            index,
-                            dest: r.dest.map(|d| (d.apic_id, d.vector)),
-                            address: r.message.address,
-                            data: r.message.data,
-                            mode: r.mode.to_wire(),
-                            pasid: r.pasid,
-                        })
-                        .collect(),
-                })
-                .collect(),
-        }
     }
 
     /// The destination a version-1 target (a vCPU index) names, if the VM has that vCPU.
@@ -230,5 +194,42 @@ impl Vm {
         c.apic_ids
             .of_vcpu(vcpu, c.num_vcpus)
             .map(|apic_id| GuestDest { apic_id, vector })
+    }
+
+    /// The VM's negotiated features and every grant, as a snapshot to restore elsewhere.
+    pub fn snapshot(&self) -> VmSnapshot {
+        crate::snapshot::capture(&self.state())
+    }
+
+    /// Restores `snapshot` on this VM, which must hold nothing yet: validates every field
+    /// ([`RestoreError`] on the first inconsistency, with nothing reserved), re-reserves
+    /// every grant through the devices' backends, commits the routes once, and sets the
+    /// negotiated features. `offered` is what the device offers (features a snapshot may
+    /// carry). Returns each grant's fate, in snapshot order per device.
+    pub fn restore(
+        &self,
+        snapshot: &VmSnapshot,
+        offered: u64,
+    ) -> Result<Vec<RestoredGrant>, RestoreError> {
+        let grants = snapshot.validate(&self.shared.config, offered)?;
+        transaction::restore(&mut self.state(), &grants, snapshot.features)
+    }
+
+    /// Checks the core's invariants (records, quota, routes, destinations: see
+    /// [`VmViolation`]); every violation found, if any. Call it when no request is in
+    /// flight. For tests, the simulator and the fuzzer (feature `test-utils`).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn check_invariants(&self) -> Result<(), Vec<VmViolation>> {
+        let violations = invariants::violations(&self.shared.config, &self.state());
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(violations)
+        }
+    }
+
+    /// The VM's state, locked.
+    pub(crate) fn state(&self) -> MutexGuard<'_, VmState> {
+        lock(&self.shared.state)
     }
 }

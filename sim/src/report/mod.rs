@@ -4,8 +4,8 @@
 
 mod text;
 
-use pvirq_host::model::HostOccupancy;
-use serde::Serialize;
+use pvirq_host::model::{HostOccupancy, ModelViolation};
+use serde::{Serialize, Serializer};
 
 pub use text::render;
 
@@ -175,12 +175,18 @@ pub struct Report {
     pub fire_totals: FireCounts,
     /// Faults the host recorded (blocked interrupts).
     pub host_faults: u64,
-    /// Host invariant violations at the end (must be empty).
-    pub invariant_violations: Vec<String>,
+    /// Host invariant violations at the end (must be empty); JSON gives each one's message.
+    #[serde(serialize_with = "messages")]
+    pub invariant_violations: Vec<ModelViolation>,
     /// Expectations checked.
     pub expectations_checked: usize,
     /// Expectations not met.
     pub expectations_failed: usize,
+}
+
+/// Each violation as its message: the JSON report is for reading, not for parsing back.
+fn messages<S: Serializer>(violations: &[ModelViolation], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(violations.iter().map(ToString::to_string))
 }
 
 impl Report {

@@ -10,7 +10,7 @@ use super::raw::{
     CountValue, IndexValue, RawDevice, RawExpect, RawFallback, RawHost, RawOp, RawScenario,
     RawSpread, RawStep, RawTarget, RawVm,
 };
-use pvirq_host::vm::{MAX_IMS_SLOTS, MAX_MSIX_TABLE};
+use pvirq_host::config::{MAX_IMS_SLOTS, MAX_MSIX_TABLE};
 use pvirq_proto::{IndexSpec, Kind, MAX_BATCH_LIMIT, Resource, Status};
 use std::collections::HashSet;
 use std::ops::Range;

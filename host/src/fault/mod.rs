@@ -1,14 +1,18 @@
-//! Fault injection at the two seams: wrappers that make the Nth reserving call of a
-//! backend or a route layer fail, so tests and the fuzzer can check rollback at every
-//! point where the host or the hypervisor can say no.
+//! Fault injection at the two seams (feature `test-utils`): [`Faulty`] wraps a backend
+//! ([`crate::backend::InterruptBackend`]) or a route layer ([`crate::routes::GuestRoutes`])
+//! and makes its Nth reserving call fail, so tests, the fuzzer and the VFIO lab can check
+//! rollback at every point where the host or the hypervisor can say no.
 //!
 //! One [`FaultPlan`] is shared by all wrapped layers; it counts every reserving call
 //! (backend enable, route stage and commit) across them, in call order, and logs which
 //! call each was ([`LayerCall`]) so a test can tell what its Nth fault hit.
+//!
+//! This module sits above both seams, so that neither seam depends on the other.
 
-use super::{BackendError, EnableRequest, Enabled, GuestDest, HostSupply, InterruptBackend};
-use crate::routes::{GuestRoutes, RouteError, RouteId, RouteState, StagedRoute};
-use pvirq_proto::{Kind, MessageFormat, Resource};
+mod backend;
+mod routes;
+
+use pvirq_proto::Resource;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -47,9 +51,11 @@ impl LayerCall {
 /// How an injected fault presents itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultKind {
-    /// The layer ran out ([`BackendError::Exhausted`], [`RouteError::Exhausted`]).
+    /// The layer ran out ([`crate::backend::BackendError::Exhausted`],
+    /// [`crate::routes::RouteError::Exhausted`]).
     Exhausted,
-    /// The layer failed ([`BackendError::Errno`] with EIO, [`RouteError::Injected`]).
+    /// The layer failed ([`crate::backend::BackendError::Errno`] with EIO,
+    /// [`crate::routes::RouteError::Injected`]).
     Failed,
 }
 
@@ -117,7 +123,7 @@ impl FaultPlan {
     }
 
     /// Counts `call`; the fault to inject, if it is the one to fail.
-    fn tick(&self, call: LayerCall) -> Result<(), FaultKind> {
+    pub(super) fn tick(&self, call: LayerCall) -> Result<(), FaultKind> {
         self.log_mut().push(call);
         if self.0.commits_only.load(Ordering::SeqCst) && call != LayerCall::RouteCommit {
             return Ok(());
@@ -138,8 +144,8 @@ impl FaultPlan {
 /// A backend or route layer whose reserving calls consult a [`FaultPlan`] first.
 #[derive(Debug)]
 pub struct Faulty<L> {
-    inner: L,
-    plan: FaultPlan,
+    pub(super) inner: L,
+    pub(super) plan: FaultPlan,
 }
 
 impl<L> Faulty<L> {
@@ -154,97 +160,10 @@ impl<L> Faulty<L> {
     }
 }
 
-/// The EIO an injected backend failure reports.
-const EIO: i32 = 5;
-
-impl<B: InterruptBackend> InterruptBackend for Faulty<B> {
-    fn format(&self) -> MessageFormat {
-        self.inner.format()
-    }
-    fn can_post(&self) -> bool {
-        self.inner.can_post()
-    }
-    fn supply(&self, kind: Kind) -> HostSupply {
-        self.inner.supply(kind)
-    }
-    fn enable(
-        &mut self,
-        request: &EnableRequest<'_>,
-        out: &mut Vec<Enabled>,
-    ) -> Result<(), BackendError> {
-        match self.plan.tick(LayerCall::Enable) {
-            Ok(()) => self.inner.enable(request, out),
-            Err(FaultKind::Exhausted) => Err(BackendError::Exhausted {
-                resource: LayerCall::Enable.resource(),
-                supplied: 0,
-            }),
-            Err(FaultKind::Failed) => Err(BackendError::Errno {
-                errno: EIO,
-                resource: LayerCall::Enable.resource(),
-            }),
-        }
-    }
-    fn disable(&mut self, kind: Kind, indices: &[u32]) {
-        self.inner.disable(kind, indices)
-    }
-    fn retarget(&mut self, kind: Kind, index: u32, dest: Option<GuestDest>) {
-        self.inner.retarget(kind, index, dest)
-    }
-}
-
-fn route_fault(kind: FaultKind) -> RouteError {
-    match kind {
-        FaultKind::Exhausted => RouteError::Exhausted,
-        FaultKind::Failed => RouteError::Injected,
-    }
-}
-
-impl<R: GuestRoutes> GuestRoutes for Faulty<R> {
-    fn available(&self) -> u32 {
-        self.inner.available()
-    }
-    fn stage_add(&mut self, dest: Option<GuestDest>) -> Result<StagedRoute, RouteError> {
-        self.plan.tick(LayerCall::RouteAdd).map_err(route_fault)?;
-        self.inner.stage_add(dest)
-    }
-    fn stage_update(&mut self, id: RouteId, dest: Option<GuestDest>) -> Result<(), RouteError> {
-        self.plan
-            .tick(LayerCall::RouteUpdate)
-            .map_err(route_fault)?;
-        self.inner.stage_update(id, dest)
-    }
-    fn stage_remove(&mut self, id: RouteId) -> Result<(), RouteError> {
-        self.plan
-            .tick(LayerCall::RouteRemove)
-            .map_err(route_fault)?;
-        self.inner.stage_remove(id)
-    }
-    fn commit(&mut self) -> Result<(), RouteError> {
-        if let Err(kind) = self.plan.tick(LayerCall::RouteCommit) {
-            // A failed commit discards the batch, as the trait promises.
-            self.inner.abort();
-            return Err(route_fault(kind));
-        }
-        self.inner.commit()
-    }
-    fn abort(&mut self) {
-        self.inner.abort()
-    }
-    fn route(&self, id: RouteId) -> Option<RouteState> {
-        self.inner.route(id)
-    }
-    fn live(&self) -> u32 {
-        self.inner.live()
-    }
-    fn clear(&mut self) {
-        self.inner.clear()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::MemoryRoutes;
+    use crate::routes::{GuestRoutes, MemoryRoutes, RouteError};
 
     #[test]
     fn only_the_nth_call_fails() {

@@ -1,6 +1,7 @@
-//! What the VMM says about a VM and its assigned devices: the core's whole configuration.
+//! What the VMM says about a VM and its assigned devices: the core's whole configuration,
+//! validated once when the VM is made.
 
-use crate::error::HostError;
+use crate::error::{ConfigError, HostError};
 use pvirq_proto::{Config, Kind, Le16, Le32, MAX_BATCH_LIMIT, PROTOCOL_VERSION};
 
 /// Most IMS slots one device may declare (keeps a device's slot bitmap ≤ 128 KiB).
@@ -36,17 +37,21 @@ impl DeviceSpec {
         }
     }
 
-    fn validate(&self) -> Result<(), HostError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.msi_max != 0 && (!self.msi_max.is_power_of_two() || self.msi_max > 32) {
-            return Err(HostError::InvalidConfig(
-                "msi_max must be 0 or a power of two ≤ 32",
-            ));
+            return Err(ConfigError::MsiMax(self.msi_max));
         }
         if self.msix_table_size > MAX_MSIX_TABLE {
-            return Err(HostError::InvalidConfig("MSI-X table larger than 2048"));
+            return Err(ConfigError::MsixTableSize {
+                size: self.msix_table_size,
+                max: MAX_MSIX_TABLE,
+            });
         }
         if self.ims_slots > MAX_IMS_SLOTS {
-            return Err(HostError::InvalidConfig("too many IMS slots"));
+            return Err(ConfigError::ImsSlots {
+                slots: self.ims_slots,
+                max: MAX_IMS_SLOTS,
+            });
         }
         Ok(())
     }
@@ -101,19 +106,29 @@ pub struct VmConfig {
 impl VmConfig {
     pub(crate) fn validate(&self) -> Result<(), HostError> {
         if self.num_vcpus == 0 {
-            return Err(HostError::InvalidConfig("a VM needs at least one vCPU"));
+            return Err(ConfigError::NoVcpus.into());
         }
         if self.max_batch == 0 || self.max_batch > MAX_BATCH_LIMIT {
-            return Err(HostError::InvalidConfig("max_batch must be 1..=4096"));
+            return Err(ConfigError::MaxBatch {
+                batch: self.max_batch,
+                max: MAX_BATCH_LIMIT,
+            }
+            .into());
         }
         if let ApicIds::Table(ids) = &self.apic_ids {
             if ids.len() != self.num_vcpus as usize {
-                return Err(HostError::InvalidConfig("one APIC ID per vCPU"));
+                return Err(ConfigError::ApicIdCount {
+                    ids: ids.len(),
+                    vcpus: self.num_vcpus,
+                }
+                .into());
             }
             let mut sorted = ids.clone();
             sorted.sort_unstable();
-            if sorted.windows(2).any(|w| w.first() == w.get(1)) {
-                return Err(HostError::InvalidConfig("APIC IDs must be distinct"));
+            if let Some(w) = sorted.windows(2).find(|w| w.first() == w.get(1))
+                && let Some(id) = w.first()
+            {
+                return Err(ConfigError::DuplicateApicId(*id).into());
             }
         }
         for (i, d) in self.devices.iter().enumerate() {
@@ -139,5 +154,86 @@ impl VmConfig {
             vm_quota: Le32::new(self.quota),
             num_vcpus: Le32::new(self.num_vcpus),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(devices: Vec<DeviceSpec>) -> VmConfig {
+        VmConfig {
+            quota: 8,
+            num_vcpus: 2,
+            max_batch: 8,
+            devices,
+            ..VmConfig::default()
+        }
+    }
+
+    fn device(msi_max: u16, msix_table_size: u16, ims_slots: u32) -> DeviceSpec {
+        DeviceSpec {
+            requester_id: 0x100,
+            msi_max,
+            msix_table_size,
+            ims_slots,
+        }
+    }
+
+    fn refusal(config: &VmConfig) -> Option<ConfigError> {
+        match config.validate() {
+            Err(HostError::InvalidConfig(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn each_bad_value_is_named_with_what_it_was() {
+        assert_eq!(refusal(&vm(vec![device(32, 2048, MAX_IMS_SLOTS)])), None);
+        assert_eq!(
+            refusal(&vm(vec![device(12, 0, 0)])),
+            Some(ConfigError::MsiMax(12))
+        );
+        assert_eq!(
+            refusal(&vm(vec![device(64, 0, 0)])),
+            Some(ConfigError::MsiMax(64))
+        );
+        assert_eq!(
+            refusal(&vm(vec![device(0, 2049, 0)])),
+            Some(ConfigError::MsixTableSize {
+                size: 2049,
+                max: 2048
+            })
+        );
+        assert_eq!(
+            refusal(&vm(vec![device(0, 0, MAX_IMS_SLOTS + 1)])),
+            Some(ConfigError::ImsSlots {
+                slots: MAX_IMS_SLOTS + 1,
+                max: MAX_IMS_SLOTS
+            })
+        );
+        let mut c = vm(vec![]);
+        c.num_vcpus = 0;
+        assert_eq!(refusal(&c), Some(ConfigError::NoVcpus));
+        c.num_vcpus = 2;
+        c.max_batch = 0;
+        assert_eq!(
+            refusal(&c),
+            Some(ConfigError::MaxBatch {
+                batch: 0,
+                max: MAX_BATCH_LIMIT
+            })
+        );
+        c.max_batch = 8;
+        c.apic_ids = ApicIds::Table(vec![4]);
+        assert_eq!(
+            refusal(&c),
+            Some(ConfigError::ApicIdCount { ids: 1, vcpus: 2 })
+        );
+        c.apic_ids = ApicIds::Table(vec![6, 6]);
+        assert_eq!(refusal(&c), Some(ConfigError::DuplicateApicId(6)));
+        // Not a range error: two devices with one requester ID.
+        let twice = vm(vec![device(0, 4, 0), device(0, 4, 0)]);
+        assert_eq!(twice.validate(), Err(HostError::SourceIdInUse(0x100)));
     }
 }

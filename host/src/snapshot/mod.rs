@@ -1,16 +1,21 @@
-//! A VM's grants as a versioned, serde-serialisable state, and its validation.
+//! A VM's grants as a versioned, serde-serialisable state ([`VmSnapshot`], taken by
+//! [`crate::Vm::snapshot`]), why one cannot be restored ([`RestoreError`]), and what
+//! became of each grant of one that was ([`RestoredGrant`], from [`crate::Vm::restore`]).
 //!
 //! A snapshot to restore is untrusted input (it may come from another host, or from a
-//! file anyone could edit): [`VmSnapshot::validate`] checks every field against the
-//! destination VM's configuration and refuses the first inconsistency with a typed
-//! [`RestoreError`] before anything is reserved. The format on disk or on the wire is the
-//! VMM's choice (serde: JSON, bincode, postcard...).
+//! file anyone could edit): it is validated (`validate.rs`) against the destination VM's
+//! configuration, and the first inconsistency is refused with a typed [`RestoreError`]
+//! before anything is reserved. The format on disk or on the wire is the VMM's choice
+//! (serde: JSON, bincode, postcard...).
 
-use super::VmConfig;
+mod validate;
+
+pub(crate) use validate::CheckedGrant;
+
 use crate::backend::GuestDest;
-use pvirq_proto::{GrantMode, Kind, MAX_MSI_VECTORS, MAX_PASID, MIN_GUEST_VECTOR, MsiMessage};
+use crate::state::VmState;
+use pvirq_proto::{Kind, MsiMessage, Resource};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 
 /// The snapshot layout this crate writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -162,113 +167,55 @@ pub enum RestoreError {
     Routes,
 }
 
-/// A grant of a validated snapshot.
+/// What became of one grant of a restored snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct CheckedGrant {
-    pub(crate) kind: Kind,
-    pub(crate) index: u32,
-    pub(crate) dest: Option<GuestDest>,
-    pub(crate) message: MsiMessage,
-    pub(crate) mode: GrantMode,
-    pub(crate) pasid: Option<u32>,
+pub enum Restored {
+    /// The same message: nothing changes for the guest.
+    Kept,
+    /// Backed, with a new message the guest must program.
+    Reprogrammed(MsiMessage),
+    /// Not backed: the host had no room (`resource`), or refused.
+    Revoked(Resource),
 }
 
-impl VmSnapshot {
-    /// Checks every field against the destination VM's `config` and the features its
-    /// device offers; the grants per device, sorted by kind then index.
-    pub(crate) fn validate(
-        &self,
-        config: &VmConfig,
-        offered: u64,
-    ) -> Result<Vec<Vec<CheckedGrant>>, RestoreError> {
-        if self.version != SNAPSHOT_VERSION {
-            return Err(RestoreError::UnsupportedVersion(self.version));
-        }
-        if self.features & !offered != 0 {
-            return Err(RestoreError::FeaturesNotOffered(self.features & !offered));
-        }
-        if self.devices.len() != config.devices.len() {
-            return Err(RestoreError::DeviceCount {
-                snapshot: self.devices.len(),
-                config: config.devices.len(),
-            });
-        }
-        let total: u64 = self.devices.iter().map(|d| d.grants.len() as u64).sum();
-        if total > u64::from(config.quota) {
-            return Err(RestoreError::OverQuota {
-                grants: total,
-                quota: config.quota,
-            });
-        }
-        let pasid_allowed = self.features & pvirq_proto::feature::PASID != 0;
-        let mut out = Vec::with_capacity(self.devices.len());
-        for (handle, (dev, spec)) in self.devices.iter().zip(&config.devices).enumerate() {
-            let mut seen = BTreeSet::new();
-            let mut grants = Vec::with_capacity(dev.grants.len());
-            for g in &dev.grants {
-                let kind = Kind::from_wire(g.kind)
-                    .filter(|k| spec.supports(*k))
-                    .ok_or(RestoreError::Kind {
-                        handle,
-                        kind: g.kind,
-                    })?;
-                if g.index >= spec.table_size(kind) {
-                    return Err(RestoreError::IndexOutOfRange {
-                        handle,
-                        kind,
-                        index: g.index,
-                    });
-                }
-                if !seen.insert((kind, g.index)) {
-                    return Err(RestoreError::DuplicateIndex {
-                        handle,
-                        kind,
-                        index: g.index,
-                    });
-                }
-                let dest = g.guest_dest();
-                if let Some(d) = dest
-                    && (!config.apic_ids.contains(d.apic_id, config.num_vcpus)
-                        || d.vector < MIN_GUEST_VECTOR)
-                {
-                    return Err(RestoreError::Destination {
-                        handle,
-                        kind,
-                        index: g.index,
-                    });
-                }
-                let mode = GrantMode::from_wire(g.mode).ok_or(RestoreError::Mode {
-                    handle,
-                    mode: g.mode,
-                })?;
-                if let Some(p) = g.pasid
-                    && (kind != Kind::Ims || p > MAX_PASID || !pasid_allowed)
-                {
-                    return Err(RestoreError::Pasid { handle });
-                }
-                grants.push(CheckedGrant {
-                    kind,
-                    index: g.index,
-                    dest,
-                    message: g.message(),
-                    mode,
-                    pasid: g.pasid,
-                });
-            }
-            grants.sort_by_key(|g| (g.kind, g.index));
-            let msi = grants.iter().filter(|g| g.kind == Kind::Msi).count() as u32;
-            let block_ok = msi == 0
-                || (msi.is_power_of_two()
-                    && msi <= u32::from(MAX_MSI_VECTORS)
-                    && grants
-                        .iter()
-                        .filter(|g| g.kind == Kind::Msi)
-                        .all(|g| g.index < msi));
-            if !block_ok {
-                return Err(RestoreError::MsiBlock { handle });
-            }
-            out.push(grants);
-        }
-        Ok(out)
+/// One grant's fate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestoredGrant {
+    /// The device handle.
+    pub device: u32,
+    /// The kind.
+    pub kind: Kind,
+    /// The index.
+    pub index: u32,
+    /// What became of it.
+    pub outcome: Restored,
+}
+
+/// The snapshot of a VM's state: its negotiated features and every grant.
+pub(crate) fn capture(st: &VmState) -> VmSnapshot {
+    VmSnapshot {
+        version: SNAPSHOT_VERSION,
+        features: st.features,
+        devices: st
+            .devices
+            .iter()
+            .map(|d| DeviceSnapshot {
+                requester_id: d.spec.requester_id,
+                grants: d
+                    .grants
+                    .all()
+                    .into_iter()
+                    .map(|(kind, index, r)| GrantSnapshot {
+                        kind: kind.to_wire(),
+                        index,
+                        dest: r.dest.map(|d| (d.apic_id, d.vector)),
+                        address: r.message.address,
+                        data: r.message.data,
+                        mode: r.mode.to_wire(),
+                        pasid: r.pasid,
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
