@@ -5,6 +5,13 @@
 //! Nothing crosses between the two sides except what would cross in a real VM: register
 //! accesses (routed to [`pvirq_host::MmioTransport`]) and bytes in the [`GuestMemoryMmap`]
 //! both sides map. The simulator, the end-to-end tests and the benchmarks all build on it.
+//!
+//! A channel can be snapshotted and its guest moved to another host side ([`migrate`]):
+//! the guest's register accesses then reach the restored device.
+
+mod migrate;
+
+pub use migrate::{ChannelState, DetachedGuest, HostSide};
 
 use crate::error::SimError;
 use pvirq_guest::test_utils::{ByteRegs, GuestMemoryHal};
@@ -30,10 +37,14 @@ pub type WriteTap = Arc<dyn Fn(&GuestMemoryMmap, u64, &[u8]) + Send + Sync>;
 /// The guest driver of an in-process channel.
 pub type ChannelDriver = Driver<GuestMemoryHal, pvirq_guest::MmioTransport<FrontRegs>>;
 
+/// The register front the guest's accesses reach: none while the guest is between two
+/// host sides (a migration), when reads return zeros and writes go nowhere.
+type FrontSlot = Arc<Mutex<Option<MmioTransport>>>;
+
 /// One VM's channel: host device, register front and guest driver over one guest memory.
 pub struct Channel {
     vm: Vm,
-    front: Arc<Mutex<MmioTransport>>,
+    front: FrontSlot,
     interrupt: Arc<MmioInterrupt>,
     driver: ChannelDriver,
     mem: GuestMemoryMmap<()>,
@@ -83,12 +94,12 @@ impl Channel {
             .map_err(|e| SimError::GuestMemory(e.to_string()))?;
         let interrupt = Arc::new(MmioInterrupt::new());
         let device = PvirqDevice::new(vm.clone())?;
-        let front = Arc::new(Mutex::new(MmioTransport::new(
+        let front = Arc::new(Mutex::new(Some(MmioTransport::new(
             Arc::new(Mutex::new(device)),
             GuestMemoryAtomic::new(mem.clone()),
             interrupt.clone(),
             NotifyMode::Inline,
-        )?));
+        )?)));
         let driver = attach_driver(&front, &mem, options, tap.clone())?;
         Ok(Channel {
             vm,
@@ -139,12 +150,19 @@ impl Channel {
 
     /// The host device's counters.
     pub fn metrics(&self) -> pvirq_host::device::MetricsSnapshot {
-        let front = self.front.lock().unwrap_or_else(PoisonError::into_inner);
-        let device = front
+        self.with_device(|device| device.metrics().snapshot())
+            .unwrap_or_default()
+    }
+
+    /// Runs `f` on the host's device (none only while detached, which a `Channel` never is).
+    fn with_device<R>(&self, f: impl FnOnce(&mut PvirqDevice) -> R) -> Option<R> {
+        let front = lock(&self.front);
+        let mut device = front
+            .as_ref()?
             .device()
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        device.metrics().snapshot()
+        Some(f(&mut device))
     }
 
     /// Used-buffer and configuration interrupts the device has raised.
@@ -153,30 +171,33 @@ impl Channel {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A guest driver initialised against `front`, allocating its ring and buffers from the
 /// DMA window of `mem`.
 fn attach_driver(
-    front: &Arc<Mutex<MmioTransport>>,
+    front: &FrontSlot,
     mem: &GuestMemoryMmap<()>,
     options: Options,
     tap: Option<WriteTap>,
 ) -> Result<ChannelDriver, SimError> {
     let (reader, writer, tapped) = (front.clone(), front.clone(), mem.clone());
     let regs: FrontRegs = ByteRegs::new(
-        Box::new(move |offset, data: &mut [u8]| {
-            reader
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .read(offset, data)
-        }),
+        Box::new(
+            move |offset, data: &mut [u8]| match lock(&reader).as_ref() {
+                Some(front) => front.read(offset, data),
+                None => data.fill(0),
+            },
+        ),
         Box::new(move |offset, data: &[u8]| {
             if let Some(tap) = &tap {
                 tap(&tapped, offset, data);
             }
-            writer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .write(offset, data)
+            if let Some(front) = lock(&writer).as_mut() {
+                front.write(offset, data);
+            }
         }),
     );
     let transport = pvirq_guest::MmioTransport::new(regs)?;

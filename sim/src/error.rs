@@ -18,6 +18,9 @@ pub enum SimError {
     /// The guest image's report made no sense.
     #[error("guest image: {0}")]
     GuestReport(&'static str),
+    /// A device state could not be restored (nothing is held on the destination).
+    #[error("restore: {0}")]
+    Restore(#[from] pvirq_host::device::PersistError),
     /// Guest memory could not be created.
     #[error("guest memory: {0}")]
     GuestMemory(String),

@@ -21,6 +21,8 @@ pub mod mmio;
 #[cfg(test)]
 mod mmio_tests;
 pub mod persist;
+#[cfg(test)]
+mod persist_tests;
 mod process;
 pub mod request;
 #[cfg(test)]

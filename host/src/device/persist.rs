@@ -179,22 +179,11 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
         state: &PvirqDeviceState,
         parts: RestoreParts<M>,
     ) -> Result<(PvirqDevice<M>, Vec<RestoredGrant>), PersistError> {
-        if state.version != DEVICE_STATE_VERSION {
-            return Err(PersistError::UnsupportedVersion(state.version));
-        }
-        let mut device = PvirqDevice::new(vm)?;
-        device
-            .set_device_type(state.device_type)
-            .map_err(|_| PersistError::DeviceType)?;
-        let offered = device.avail_features();
-        if state.acked_features & !offered != 0 {
-            return Err(PersistError::FeaturesNotOffered(
-                state.acked_features & !offered,
-            ));
-        }
+        let mut device = Self::unrestored(vm, state)?;
         if state.vm.features != state.acked_features && state.queues.is_some() {
             return Err(PersistError::FeaturesNotOffered(state.vm.features));
         }
+        // Everything is checked before anything is reserved.
         let queues = match &state.queues {
             None => None,
             Some(snapshots) => {
@@ -202,24 +191,11 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
                 for (i, (snap, max)) in snapshots.iter().zip(device.queue_max_sizes()).enumerate() {
                     queues.push(snap.queue(*max).ok_or(PersistError::Queue(i))?);
                 }
-                device.ack_features(state.acked_features);
                 device.check_activation(&parts.mem, &queues)?;
                 Some(queues)
             }
         };
-        let report = device.vm.restore(&state.vm, offered)?;
-        let changed = |f: fn(&Restored) -> bool| report.iter().filter(|r| f(&r.outcome)).count();
-        let reprogrammed = changed(|o| matches!(o, Restored::Reprogrammed(_)));
-        let revoked = changed(|o| matches!(o, Restored::Revoked(_)));
-        if reprogrammed + revoked > 0 {
-            // Version 1 has no way to tell the driver (the event queue comes with issue 13's
-            // EVENTS feature): refuse rather than hand it dead interrupts.
-            device.vm.reset_all();
-            return Err(PersistError::GuestCannotBeTold {
-                reprogrammed,
-                revoked,
-            });
-        }
+        let report = device.restore_grants(state)?;
         if let Some(queues) = queues {
             let stopped: Vec<bool> = state.queues.iter().flatten().map(|s| s.stopped).collect();
             if let Err(e) = device.activate(parts.mem, parts.interrupt, queues, parts.queue_evts) {
@@ -234,6 +210,64 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
         }
         device.needs_reset = state.needs_reset;
         Ok((device, report))
+    }
+
+    /// As [`PvirqDevice::restore`], leaving the device not live whatever `state` says of
+    /// its queues: for a transport that saves the queues itself and activates the device
+    /// again with them (cloud-hypervisor's virtio-pci does). The negotiated features, the
+    /// device ID, NEEDS_RESET and every grant are restored; which queues the driver had
+    /// stopped is not (the transport's queue state says whether each is ready).
+    pub fn restore_inactive(
+        vm: Vm,
+        state: &PvirqDeviceState,
+    ) -> Result<(PvirqDevice<M>, Vec<RestoredGrant>), PersistError> {
+        let mut device = Self::unrestored(vm, state)?;
+        let report = device.restore_grants(state)?;
+        device.needs_reset = state.needs_reset;
+        Ok((device, report))
+    }
+
+    /// A device over `vm` with the state's device ID and features, holding nothing yet.
+    fn unrestored(vm: Vm, state: &PvirqDeviceState) -> Result<PvirqDevice<M>, PersistError> {
+        if state.version != DEVICE_STATE_VERSION {
+            return Err(PersistError::UnsupportedVersion(state.version));
+        }
+        let mut device = PvirqDevice::new(vm)?;
+        device
+            .set_device_type(state.device_type)
+            .map_err(|_| PersistError::DeviceType)?;
+        let offered = device.avail_features();
+        if state.acked_features & !offered != 0 {
+            return Err(PersistError::FeaturesNotOffered(
+                state.acked_features & !offered,
+            ));
+        }
+        // Features are acknowledged before DRIVER_OK: a device saved between FEATURES_OK
+        // and DRIVER_OK has them without queues.
+        device.ack_features(state.acked_features);
+        Ok(device)
+    }
+
+    /// Re-reserves the state's grants through the VM's backends. Version 1 has no way to
+    /// tell the driver that a grant changed (the event queue comes with issue 13's EVENTS
+    /// feature): where any would, everything is released and the restore refused, rather
+    /// than hand the driver dead interrupts.
+    fn restore_grants(
+        &mut self,
+        state: &PvirqDeviceState,
+    ) -> Result<Vec<RestoredGrant>, PersistError> {
+        let report = self.vm.restore(&state.vm, self.avail_features())?;
+        let changed = |f: fn(&Restored) -> bool| report.iter().filter(|r| f(&r.outcome)).count();
+        let reprogrammed = changed(|o| matches!(o, Restored::Reprogrammed(_)));
+        let revoked = changed(|o| matches!(o, Restored::Revoked(_)));
+        if reprogrammed + revoked > 0 {
+            self.vm.reset_all();
+            return Err(PersistError::GuestCannotBeTold {
+                reprogrammed,
+                revoked,
+            });
+        }
+        Ok(report)
     }
 
     /// The destination confirmed a migration: the source releases everything its VM held
