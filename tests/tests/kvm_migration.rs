@@ -18,7 +18,7 @@ use pvirq_guest::Options;
 use pvirq_host::Vm;
 use pvirq_host::kvm::{Gsi, KvmRouteTable, KvmRoutes};
 use pvirq_host::model::{ModelConfig, ModelHost};
-use pvirq_host::transaction::Restored;
+use pvirq_host::snapshot::Restored;
 use pvirq_proto::{IndexSpec, Kind, Target};
 use pvirq_sim::Channel;
 use pvirq_sim::kvm::{InterruptCounts, KvmGuest, require_kvm_or_skip};

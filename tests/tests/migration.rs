@@ -14,7 +14,7 @@ use pvirq_host::Vm;
 use pvirq_host::device::PersistError;
 use pvirq_host::model::{FaultReason, ModelHost, RemapFault};
 use pvirq_host::routes::{MemoryRoutes, RouteBook};
-use pvirq_host::transaction::Restored;
+use pvirq_host::snapshot::Restored;
 use pvirq_proto::{
     Grant, IndexRange, IndexSpec, Kind, MsiMessage, Operation, Outcome, Retarget, Target,
 };

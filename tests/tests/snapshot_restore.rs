@@ -10,7 +10,7 @@ use pvirq_guest::Options;
 use pvirq_host::Vm;
 use pvirq_host::model::ModelHost;
 use pvirq_host::routes::{MemoryRoutes, RouteBook};
-use pvirq_host::transaction::Restored;
+use pvirq_host::snapshot::Restored;
 use pvirq_proto::{
     Alloc, Grant, IndexRange, Kind, MsiMessage, Operation, Outcome, Refusal, Resource, Retarget,
     Target,

@@ -14,7 +14,7 @@ use pvirq_host::Vm;
 use pvirq_host::device::{
     InterruptType, PersistError, PvirqDevice, PvirqDeviceState, VirtioInterrupt,
 };
-use pvirq_host::transaction::RestoredGrant;
+use pvirq_host::snapshot::RestoredGrant;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

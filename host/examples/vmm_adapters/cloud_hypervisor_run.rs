@@ -134,7 +134,7 @@ pub fn demo() -> Result<String, Box<dyn Error>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pvirq_host::transaction::Restored;
+    use pvirq_host::snapshot::Restored;
     use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
     use vm_memory::GuestMemoryBackend;
     use vm_memory::bitmap::{AtomicBitmap, Bitmap};

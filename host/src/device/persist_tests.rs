@@ -3,7 +3,7 @@
 
 use super::test_utils::*;
 use super::*;
-use crate::transaction::Restored;
+use crate::snapshot::Restored;
 use pvirq_proto::{Alloc, Kind, Operation, Outcome, Request, Response, Target, feature};
 use std::sync::Arc;
 use virtio_queue::Queue;

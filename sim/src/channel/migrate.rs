@@ -14,7 +14,7 @@ use super::{Channel, ChannelDriver, FrontSlot, WriteTap, lock};
 use crate::error::SimError;
 use pvirq_guest::Options;
 use pvirq_host::device::{MmioRegisters, PvirqDeviceState, RestoreParts};
-use pvirq_host::transaction::RestoredGrant;
+use pvirq_host::snapshot::RestoredGrant;
 use pvirq_host::{MmioInterrupt, MmioTransport, NotifyMode, PvirqDevice, Vm};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
