@@ -46,6 +46,17 @@
 //! outside the driver's buffers.
 #![no_std]
 #![deny(missing_docs)]
+// No panic reachable from device or guest bytes, by construction (issue 11): no indexing, no
+// unwrap.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 #[cfg(any(test, feature = "test-utils"))]
 extern crate std;
