@@ -2,11 +2,12 @@
 //! `pci_msix_alloc_irq_at`: each submits one request, waits for it, and returns either the
 //! result or an [`Error`] — a refusal carries the device's reason ([`Error::Refused`]).
 
+use crate::driver::QUERY_BODY_LEN;
 use crate::transport::Transport;
 use crate::{Driver, Error, Hal};
 use pvirq_proto::{
-    Alloc, DeviceInfo, Grant, IndexRange, IndexSpec, Kind, Opcode, Operation, Outcome, Response,
-    Retarget, Target,
+    Alloc, DeviceInfo, Grant, IndexRange, IndexSpec, Kind, Opcode, Operation, Outcome,
+    RESPONSE_HEADER_LEN, Response, Retarget, Target,
 };
 
 /// A QUERY result.
@@ -74,9 +75,18 @@ fn done(response: Response<'_>) -> Result<Done, Error> {
 }
 
 impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
+    /// Runs a FREE, RETARGET or RESET: their replies are a header alone.
+    fn call_done(&mut self, device: u32, op: Operation<'_>) -> Result<Done, Error> {
+        let mut header = [0; RESPONSE_HEADER_LEN];
+        done(self.call_into(device, op, &mut header, &mut [])?)
+    }
+
     /// Asks for `device`'s limits (kinds, table sizes, vectors granted and available now).
     pub fn query(&mut self, device: u32) -> Result<Queried, Error> {
-        let response = into_result(self.call(device, Operation::Query)?)?;
+        let mut header = [0; RESPONSE_HEADER_LEN];
+        let mut body = [0; QUERY_BODY_LEN];
+        let response = self.call_into(device, Operation::Query, &mut header, &mut body)?;
+        let response = into_result(response)?;
         match response.outcome {
             Outcome::Queried {
                 info,
@@ -92,6 +102,10 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
     /// Allocates between `alloc.min` and `alloc.max` vectors and copies the grants into
     /// `grants` (at least `alloc.max` long).
     ///
+    /// The grants are copied out of the memory the device can write once, straight into
+    /// `grants`, and validated there: what is returned is what was checked. After an error
+    /// `grants` may hold bytes of the rejected reply; only what `Ok` returns is a grant.
+    ///
     /// On [`Error::Refused`] nothing was granted; for NO_SPACE,
     /// [`Error::fallback_count`] says how many vectors the device could grant now.
     pub fn alloc<'g>(
@@ -101,31 +115,24 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
         grants: &'g mut [Grant],
     ) -> Result<Allocation<'g>, Error> {
         let needed = usize::from(alloc.max);
-        if grants.len() < needed {
-            return Err(Error::GrantBufferTooSmall {
-                needed,
-                got: grants.len(),
-            });
-        }
-        let response = into_result(self.call(device, Operation::Alloc(alloc))?)?;
+        let got = grants.len();
+        let room = grants
+            .get_mut(..needed)
+            .ok_or(Error::GrantBufferTooSmall { needed, got })?;
+        // The reply's body is its grants: the caller's array, seen as bytes, receives them.
+        let body: &'g mut [u8] = bytemuck::cast_slice_mut(room);
+        let mut header = [0; RESPONSE_HEADER_LEN];
+        let op = Operation::Alloc(alloc);
+        let response = into_result(self.call_into(device, op, &mut header, body)?)?;
         match response.outcome {
+            // `granted` is the validated prefix of the caller's array.
             Outcome::Allocated {
                 grants: granted,
                 quota_remaining,
-            } => {
-                // Validation guarantees `granted.len() <= max <= grants.len()`.
-                let out = grants
-                    .get_mut(..granted.len())
-                    .ok_or(Error::GrantBufferTooSmall {
-                        needed: granted.len(),
-                        got: needed,
-                    })?;
-                out.copy_from_slice(granted);
-                Ok(Allocation {
-                    grants: out,
-                    quota_remaining,
-                })
-            }
+            } => Ok(Allocation {
+                grants: granted,
+                quota_remaining,
+            }),
             _ => Err(unexpected(&response)),
         }
     }
@@ -172,8 +179,7 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
 
     /// Frees a run of granted vectors. Mask them and quiesce the device first (spec DRV-7).
     pub fn free(&mut self, device: u32, range: IndexRange) -> Result<Done, Error> {
-        let response = self.call(device, Operation::Free(range))?;
-        done(response)
+        self.call_done(device, Operation::Free(range))
     }
 
     /// Moves a run of granted vectors to new destinations, one target per index. Nothing
@@ -184,14 +190,12 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
         range: IndexRange,
         targets: &[Target],
     ) -> Result<Done, Error> {
-        let response = self.call(device, Operation::Retarget(Retarget { range, targets }))?;
-        done(response)
+        self.call_done(device, Operation::Retarget(Retarget { range, targets }))
     }
 
     /// Frees every vector of `device` (the RESET operation; the virtio device and other
     /// devices are untouched). Mask them first (spec DRV-7).
     pub fn reset_device(&mut self, device: u32) -> Result<Done, Error> {
-        let response = self.call(device, Operation::Reset)?;
-        done(response)
+        self.call_done(device, Operation::Reset)
     }
 }

@@ -10,7 +10,7 @@ use pvirq_proto::{HEADER_LEN, Operation, REQUEST_QUEUE, RESPONSE_HEADER_LEN, Req
 
 /// Bytes of an ALLOC/FREE/RETARGET body, and of a QUERY reply body.
 const BODY_LEN: usize = 16;
-const QUERY_BODY_LEN: usize = 24;
+pub(crate) const QUERY_BODY_LEN: usize = 24;
 const TARGET_LEN: usize = 8;
 const GRANT_LEN: usize = 16;
 
@@ -360,18 +360,64 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
         Ok(matches!(self.slot_of(token)?, Slot::Done(..)))
     }
 
+    /// Bytes a reply buffer needs to hold the reply of any request this driver can submit
+    /// (the header and [`Driver::max_batch`] grants, or a QUERY body): a buffer this large
+    /// never gets [`Error::ReplyBufferTooSmall`] from [`Driver::take`].
+    pub fn max_reply_len(&self) -> usize {
+        self.layout.response_cap
+    }
+
     /// Takes the completion of `token`: `Ok(None)` while it is in flight; once complete,
     /// the validated response, and the slot is free again.
     ///
-    /// The response borrows the slot's DMA buffer, so no new request can be submitted
-    /// while it is alive. Refusals come back as `Ok` with [`pvirq_proto::Outcome::Refused`]
-    /// (see [`crate::into_result`]); errors are device faults ([`Error::is_device_fault`]),
+    /// The reply is copied out of the memory the device can write into `reply` once, and
+    /// only that copy is validated and returned: a device that rewrites its reply after
+    /// returning it cannot change what was checked. `reply` must hold the request's largest
+    /// reply ([`pvirq_proto::Request::max_response_len`]; [`Driver::max_reply_len`] fits
+    /// every request), or [`Error::ReplyBufferTooSmall`] leaves the completion in place.
+    ///
+    /// Refusals come back as `Ok` with [`pvirq_proto::Outcome::Refused`] (see
+    /// [`crate::into_result`]); errors are device faults ([`Error::is_device_fault`]),
     /// [`Error::NoReply`] or [`Error::StaleToken`]. Either way the request is over.
-    pub fn take(&mut self, token: Token) -> Result<Option<Response<'_>>, Error> {
+    pub fn take<'r>(
+        &mut self,
+        token: Token,
+        reply: &'r mut [u8],
+    ) -> Result<Option<Response<'r>>, Error> {
+        let got = reply.len();
+        match reply.split_first_chunk_mut::<RESPONSE_HEADER_LEN>() {
+            Some((header, body)) => self.take_into(token, header, body),
+            // Not even a header fits: no request's reply does.
+            None => match *self.slot_of(token)? {
+                Slot::Done(pending, _) => Err(Error::ReplyBufferTooSmall {
+                    needed: pending.capacity as usize,
+                    got,
+                }),
+                _ => Ok(None),
+            },
+        }
+    }
+
+    /// [`Driver::take`] with the reply's header and body in separate buffers, so that an
+    /// ALLOC's grants land straight in the caller's array. `header` and `body` together must
+    /// hold the request's largest reply.
+    pub(crate) fn take_into<'b>(
+        &mut self,
+        token: Token,
+        header: &mut [u8; RESPONSE_HEADER_LEN],
+        body: &'b mut [u8],
+    ) -> Result<Option<Response<'b>>, Error> {
         let (pending, len) = match *self.slot_of(token)? {
             Slot::Done(p, len) => (p, len),
             _ => return Ok(None),
         };
+        let room = RESPONSE_HEADER_LEN + body.len();
+        if room < pending.capacity as usize {
+            return Err(Error::ReplyBufferTooSmall {
+                needed: pending.capacity as usize,
+                got: room,
+            });
+        }
         let slot = usize::from(token.slot);
         if let Some(state) = self.slots.get_mut(slot) {
             *state = Slot::Free;
@@ -385,20 +431,37 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
                 capacity: pending.capacity,
             });
         }
-        let ptr = self
-            .buffer_ptr(slot, self.layout.response_offset)
+        // `len <= capacity <= room`: the reply fits the caller's buffers.
+        let len = len as usize;
+        let at = slot
+            .checked_mul(self.layout.stride)
+            .and_then(|base| base.checked_add(self.layout.response_offset))
             .ok_or(Error::StaleToken)?;
-        // SAFETY: `len <= capacity <= response_cap`, inside the slot's buffer. The device
-        // returned the chain, so it no longer writes the buffer; the slice borrows `self`,
-        // so no submission reuses the buffer while it lives.
-        let bytes = unsafe { core::slice::from_raw_parts(ptr.cast_const(), len as usize) };
-        pending.validate(bytes).map(Some)
+        let buffers = self.buffers.as_ref().ok_or(Error::StaleToken)?;
+        // The device returned the chain, but may still write the buffer: each byte is read
+        // once, here, and never again.
+        let header_len = len.min(RESPONSE_HEADER_LEN);
+        let header_part = header.get_mut(..header_len).ok_or(Error::StaleToken)?;
+        buffers.copy_out(at, header_part).ok_or(Error::StaleToken)?;
+        let Some(body_len) = len.checked_sub(RESPONSE_HEADER_LEN) else {
+            return Err(Error::Malformed(pvirq_proto::Error::TooShort {
+                needed: RESPONSE_HEADER_LEN,
+                got: len,
+            }));
+        };
+        let body = body.get_mut(..body_len).ok_or(Error::ReplyBufferTooSmall {
+            needed: len,
+            got: room,
+        })?;
+        at.checked_add(RESPONSE_HEADER_LEN)
+            .and_then(|body_at| buffers.copy_out(body_at, body))
+            .ok_or(Error::StaleToken)?;
+        pending.validate(header, body).map(Some)
     }
 
-    /// Spins until the request of `token` completes, polling, then takes it (see
-    /// [`Driver::take`]). Gives up with [`Error::Timeout`] after [`Options::spin_limit`]
-    /// spins, leaving the request in flight.
-    pub fn wait(&mut self, token: Token) -> Result<Response<'_>, Error> {
+    /// Spins until the request of `token` completes, polling. Gives up with
+    /// [`Error::Timeout`] after [`Options::spin_limit`] spins, leaving it in flight.
+    fn wait_complete(&mut self, token: Token) -> Result<(), Error> {
         let mut spins = 0u64;
         while !self.is_complete(token)? {
             self.poll()?;
@@ -411,14 +474,40 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
             spins += 1;
             core::hint::spin_loop();
         }
-        self.take(token)?.ok_or(Error::Pending)
+        Ok(())
     }
 
-    /// Submits `op` and waits for its validated response (refusals included, as in
-    /// [`Driver::take`]).
-    pub fn call(&mut self, device: u32, op: Operation<'_>) -> Result<Response<'_>, Error> {
+    /// Spins until the request of `token` completes, polling, then takes it into `reply`
+    /// (see [`Driver::take`]). Gives up with [`Error::Timeout`] after
+    /// [`Options::spin_limit`] spins, leaving the request in flight.
+    pub fn wait<'r>(&mut self, token: Token, reply: &'r mut [u8]) -> Result<Response<'r>, Error> {
+        self.wait_complete(token)?;
+        self.take(token, reply)?.ok_or(Error::Pending)
+    }
+
+    /// Submits `op` and waits for its validated response, copied into `reply` (refusals
+    /// included, as in [`Driver::take`]).
+    pub fn call<'r>(
+        &mut self,
+        device: u32,
+        op: Operation<'_>,
+        reply: &'r mut [u8],
+    ) -> Result<Response<'r>, Error> {
         let token = self.submit(device, op)?;
-        self.wait(token)
+        self.wait(token, reply)
+    }
+
+    /// [`Driver::call`] into a separate header and body (see [`Driver::take_into`]).
+    pub(crate) fn call_into<'b>(
+        &mut self,
+        device: u32,
+        op: Operation<'_>,
+        header: &mut [u8; RESPONSE_HEADER_LEN],
+        body: &'b mut [u8],
+    ) -> Result<Response<'b>, Error> {
+        let token = self.submit(device, op)?;
+        self.wait_complete(token)?;
+        self.take_into(token, header, body)?.ok_or(Error::Pending)
     }
 }
 

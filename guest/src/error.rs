@@ -99,6 +99,16 @@ pub enum Error {
         /// Entries provided.
         got: usize,
     },
+    /// The buffer given to [`crate::Driver::take`] (or `wait`, `call`) cannot hold the
+    /// largest reply the request may get; the completion stays, to be taken with a larger
+    /// one ([`crate::Driver::max_reply_len`] fits every request).
+    #[error("reply buffer holds {got} bytes, the request's reply may take {needed}")]
+    ReplyBufferTooSmall {
+        /// Bytes the request's largest reply takes.
+        needed: usize,
+        /// Bytes provided.
+        got: usize,
+    },
     /// The token names no request in flight or completed (already taken, or forged).
     #[error("token does not name a request of this driver")]
     StaleToken,

@@ -87,4 +87,25 @@ impl Dma {
     pub(crate) fn vaddr(&self) -> NonNull<u8> {
         self.vaddr
     }
+
+    /// Copies the `dst.len()` bytes at byte `offset` into `dst`, reading each byte exactly
+    /// once, or `None` if they do not all lie in the allocation.
+    ///
+    /// This is how bytes the device may write leave shared memory: the device can change
+    /// them at any time, so everything the driver checks and uses is read from `dst` after
+    /// one pass here, never from the shared memory again (no double fetch).
+    pub(crate) fn copy_out(&self, offset: usize, dst: &mut [u8]) -> Option<()> {
+        let end = offset.checked_add(dst.len())?;
+        if end > self.len() {
+            return None;
+        }
+        let src = self.vaddr.as_ptr();
+        for (at, byte) in (offset..end).zip(dst.iter_mut()) {
+            // SAFETY: `at < end <= len()`, inside the allocation `Hal::dma_alloc` made valid
+            // for reads. Volatile: the device may write the byte concurrently, so the
+            // compiler must neither assume it stable nor read it twice.
+            *byte = unsafe { src.add(at).read_volatile() };
+        }
+        Some(())
+    }
 }

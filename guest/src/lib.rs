@@ -43,9 +43,22 @@
 //!
 //! A device that lies (used lengths beyond the buffer, unknown descriptor ids, replies that
 //! do not echo their request, garbage) gets a typed [`Error`], never a panic or an access
-//! outside the driver's buffers.
+//! outside the driver's buffers. The device is not trusted after it answers either (as in a
+//! confidential VM): a reply is copied out of the memory the device can write once, and the
+//! driver validates and returns only its copy ([`Driver::take`]).
 #![no_std]
 #![deny(missing_docs)]
+// No panic reachable from device or guest bytes, by construction (issue 11): no indexing, no
+// unwrap.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 #[cfg(any(test, feature = "test-utils"))]
 extern crate std;

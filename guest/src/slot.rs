@@ -2,7 +2,9 @@
 
 use crate::Error;
 use crate::error::EchoField;
-use pvirq_proto::{IndexSpec, Kind, Opcode, Operation, Outcome, Request, Response};
+use pvirq_proto::{
+    IndexSpec, Kind, Opcode, Operation, Outcome, RESPONSE_HEADER_LEN, Request, Response,
+};
 
 /// Names one submitted request: its slot and its tag (unique per driver, so a token of a
 /// request already taken never matches the slot's next request).
@@ -87,10 +89,15 @@ impl Pending {
         }
     }
 
-    /// Decodes `bytes` (exactly the used length) and checks that it answers this request
+    /// Decodes a reply (`header`, then `body`: exactly the used length, both already
+    /// copied out of memory the device can write) and checks that it answers this request
     /// (spec [DRV-8]): echoed opcode, device and tag, and a result the request allows.
-    pub(crate) fn validate<'a>(&self, bytes: &'a [u8]) -> Result<Response<'a>, Error> {
-        let response = Response::decode(bytes).map_err(Error::Malformed)?;
+    pub(crate) fn validate<'a>(
+        &self,
+        header: &[u8; RESPONSE_HEADER_LEN],
+        body: &'a [u8],
+    ) -> Result<Response<'a>, Error> {
+        let response = Response::decode_parts(header, body).map_err(Error::Malformed)?;
         let echo = [
             (
                 EchoField::Opcode,

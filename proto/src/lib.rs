@@ -38,6 +38,17 @@
 // `deny`, not `forbid`: the optional `vm-memory` feature needs `unsafe impl ByteValued` for
 // the wire structs (`wire::byte_valued`), and that one module alone allows it.
 #![deny(unsafe_code)]
+// No panic reachable from device or guest bytes, by construction (issue 11): no indexing, no
+// unwrap.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 #[cfg(test)]
 #[macro_use]

@@ -176,21 +176,38 @@ fn read<T: Pod>(bytes: &[u8], offset: usize) -> Result<T, Error> {
         })
 }
 
-fn exact(bytes: &[u8], expected: usize) -> Result<(), Error> {
-    if bytes.len() == expected {
+fn exact(len: usize, expected: usize) -> Result<(), Error> {
+    if len == expected {
         Ok(())
     } else {
-        Err(Error::LengthMismatch {
-            expected,
-            got: bytes.len(),
-        })
+        Err(Error::LengthMismatch { expected, got: len })
     }
 }
 
 impl<'a> Response<'a> {
     /// Decodes and validates a response occupying exactly `bytes` (the used length).
     pub fn decode(bytes: &'a [u8]) -> Result<Response<'a>, Error> {
-        let h: ResponseHeader = read(bytes, 0)?;
+        let (header, body) =
+            bytes
+                .split_first_chunk::<RESPONSE_HEADER_LEN>()
+                .ok_or(Error::TooShort {
+                    needed: RESPONSE_HEADER_LEN,
+                    got: bytes.len(),
+                })?;
+        Response::decode_parts(header, body)
+    }
+
+    /// Decodes and validates a response whose header and body lie in separate buffers: a
+    /// driver that copies a reply out of memory the device can write puts the header in its
+    /// own memory and the grants straight into its caller's array. The checks are those of
+    /// [`Response::decode`] on `header` followed by `body`; lengths in errors count both.
+    pub fn decode_parts(
+        header: &[u8; RESPONSE_HEADER_LEN],
+        body: &'a [u8],
+    ) -> Result<Response<'a>, Error> {
+        let h: ResponseHeader = bytemuck::pod_read_unaligned(header);
+        let total = RESPONSE_HEADER_LEN + body.len();
+        let exact = |expected: usize| exact(total, expected);
         if h.reserved != 0 {
             return Err(Error::ReservedNotZero(crate::Field::HeaderReserved));
         }
@@ -206,7 +223,7 @@ impl<'a> Response<'a> {
             if count != 0 {
                 return Err(Error::InvalidResponseCount(count));
             }
-            exact(bytes, RESPONSE_HEADER_LEN)?;
+            exact(RESPONSE_HEADER_LEN)?;
             Outcome::Refused(refusal)
         } else {
             if h.detail != 0 {
@@ -219,8 +236,8 @@ impl<'a> Response<'a> {
                     if count != 0 {
                         return Err(Error::InvalidResponseCount(count));
                     }
-                    exact(bytes, RESPONSE_HEADER_LEN + QUERY_LEN)?;
-                    let info = DeviceInfo::from_wire(&read(bytes, RESPONSE_HEADER_LEN)?)?;
+                    exact(RESPONSE_HEADER_LEN + QUERY_LEN)?;
+                    let info = DeviceInfo::from_wire(&read(body, 0)?)?;
                     Outcome::Queried {
                         info,
                         quota_remaining,
@@ -236,12 +253,11 @@ impl<'a> Response<'a> {
                         .checked_mul(GRANT_LEN)
                         .and_then(|b| b.checked_add(RESPONSE_HEADER_LEN))
                         .ok_or(Error::InvalidResponseCount(count))?;
-                    exact(bytes, expected)?;
-                    let raw = bytes.get(RESPONSE_HEADER_LEN..).unwrap_or_default();
+                    exact(expected)?;
                     let grants: &[Grant] =
-                        bytemuck::try_cast_slice(raw).map_err(|_| Error::LengthMismatch {
+                        bytemuck::try_cast_slice(body).map_err(|_| Error::LengthMismatch {
                             expected,
-                            got: bytes.len(),
+                            got: total,
                         })?;
                     Outcome::Allocated {
                         grants,
@@ -249,7 +265,7 @@ impl<'a> Response<'a> {
                     }
                 }
                 Opcode::Free | Opcode::Retarget | Opcode::Reset => {
-                    exact(bytes, RESPONSE_HEADER_LEN)?;
+                    exact(RESPONSE_HEADER_LEN)?;
                     match opcode {
                         Opcode::Free => Outcome::Freed {
                             count,

@@ -3,8 +3,8 @@
 use proptest::prelude::*;
 use pvirq_proto::{
     Alloc, CompatMsi, DeliveryMode, DeviceInfo, Error, Field, Grant, IndexRange, IndexSpec, Kind,
-    KindSet, MsiMessage, Operation, Outcome, Refusal, RemappableMsi, Request, Resource, Response,
-    Retarget, Target,
+    KindSet, MsiMessage, Operation, Outcome, RESPONSE_HEADER_LEN, Refusal, RemappableMsi, Request,
+    Resource, Response, Retarget, Target,
 };
 
 const MAX_BATCH: u16 = 64;
@@ -115,6 +115,7 @@ proptest! {
         grants in prop::collection::vec((any::<u32>(), any::<u64>(), any::<u32>()), 1..40),
         refused in prop::option::of(refusal()),
         info in (0u32..8, 0u32..=5, any::<u16>(), any::<u32>(), any::<u32>()),
+        mutation in (any::<prop::sample::Index>(), any::<u8>(), 0usize..20),
     ) {
         let grants: Vec<Grant> = grants
             .into_iter()
@@ -144,6 +145,16 @@ proptest! {
         let mut buf = vec![0u8; response.encoded_len()];
         prop_assert_eq!(response.encode(&mut buf), Ok(buf.len()));
         prop_assert_eq!(Response::decode(&buf), Ok(response));
+        // A driver that copies the header apart from the body decodes the same way: this
+        // reply, and the same with one byte changed and the end cut off (every rejection).
+        let (position, value, cut) = mutation;
+        let mut mutated = buf.clone();
+        mutated[position.index(buf.len())] = value;
+        mutated.truncate(buf.len().saturating_sub(cut).max(RESPONSE_HEADER_LEN));
+        for bytes in [&buf, &mutated] {
+            let (header, body) = bytes.split_first_chunk::<RESPONSE_HEADER_LEN>().unwrap();
+            prop_assert_eq!(Response::decode_parts(header, body), Response::decode(bytes));
+        }
     }
 
     /// Decoding is total and canonical: arbitrary bytes never panic, and whatever decodes

@@ -200,8 +200,9 @@ fn requests_in_flight_take_effect_in_order_and_match_their_tokens() {
     assert_eq!(ch.driver().poll().unwrap(), slots);
     // Take them last first: each answer is its own request's.
     let mut seen = Vec::new();
+    let mut reply = vec![0; ch.driver().max_reply_len()];
     for (i, token) in tokens.iter().enumerate().rev() {
-        let r = ch.driver().take(*token).unwrap().unwrap();
+        let r = ch.driver().take(*token, &mut reply).unwrap().unwrap();
         assert_eq!(r.tag, token.tag(), "request {i}");
         assert_eq!(r.opcode, ops[i].opcode().to_wire(), "request {i}");
         let summary = match r.outcome {
@@ -226,10 +227,10 @@ fn requests_in_flight_take_effect_in_order_and_match_their_tokens() {
         ]
     );
     for token in &extra {
-        assert!(ch.driver().take(*token).unwrap().is_some());
+        assert!(ch.driver().take(*token, &mut reply).unwrap().is_some());
     }
     assert!(matches!(
-        ch.driver().take(tokens[0]),
+        ch.driver().take(tokens[0], &mut reply),
         Err(Error::StaleToken)
     ));
     assert_eq!(ch.driver().in_flight(), 0);

@@ -62,12 +62,14 @@ impl Rig {
 
     /// Runs one request; the outcome as text (owned), or the driver's error.
     fn run(&mut self, device: u32, op: Operation<'_>) -> Result<String, Error> {
-        let response = self.ch.driver().call(device, op)?;
+        let mut reply = vec![0; self.ch.driver().max_reply_len()];
+        let response = self.ch.driver().call(device, op, &mut reply)?;
         Ok(format!("{:?}", response.outcome))
     }
 
     fn refusal(&mut self, device: u32, op: Operation<'_>) -> Option<Refusal> {
-        let response = self.ch.driver().call(device, op).ok()?;
+        let mut reply = vec![0; self.ch.driver().max_reply_len()];
+        let response = self.ch.driver().call(device, op, &mut reply).ok()?;
         match response.outcome {
             Outcome::Refused(r) => Some(r),
             _ => None,

@@ -443,7 +443,8 @@ fn call(driver: &mut FuzzDriver, op: &OpIn) -> bool {
             let _ = driver.handle_interrupt();
             let _ = driver.poll();
             let _ = driver.is_complete(token);
-            matches!(driver.take(token), Ok(Some(_)))
+            let mut reply = vec![0; driver.max_reply_len()];
+            matches!(driver.take(token, &mut reply), Ok(Some(_)))
         }
     }
 }

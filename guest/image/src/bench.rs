@@ -31,9 +31,11 @@ fn free_all(guest: &mut Guest, device: u32, kind: Kind) -> Result<(), Outcome> {
             (Slot::MsiX(i), Kind::MsiX) | (Slot::Ims(i), Kind::Ims) => i,
             _ => continue,
         };
-        if r.held == Held::Live && n < MAX_TARGETS {
+        if r.held == Held::Live
+            && let Some(entry) = live.get_mut(n)
+        {
             dev.set_masked(slot, true);
-            live[n] = index;
+            *entry = index;
             n += 1;
         }
     }

@@ -9,6 +9,14 @@
 #![no_std]
 #![no_main]
 #![deny(missing_docs)]
+// A panic ends the vCPU (see `panic` below): none may be reachable from what the device or
+// the VMM write, so no indexing, no unwrap, by construction.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod bench;
 mod boot;

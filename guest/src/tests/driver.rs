@@ -12,6 +12,9 @@ use pvirq_proto::{
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
+/// Room for a QUERY reply (header and body), the largest reply the tests take by hand.
+pub(crate) const REPLY: usize = pvirq_proto::RESPONSE_HEADER_LEN + 24;
+
 pub(crate) type TestDriver<'d> = Driver<GuestMemoryHal, MmioTransport<&'d FakeDevice>, 4>;
 
 pub(crate) fn hal(dev: &FakeDevice) -> GuestMemoryHal {
@@ -317,31 +320,66 @@ fn several_requests_in_flight_complete_out_of_order() {
         s.reverse = true;
     });
     let mut d = driver(&dev);
+    let mut reply = [0; REPLY];
     let tokens: std::vec::Vec<Token> = (0..4)
         .map(|device| d.submit(device, Operation::Query).unwrap())
         .collect();
     assert_eq!(d.submit(0, Operation::Query).unwrap_err(), Error::QueueFull);
     assert_eq!(d.in_flight(), 4);
     for &t in &tokens {
-        assert!(d.take(t).unwrap().is_none(), "not complete yet");
+        assert!(d.take(t, &mut reply).unwrap().is_none(), "not complete yet");
     }
     assert_eq!(dev.process(), 4);
     assert_eq!(d.poll().unwrap(), 4);
     // Take them in yet another order; each response belongs to its own request.
     for (device, &t) in tokens.iter().enumerate().rev() {
-        let r = d.take(t).unwrap().unwrap();
+        let r = d.take(t, &mut reply).unwrap().unwrap();
         assert_eq!(r.device, device as u32);
         assert_eq!(r.tag, t.tag());
         assert!(matches!(r.outcome, Outcome::Queried { .. }));
     }
     assert_eq!(d.in_flight(), 0);
-    assert_eq!(d.take(tokens[0]).unwrap_err(), Error::StaleToken);
+    assert_eq!(
+        d.take(tokens[0], &mut reply).unwrap_err(),
+        Error::StaleToken
+    );
     // The slots are reusable, and old tokens do not name the new requests.
     let again = d.submit(0, Operation::Query).unwrap();
     assert_eq!(again.slot(), tokens[0].slot());
-    assert_eq!(d.take(tokens[0]).unwrap_err(), Error::StaleToken);
+    assert_eq!(
+        d.take(tokens[0], &mut reply).unwrap_err(),
+        Error::StaleToken
+    );
     dev.process();
-    assert!(d.wait(again).is_ok());
+    assert!(d.wait(again, &mut reply).is_ok());
+}
+
+#[test]
+fn a_reply_buffer_too_small_for_the_request_leaves_its_completion_to_take() {
+    let dev = FakeDevice::new(memory());
+    let mut d = driver(&dev);
+    assert_eq!(
+        d.max_reply_len(),
+        24 + 64 * 16,
+        "header and max_batch grants"
+    );
+    let t = targets(4);
+    let alloc = Alloc::any(Kind::MsiX, 1, &t);
+    let token = d.submit(0, Operation::Alloc(alloc)).unwrap();
+    d.poll().unwrap();
+    let needed = 24 + 4 * 16;
+    for got in [0, 10, needed - 1] {
+        let mut small = std::vec![0; got];
+        assert_eq!(
+            d.take(token, &mut small).unwrap_err(),
+            Error::ReplyBufferTooSmall { needed, got }
+        );
+        assert!(d.is_complete(token).unwrap(), "still there to take");
+    }
+    let mut reply = std::vec![0; d.max_reply_len()];
+    let r = d.take(token, &mut reply).unwrap().unwrap();
+    assert!(matches!(r.outcome, Outcome::Allocated { grants, .. } if grants.len() == 4));
+    assert_eq!(d.in_flight(), 0);
 }
 
 #[test]
@@ -349,6 +387,7 @@ fn the_interrupt_path_acknowledges_and_drains() {
     let dev = FakeDevice::new(memory());
     dev.with(|s| s.auto = false);
     let mut d = driver(&dev);
+    let mut reply = [0; REPLY];
     let a = d.submit(0, Operation::Query).unwrap();
     let b = d.submit(1, Operation::Reset).unwrap();
     dev.process();
@@ -358,8 +397,8 @@ fn the_interrupt_path_acknowledges_and_drains() {
     assert_eq!(st.completed, 2);
     dev.with(|s| assert_eq!(s.interrupt_status, 0, "acknowledged"));
     assert!(d.is_complete(a).unwrap() && d.is_complete(b).unwrap());
-    assert!(d.take(b).unwrap().is_some());
-    assert!(d.take(a).unwrap().is_some());
+    assert!(d.take(b, &mut reply).unwrap().is_some());
+    assert!(d.take(a, &mut reply).unwrap().is_some());
     let st = d.handle_interrupt().unwrap();
     assert_eq!((st.used_buffer, st.completed), (false, 0));
 }
@@ -373,16 +412,18 @@ fn a_blocking_wait_times_out_and_can_be_resumed() {
         ..Options::default()
     };
     let mut d = driver_with(&dev, options).unwrap();
+    let mut reply = [0; REPLY];
     let t = d.submit(0, Operation::Query).unwrap();
-    assert_eq!(d.wait(t).unwrap_err(), Error::Timeout);
+    assert_eq!(d.wait(t, &mut reply).unwrap_err(), Error::Timeout);
     dev.process();
-    assert!(d.wait(t).is_ok());
+    assert!(d.wait(t, &mut reply).is_ok());
 }
 
 #[test]
 fn notifications_follow_the_device_s_no_notify_flag() {
     let dev = FakeDevice::new(memory());
     let mut d = driver(&dev);
+    let mut reply = [0; REPLY];
     d.query(0).unwrap();
     dev.with(|s| assert_eq!(s.notifies, 1));
     dev.with(|s| {
@@ -393,7 +434,7 @@ fn notifications_follow_the_device_s_no_notify_flag() {
     let t = d.submit(0, Operation::Query).unwrap();
     dev.with(|s| assert_eq!(s.notifies, 1, "device asked not to be notified"));
     dev.process();
-    d.wait(t).unwrap();
+    d.wait(t, &mut reply).unwrap();
 }
 
 #[test]
@@ -419,9 +460,10 @@ fn interrupt_suppression_reaches_the_device() {
 fn many_requests_wrap_the_ring_indices() {
     let dev = FakeDevice::new(memory());
     let mut d = driver(&dev);
+    let mut reply = [0; REPLY];
     for i in 0..70_000u32 {
         let device = i % 2;
-        let r = d.call(device, Operation::Query).unwrap();
+        let r = d.call(device, Operation::Query, &mut reply).unwrap();
         assert_eq!(r.device, device);
     }
     let idx = dev.with(|s| s.queue.next_used());

@@ -73,6 +73,8 @@ pub(crate) struct State {
     pub(crate) requests: Vec<Vec<u8>>,
     /// Writable bytes each request offered.
     pub(crate) writable: Vec<u32>,
+    /// Where the last reply was written (its first writable descriptor).
+    pub(crate) last_reply_at: Option<GuestAddress>,
     pub(crate) available: u32,
     pub(crate) granted: u32,
     next_index: u32,
@@ -122,6 +124,7 @@ impl FakeDevice {
                 faults: VecDeque::new(),
                 requests: Vec::new(),
                 writable: Vec::new(),
+                last_reply_at: None,
                 available: 32,
                 granted: 0,
                 next_index: 0,
@@ -283,6 +286,7 @@ impl State {
                 _ => {}
             }
             // Write the reply over the writable descriptors.
+            self.last_reply_at = writable.first().map(|&(addr, _)| addr);
             let mut rest = &reply[..];
             for (addr, l) in writable {
                 let take = rest.len().min(l as usize);

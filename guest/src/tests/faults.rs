@@ -1,7 +1,7 @@
 //! The driver against a lying or broken device: every fault is a typed error, the slot
 //! concerned is recovered, and the driver keeps working.
 
-use super::driver::{TestDriver, driver, targets};
+use super::driver::{REPLY, TestDriver, driver, targets};
 use super::fake::{FakeDevice, Fault, memory};
 use crate::{EchoField, Error};
 use proptest::prelude::*;
@@ -104,6 +104,7 @@ fn unknown_ids_are_refused_without_touching_other_requests() {
         let dev = FakeDevice::new(memory());
         dev.with(|s| s.auto = false);
         let mut d = driver(&dev);
+        let mut reply = [0; REPLY];
         let t = d.submit(0, Operation::Query).unwrap();
         dev.fault(Fault::HeadId(id));
         dev.process();
@@ -114,7 +115,7 @@ fn unknown_ids_are_refused_without_touching_other_requests() {
         let u = d.submit(1, Operation::Query).unwrap();
         dev.process();
         assert_eq!(d.poll().unwrap(), 1);
-        assert_eq!(d.take(u).unwrap().unwrap().device, 1);
+        assert_eq!(d.take(u, &mut reply).unwrap().unwrap().device, 1);
     }
 }
 
@@ -126,13 +127,17 @@ fn a_completion_under_another_in_flight_head_is_caught() {
         s.budget = 1;
     });
     let mut d = driver(&dev);
+    let mut reply = [0; REPLY];
     let a = d.submit(0, Operation::Query).unwrap();
     let b = d.submit(1, Operation::Query).unwrap();
     // `a` is answered, but returned under `b`'s head: `b`'s buffer holds no reply.
     dev.fault(Fault::HeadId(u32::from(b.slot()) * 2));
     dev.process();
     assert_eq!(d.poll().unwrap(), 1);
-    assert!(matches!(d.take(b).unwrap_err(), Error::Malformed(_)));
+    assert!(matches!(
+        d.take(b, &mut reply).unwrap_err(),
+        Error::Malformed(_)
+    ));
     // `b`'s real reply then arrives for a slot no longer in flight.
     dev.process();
     assert_eq!(
@@ -151,12 +156,13 @@ fn a_reply_echoing_another_request_is_caught() {
     let dev = FakeDevice::new(memory());
     dev.with(|s| s.auto = false);
     let mut d = driver(&dev);
+    let mut reply = [0; REPLY];
     let a = d.submit(0, Operation::Query).unwrap();
     dev.fault(Fault::Tag(a.tag() + 1));
     dev.process();
     d.poll().unwrap();
     assert_eq!(
-        d.take(a).unwrap_err(),
+        d.take(a, &mut reply).unwrap_err(),
         Error::EchoMismatch {
             field: EchoField::Tag,
             expected: a.tag(),

@@ -19,6 +19,13 @@ use super::tables::DeviceTables;
 /// otherwise sends the slot's message as a write tagged with its requester ID — which the
 /// host's remapping unit checks ([`Host::fire`]) before anything reaches a guest.
 /// [`unmask`](Self::unmask) clears the mask and sends a pending interrupt, once.
+///
+/// The guest may also clear a mask bit with a plain write to the table
+/// ([`DeviceTables::unmask`], [`DeviceTables::program`], or any write to that memory), which
+/// the device does not see happen. It finds out the way a device reading its own slot
+/// storage does: it re-reads its pending slots before every message it sends
+/// ([`fire`](Self::fire)) and when polled ([`poll_pending`](Self::poll_pending)), and sends
+/// each pending interrupt whose slot is now unmasked, once.
 #[derive(Debug)]
 pub struct PassthroughDevice {
     requester_id: u16,
@@ -68,14 +75,56 @@ impl PassthroughDevice {
     /// device, and returns where it was delivered. A masked slot sends nothing now and holds
     /// the interrupt pending ([`PassthroughError::Masked`]); a message the host refuses is
     /// [`PassthroughError::Fault`] (the host records it too).
+    ///
+    /// Before it sends, the device sends what it held for slots the guest has unmasked since
+    /// ([`poll_pending`](Self::poll_pending)); their outcomes are counted in
+    /// [`sent`](Self::sent), and a refused message is recorded by the host.
     pub fn fire(&self, host: &ModelHost, slot: Slot) -> Result<Delivery, PassthroughError> {
+        let _flushed = self.poll_pending(host);
+        // Read and hold under the lock: a poll running meanwhile either sees the bit set or
+        // reads the slot after this fire did, so no pending interrupt is stranded.
+        let mut pending = self.pending_set();
         let state = self.tables.read(slot)?;
         if state.masked {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
-            self.pending_set().insert(slot);
+            pending.insert(slot);
             return Err(PassthroughError::Masked(slot));
         }
+        drop(pending);
         self.send(host, slot, state.message)
+    }
+
+    /// Takes the pending bit of each pending slot (of `only`, if given) that is unmasked
+    /// now, with the message it holds. Bits are cleared under the lock, so each held
+    /// interrupt is handed to one caller only, however many poll at once.
+    fn take_unmasked(&self, only: Option<Slot>) -> Vec<(Slot, pvirq_proto::MsiMessage)> {
+        let mut pending = self.pending_set();
+        let ready: Vec<_> = pending
+            .iter()
+            .filter(|slot| only.is_none_or(|o| o == **slot))
+            .filter_map(|&slot| {
+                let state = self.tables.read(slot).ok()?;
+                (!state.masked).then_some((slot, state.message))
+            })
+            .collect();
+        for (slot, _) in &ready {
+            pending.remove(slot);
+        }
+        ready
+    }
+
+    /// Re-reads every slot holding a pending interrupt and sends each one the guest has
+    /// unmasked since — once: its pending bit clears. Returns what was sent, slot by slot
+    /// (empty when nothing was). The VMM's device poller calls this for table memory it does
+    /// not trap; [`fire`](Self::fire) does it before sending.
+    pub fn poll_pending(
+        &self,
+        host: &ModelHost,
+    ) -> Vec<(Slot, Result<Delivery, PassthroughError>)> {
+        self.take_unmasked(None)
+            .into_iter()
+            .map(|(slot, message)| (slot, self.send(host, slot, message)))
+            .collect()
     }
 
     fn send(
@@ -98,11 +147,10 @@ impl PassthroughDevice {
         slot: Slot,
     ) -> Result<Option<Delivery>, PassthroughError> {
         self.tables.unmask(slot)?;
-        if !self.pending_set().remove(&slot) {
-            return Ok(None);
+        match self.take_unmasked(Some(slot)).first() {
+            Some(&(slot, message)) => self.send(host, slot, message).map(Some),
+            None => Ok(None),
         }
-        let state = self.tables.read(slot)?;
-        self.send(host, slot, state.message).map(Some)
     }
 
     /// Whether `slot` holds a pending interrupt (the PBA bit, for MSI-X).

@@ -20,7 +20,9 @@
 //! these same tables.
 //!
 //! A masked slot that fires holds its interrupt pending and sends it once when unmasked
-//! ([`PassthroughDevice::unmask`]), as hardware does with the PBA.
+//! ([`PassthroughDevice::unmask`]), as hardware does with the PBA. A mask bit the guest
+//! clears by writing the table directly is seen when the device next re-reads its pending
+//! slots: before every message it sends, and at [`PassthroughDevice::poll_pending`].
 //!
 //! Entry formats ([`entry`]): MSI-X entries of 16 bytes `{addr_lo, addr_hi, data,
 //! vector_control}` (bit 0 masks); IMS slots `{addr_lo, addr_hi, data, ctrl}` as Intel IDXD

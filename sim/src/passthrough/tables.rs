@@ -144,8 +144,8 @@ impl DeviceTables {
     }
 
     /// The guest driver's side: clears `slot`'s mask bit, leaving the rest in place. (A
-    /// device holding a pending interrupt for it sends it then:
-    /// [`PassthroughDevice::unmask`](super::PassthroughDevice::unmask).)
+    /// device holding a pending interrupt for it sends it when it next re-reads its pending
+    /// slots: [`PassthroughDevice::poll_pending`](super::PassthroughDevice::poll_pending).)
     pub fn unmask(&self, slot: Slot) -> Result<(), PassthroughError> {
         let raw = self.raw(slot)?;
         let ctrl = u32::from_le_bytes([raw[12], raw[13], raw[14], raw[15]]) & !CTRL_MASK;

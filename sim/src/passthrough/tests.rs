@@ -149,6 +149,9 @@ fn fire_sends_through_the_remapping_unit_and_masked_slots_stay_silent() {
         .unwrap();
     let d = a.fire(&host, msix_slot).unwrap();
     assert_eq!(d.to(), Some((1, 0x40)));
+    // Programming unmasked the slot: that fire sent the one held while masked first.
+    assert_eq!(a.sent(), 2);
+    assert!(!a.is_pending(msix_slot));
     let d = a.fire(&host, ims_slot).unwrap();
     assert_eq!(d.to(), Some((0, 0x41)));
 
@@ -189,7 +192,7 @@ fn fire_sends_through_the_remapping_unit_and_masked_slots_stay_silent() {
         PassthroughError::Fault { fault, .. }
             if matches!(fault.reason, FaultReason::Remap(RemapFault::EntryNotPresent { .. }))
     ));
-    assert_eq!((a.sent(), b.sent(), host.faults().count), (3, 1, 2));
+    assert_eq!((a.sent(), b.sent(), host.faults().count), (4, 1, 2));
     vm.with_routes(|r| assert_eq!(r.live(), 1));
 }
 
@@ -237,4 +240,85 @@ fn a_masked_slot_holds_one_pending_interrupt_and_unmask_sends_it_exactly_once() 
     }
     // Unmasking a slot that never fired sends nothing.
     assert!(dev.unmask(&host, Slot::MsiX(3)).unwrap().is_none());
+}
+
+/// A VM with `dev` assigned, and a grant of `kind` programmed into its slot, then masked.
+fn masked_grant(dev: &PassthroughDevice, kind: Kind, vector: u8) -> (ModelHost, Vm, Slot) {
+    let host = ModelHost::new(&ModelConfig::default()).unwrap();
+    let config = VmConfig {
+        quota: 8,
+        num_vcpus: 2,
+        max_batch: 8,
+        devices: vec![dev.spec()],
+        ..VmConfig::default()
+    };
+    let vm = host
+        .create_vm(config, Box::new(MemoryRoutes::kvm_like()))
+        .unwrap();
+    let g = grant(&vm, 0, kind, Target::new(1, vector));
+    let slot = Slot::for_grant(kind, g.index()).unwrap();
+    dev.tables().program(slot, g.message(), None).unwrap();
+    dev.tables().mask(slot).unwrap();
+    (host, vm, slot)
+}
+
+#[test]
+fn an_unmask_written_straight_into_the_table_still_sends_the_pending_interrupt_once() {
+    let mem = memory();
+    let dev = device(0x0100, &mem, 0);
+    for (kind, vector) in [(Kind::MsiX, 0x40), (Kind::Ims, 0x41)] {
+        let (host, _vm, slot) = masked_grant(&dev, kind, vector);
+        for _ in 0..3 {
+            assert!(dev.fire(&host, slot).is_err());
+        }
+        let sent = dev.sent();
+        // The guest clears the mask with a plain table write: the device does not see it.
+        dev.tables().unmask(slot).unwrap();
+        assert!(dev.is_pending(slot), "{slot}: not re-read yet");
+        // Its next re-read sends the held interrupt, once, to the grant's destination.
+        let flushed = dev.poll_pending(&host);
+        assert_eq!(flushed.len(), 1, "{slot}");
+        let (got, delivery) = &flushed[0];
+        assert_eq!(*got, slot);
+        assert_eq!(delivery.as_ref().unwrap().to(), Some((1, vector)));
+        assert!(!dev.is_pending(slot));
+        assert_eq!(dev.sent(), sent + 1);
+        // Nothing is left to send twice: not by a poll, not by the device's unmask.
+        assert!(dev.poll_pending(&host).is_empty());
+        assert!(dev.unmask(&host, slot).unwrap().is_none());
+        assert_eq!(dev.sent(), sent + 1);
+    }
+}
+
+#[test]
+fn a_fire_after_a_direct_unmask_sends_the_held_interrupt_then_its_own() {
+    let mem = memory();
+    let dev = device(0x0100, &mem, 0);
+    let (host, _vm, slot) = masked_grant(&dev, Kind::MsiX, 0x40);
+    assert!(dev.fire(&host, slot).is_err());
+    // The mask bit cleared by rewriting the whole entry (as a driver reprogramming it does).
+    let message = dev.tables().read(slot).unwrap().message;
+    dev.tables().program(slot, message, None).unwrap();
+    let sent = dev.sent();
+    let d = dev.fire(&host, slot).unwrap();
+    assert_eq!(d.to(), Some((1, 0x40)));
+    assert_eq!(dev.sent(), sent + 2, "the held interrupt, then the new one");
+    assert!(!dev.is_pending(slot));
+    assert!(dev.poll_pending(&host).is_empty());
+    assert!(dev.unmask(&host, slot).unwrap().is_none());
+    assert_eq!(dev.sent(), sent + 2);
+}
+
+#[test]
+fn a_poll_sends_nothing_while_the_slot_stays_masked() {
+    let mem = memory();
+    let dev = device(0x0100, &mem, 0);
+    let (host, _vm, slot) = masked_grant(&dev, Kind::Ims, 0x41);
+    assert!(dev.fire(&host, slot).is_err());
+    let sent = dev.sent();
+    assert!(dev.poll_pending(&host).is_empty());
+    // Another slot's fire re-reads this one too, and leaves it held.
+    assert!(dev.fire(&host, Slot::MsiX(3)).is_err());
+    assert!(dev.is_pending(slot));
+    assert_eq!(dev.sent(), sent);
 }

@@ -6,6 +6,17 @@
 //! `no_std`, no dependencies: both sides compile this one crate, so they cannot disagree.
 #![no_std]
 #![deny(missing_docs)]
+// No panic reachable from what the VMM writes into shared memory, by construction: no
+// indexing, no unwrap.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 pub mod device;
 pub mod layout;
