@@ -194,7 +194,9 @@ impl Rig {
             }),
             Request::Free => Operation::Free(FREE_RANGE),
         };
-        outcome(self.ch.driver().call(DEVICE, op))
+        let driver = self.ch.driver();
+        let mut reply = vec![0u8; driver.max_reply_len()];
+        outcome(driver.call(DEVICE, op, &mut reply))
     }
 
     fn held_indices(&self) -> BTreeSet<u32> {
@@ -217,7 +219,9 @@ impl Rig {
                 first: index,
                 count: 1,
             };
-            let got = outcome(self.ch.driver().call(DEVICE, Operation::Free(range)));
+            let driver = self.ch.driver();
+            let mut reply = vec![0u8; driver.max_reply_len()];
+            let got = outcome(driver.call(DEVICE, Operation::Free(range), &mut reply));
             if got != "ok:1" {
                 self.errors.push(format!("free {index}: {got}"));
             }
@@ -231,7 +235,9 @@ impl Rig {
                 pasid: None,
                 targets: self.targets.get(..1).unwrap_or_default(),
             };
-            let got = outcome(self.ch.driver().call(DEVICE, Operation::Alloc(one)));
+            let driver = self.ch.driver();
+            let mut reply = vec![0u8; driver.max_reply_len()];
+            let got = outcome(driver.call(DEVICE, Operation::Alloc(one), &mut reply));
             if got != "ok:1" {
                 self.errors.push(format!("alloc {index}: {got}"));
             }

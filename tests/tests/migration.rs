@@ -112,9 +112,10 @@ fn a_migration_to_a_host_giving_the_same_messages_delivers_every_grant_there_and
     );
     let mut ch = guest.attach(source);
     ch.driver().poll().unwrap();
+    let mut reply = vec![0u8; ch.driver().max_reply_len()];
     let done = ch
         .driver()
-        .take(in_flight)
+        .take(in_flight, &mut reply)
         .unwrap()
         .expect("the source resumed");
     assert!(matches!(done.outcome, Outcome::Retargeted { count: 1, .. }));

@@ -170,7 +170,12 @@ fn a_snapshot_restored_on_the_same_host_mid_workload_delivers_every_grant_with_e
     assert_eq!(ch.vm().occupancy(), held, "and so does the VM");
     // The request the guest made before the snapshot is answered by the restored device.
     ch.driver().poll().unwrap();
-    let done = ch.driver().take(in_flight).unwrap().expect("answered");
+    let mut reply = vec![0u8; ch.driver().max_reply_len()];
+    let done = ch
+        .driver()
+        .take(in_flight, &mut reply)
+        .unwrap()
+        .expect("answered");
     assert!(
         matches!(done.outcome, Outcome::Retargeted { count: 2, .. }),
         "{done:?}"
