@@ -6,7 +6,7 @@ use crate::transport::Transport;
 use crate::{Driver, Error, Hal};
 use pvirq_proto::{
     Alloc, DeviceInfo, Grant, IndexRange, IndexSpec, Kind, Opcode, Operation, Outcome, Response,
-    Retarget, Target,
+    Retarget, Target, Targeting,
 };
 
 /// A QUERY result.
@@ -120,7 +120,10 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
                         needed: granted.len(),
                         got: needed,
                     })?;
-                out.copy_from_slice(granted);
+                // Either record layout: the index and message are what a driver programs.
+                for (slot, grant) in out.iter_mut().zip(granted.iter()) {
+                    *slot = grant.grant();
+                }
                 Ok(Allocation {
                     grants: out,
                     quota_remaining,
@@ -162,6 +165,7 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
             min: 1,
             max: 1,
             pasid,
+            targeting: Targeting::PerVector,
             targets: &targets,
         };
         let mut grant = [Grant::new(0, Default::default())];
@@ -172,7 +176,7 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
 
     /// Frees a run of granted vectors. Mask them and quiesce the device first (spec DRV-7).
     pub fn free(&mut self, device: u32, range: IndexRange) -> Result<Done, Error> {
-        let response = self.call(device, Operation::Free(range))?;
+        let response = self.call(device, Operation::Free(range.into()))?;
         done(response)
     }
 
@@ -184,7 +188,7 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
         range: IndexRange,
         targets: &[Target],
     ) -> Result<Done, Error> {
-        let response = self.call(device, Operation::Retarget(Retarget { range, targets }))?;
+        let response = self.call(device, Operation::Retarget(Retarget::run(range, targets)))?;
         done(response)
     }
 

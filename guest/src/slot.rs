@@ -49,6 +49,8 @@ pub(crate) struct Pending {
     expect: Expect,
     /// Writable bytes offered: the largest valid used length.
     pub(crate) capacity: u32,
+    /// The negotiated features: the layouts and codes the response may use.
+    features: u64,
 }
 
 /// The state of one in-flight slot.
@@ -63,7 +65,7 @@ pub(crate) enum Slot {
 }
 
 impl Pending {
-    pub(crate) fn new(request: &Request<'_>, capacity: u32) -> Self {
+    pub(crate) fn new(request: &Request<'_>, capacity: u32, features: u64) -> Self {
         let expect = match &request.op {
             Operation::Query => Expect::Query,
             Operation::Alloc(a) => Expect::Alloc {
@@ -72,9 +74,11 @@ impl Pending {
                 min: a.min,
                 max: a.max,
             },
-            Operation::Free(r) => Expect::Run { count: r.count },
+            Operation::Free(indices) => Expect::Run {
+                count: indices.count(),
+            },
             Operation::Retarget(r) => Expect::Run {
-                count: r.range.count,
+                count: r.indices.count(),
             },
             Operation::Reset => Expect::Reset,
         };
@@ -84,13 +88,14 @@ impl Pending {
             opcode: request.op.opcode(),
             expect,
             capacity,
+            features,
         }
     }
 
     /// Decodes `bytes` (exactly the used length) and checks that it answers this request
     /// (spec [DRV-8]): echoed opcode, device and tag, and a result the request allows.
     pub(crate) fn validate<'a>(&self, bytes: &'a [u8]) -> Result<Response<'a>, Error> {
-        let response = Response::decode(bytes).map_err(Error::Malformed)?;
+        let response = Response::decode(bytes, self.features).map_err(Error::Malformed)?;
         let echo = [
             (
                 EchoField::Opcode,

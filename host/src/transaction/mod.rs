@@ -33,7 +33,8 @@ use crate::routes::RouteError;
 use crate::sync::lock;
 use crate::vm::{DeviceSpec, DeviceState, Vm};
 use pvirq_proto::{
-    Field, Kind, Operation, RESPONSE_HEADER_LEN, Refusal, Request, Resource, feature,
+    Field, Indices, Kind, Negotiated, Operation, RESPONSE_HEADER_LEN, Refusal, Request, Resource,
+    Retarget, RetargetTo, feature,
 };
 use reply::{Ctx, Echo};
 
@@ -125,11 +126,21 @@ impl Vm {
             // Not even a refusal fits: say nothing, change nothing.
             return ctx.dropped();
         }
-        let request = match Request::decode(request, config.max_batch) {
+        let negotiated = Negotiated::new(config.max_batch, st.features);
+        let request = match Request::decode(request, negotiated) {
             Ok(r) => r,
             Err(e) => return ctx.refuse(e.refusal()),
         };
-        let needed = request.max_response_len();
+        if request.required_features() & feature::EXTENSIONS != 0 {
+            // This device implements version 1 and offers no extension bit (spec §2.2), so
+            // the decoder gives such a shape only where a caller set an extension feature
+            // anyway: answer as for a flag that is not defined.
+            return ctx.refuse(Refusal::BadRequest {
+                field: Field::Flags,
+                entry: 0,
+            });
+        }
+        let needed = request.max_response_len(st.features);
         if ctx.sink.capacity() < needed {
             return ctx.refuse(Refusal::ResponseTooSmall {
                 needed: needed as u32,
@@ -139,9 +150,19 @@ impl Vm {
         match &request.op {
             Operation::Query => query::query(&mut ctx, config, st, request.device),
             Operation::Alloc(a) => alloc::alloc(&mut ctx, config, st, request.device, a),
-            Operation::Free(r) => free::free(&mut ctx, config, st, request.device, Some(r)),
+            Operation::Free(Indices::Run(r)) => {
+                free::free(&mut ctx, config, st, request.device, Some(r))
+            }
             Operation::Reset => free::free(&mut ctx, config, st, request.device, None),
-            Operation::Retarget(r) => retarget::retarget(&mut ctx, config, st, request.device, r),
+            Operation::Retarget(Retarget {
+                indices: Indices::Run(range),
+                to: RetargetTo::Targets(targets),
+            }) => retarget::retarget(&mut ctx, config, st, request.device, range, targets),
+            // Index lists and parking: refused above (extensions).
+            Operation::Free(_) | Operation::Retarget(_) => ctx.refuse(Refusal::BadRequest {
+                field: Field::Flags,
+                entry: 0,
+            }),
         }
     }
 
@@ -153,7 +174,7 @@ impl Vm {
         let Ok(len) = request.encode(&mut bytes) else {
             return Vec::new();
         };
-        let mut sink = BufferSink::new(request.max_response_len());
+        let mut sink = BufferSink::new(request.max_response_len(self.features()));
         let handled = self.handle(bytes.get(..len).unwrap_or_default(), &mut sink);
         if handled.used_len == 0 {
             Vec::new()

@@ -125,7 +125,7 @@ impl Vm {
         Ok(Vm {
             shared: Arc::new(VmShared {
                 state: Mutex::new(VmState {
-                    features: feature::ALL,
+                    features: feature::V1,
                     routes,
                     devices,
                     held: 0,
