@@ -6,8 +6,8 @@ use crate::driver::QUERY_BODY_LEN;
 use crate::transport::Transport;
 use crate::{Driver, Error, Hal};
 use pvirq_proto::{
-    Alloc, DeviceInfo, Grant, IndexRange, IndexSpec, Kind, Opcode, Operation, Outcome,
-    RESPONSE_HEADER_LEN, Response, Retarget, Target,
+    Alloc, DeviceInfo, Grant, GrantSlice, IndexRange, IndexSpec, Kind, Opcode, Operation, Outcome,
+    RESPONSE_HEADER_LEN, Response, Retarget, Target, Targeting,
 };
 
 /// A QUERY result.
@@ -129,10 +129,15 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
             Outcome::Allocated {
                 grants: granted,
                 quota_remaining,
-            } => Ok(Allocation {
-                grants: granted,
-                quota_remaining,
-            }),
+            } => match granted {
+                GrantSlice::Basic(granted) => Ok(Allocation {
+                    grants: granted,
+                    quota_remaining,
+                }),
+                // 24-byte records need a buffer of their own layout; a driver that did not
+                // negotiate INFO never gets them (the decoder refuses them).
+                GrantSlice::Info(_) => Err(unexpected(&response)),
+            },
             _ => Err(unexpected(&response)),
         }
     }
@@ -169,6 +174,7 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
             min: 1,
             max: 1,
             pasid,
+            targeting: Targeting::PerVector,
             targets: &targets,
         };
         let mut grant = [Grant::new(0, Default::default())];
@@ -179,7 +185,7 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
 
     /// Frees a run of granted vectors. Mask them and quiesce the device first (spec DRV-7).
     pub fn free(&mut self, device: u32, range: IndexRange) -> Result<Done, Error> {
-        self.call_done(device, Operation::Free(range))
+        self.call_done(device, Operation::Free(range.into()))
     }
 
     /// Moves a run of granted vectors to new destinations, one target per index. Nothing
@@ -190,7 +196,7 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
         range: IndexRange,
         targets: &[Target],
     ) -> Result<Done, Error> {
-        self.call_done(device, Operation::Retarget(Retarget { range, targets }))
+        self.call_done(device, Operation::Retarget(Retarget::run(range, targets)))
     }
 
     /// Frees every vector of `device` (the RESET operation; the virtio device and other

@@ -239,8 +239,8 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
     pub fn submit(&mut self, device: u32, op: Operation<'_>) -> Result<Token, Error> {
         let count = match &op {
             Operation::Alloc(a) => a.max,
-            Operation::Free(r) => r.count,
-            Operation::Retarget(r) => r.range.count,
+            Operation::Free(indices) => indices.count(),
+            Operation::Retarget(r) => r.indices.count(),
             Operation::Query | Operation::Reset => 0,
         };
         if count > self.max_batch {
@@ -256,7 +256,7 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
             .ok_or(Error::QueueFull)?;
         let tag = self.next_tag;
         let request = Request { device, tag, op };
-        let response_len = request.max_response_len();
+        let response_len = request.max_response_len(self.features);
         if response_len > self.layout.response_cap {
             return Err(Error::BatchTooLarge {
                 count,
@@ -296,7 +296,7 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
             },
         );
         if let Some(state) = self.slots.get_mut(slot) {
-            *state = Slot::InFlight(Pending::new(&request, response_len as u32));
+            *state = Slot::InFlight(Pending::new(&request, response_len as u32, self.features));
         }
         self.ring.publish(head);
         if self.ring.needs_notify() {

@@ -9,7 +9,7 @@ use pvirq_proto::{MAX_BATCH_LIMIT, PROTOCOL_VERSION, feature};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
     /// Feature bits the driver is willing to accept (intersected with the device's offer
-    /// and with [`feature::ALL`]). `VERSION_1` is always required.
+    /// and with [`feature::V1`]). `VERSION_1` is always required.
     pub features: u64,
     /// The largest count the driver will put in one request; sizes the per-slot buffers.
     /// The effective limit is the smaller of this and the device's `max_batch`.
@@ -24,7 +24,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            features: feature::ALL,
+            features: feature::V1,
             max_batch: MAX_BATCH_LIMIT,
             spin_limit: None,
             reset_spins: 1 << 20,
@@ -81,7 +81,7 @@ pub(crate) fn negotiate<T: Transport>(
     if offered & feature::VERSION_1 == 0 {
         return Err(Error::NotModern(offered));
     }
-    let mut features = offered & options.features & feature::ALL | feature::VERSION_1;
+    let mut features = offered & options.features & feature::V1 | feature::VERSION_1;
     if features & feature::IMS == 0 {
         features &= !feature::PASID;
     }

@@ -51,6 +51,8 @@ pub(crate) struct Pending {
     expect: Expect,
     /// Writable bytes offered: the largest valid used length.
     pub(crate) capacity: u32,
+    /// The negotiated features: the layouts and codes the response may use.
+    features: u64,
 }
 
 /// The state of one in-flight slot.
@@ -65,7 +67,7 @@ pub(crate) enum Slot {
 }
 
 impl Pending {
-    pub(crate) fn new(request: &Request<'_>, capacity: u32) -> Self {
+    pub(crate) fn new(request: &Request<'_>, capacity: u32, features: u64) -> Self {
         let expect = match &request.op {
             Operation::Query => Expect::Query,
             Operation::Alloc(a) => Expect::Alloc {
@@ -74,9 +76,11 @@ impl Pending {
                 min: a.min,
                 max: a.max,
             },
-            Operation::Free(r) => Expect::Run { count: r.count },
+            Operation::Free(indices) => Expect::Run {
+                count: indices.count(),
+            },
             Operation::Retarget(r) => Expect::Run {
-                count: r.range.count,
+                count: r.indices.count(),
             },
             Operation::Reset => Expect::Reset,
         };
@@ -86,6 +90,7 @@ impl Pending {
             opcode: request.op.opcode(),
             expect,
             capacity,
+            features,
         }
     }
 
@@ -97,7 +102,8 @@ impl Pending {
         header: &[u8; RESPONSE_HEADER_LEN],
         body: &'a [u8],
     ) -> Result<Response<'a>, Error> {
-        let response = Response::decode_parts(header, body).map_err(Error::Malformed)?;
+        let response =
+            Response::decode_parts(header, body, self.features).map_err(Error::Malformed)?;
         let echo = [
             (
                 EchoField::Opcode,

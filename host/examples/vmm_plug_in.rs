@@ -147,10 +147,10 @@ fn alloc_two(vm: &Vm) -> Result<Vec<Grant>, Box<dyn Error>> {
     };
     let mut bytes = vec![0u8; request.encoded_len()];
     let len = request.encode(&mut bytes)?;
-    let mut sink = BufferSink::new(request.max_response_len());
+    let mut sink = BufferSink::new(request.max_response_len(vm.features()));
     vm.handle(bytes.get(..len).unwrap_or_default(), &mut sink);
-    match Response::decode(sink.bytes())?.outcome {
-        Outcome::Allocated { grants, .. } => Ok(grants.to_vec()),
+    match Response::decode(sink.bytes(), vm.features())?.outcome {
+        Outcome::Allocated { grants, .. } => Ok(grants.iter().map(|g| g.grant()).collect()),
         other => Err(format!("refused: {other:?}").into()),
     }
 }

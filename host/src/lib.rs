@@ -17,7 +17,7 @@
 //! use pvirq_host::model::{ModelConfig, ModelHost};
 //! use pvirq_host::routes::MemoryRoutes;
 //! use pvirq_host::{DeviceSpec, VmConfig};
-//! use pvirq_proto::{Alloc, Kind, Operation, Outcome, Request, Response, Target};
+//! use pvirq_proto::{Alloc, Kind, Operation, Outcome, Request, Response, Target, feature};
 //!
 //! let host = ModelHost::new(&ModelConfig::default()).unwrap();
 //! let config = VmConfig {
@@ -43,15 +43,17 @@
 //! let mut sink = pvirq_host::BufferSink::new(reply.len());
 //! vm.handle(&bytes[..len], &mut sink);
 //! reply[..sink.bytes().len()].copy_from_slice(sink.bytes());
-//! let Outcome::Allocated { grants, .. } = Response::decode(sink.bytes()).unwrap().outcome else {
+//! // A version-1 driver: no extension negotiated (spec §2.2).
+//! let Outcome::Allocated { grants, .. } = Response::decode(sink.bytes(), feature::V1).unwrap().outcome else {
 //!     panic!("refused");
 //! };
 //! // The device writes the granted message; the remapping unit resolves it and the route
 //! // delivers it to vCPU 1 (APIC ID 1), vector 0x40.
-//! host.fire(0x0100, grants[0].message()).unwrap();
+//! let message = grants.get(0).unwrap().message();
+//! host.fire(0x0100, message).unwrap();
 //! assert_eq!(book.lock().unwrap().delivered(), 1);
 //! // Another device sending the same message is stopped by the remapping unit.
-//! assert!(host.fire(0x0200, grants[0].message()).is_err());
+//! assert!(host.fire(0x0200, message).is_err());
 //! ```
 #![deny(missing_docs)]
 // No panic reachable from guest bytes, by construction (issue 11): no indexing, no unwrap.

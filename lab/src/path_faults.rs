@@ -26,7 +26,7 @@ use pvirq_host::vfio::{
 };
 use pvirq_host::{DeviceSpec, Vm, VmConfig};
 use pvirq_proto::{
-    Alloc, IndexRange, IndexSpec, Kind, Operation, Outcome, Refusal, Response, Target,
+    Alloc, IndexRange, IndexSpec, Kind, Operation, Outcome, Refusal, Response, Target, Targeting,
 };
 use pvirq_tests::tamper::{BadBuffer, ReplyFault, TamperChannel};
 use std::collections::{BTreeMap, BTreeSet};
@@ -190,9 +190,10 @@ impl Rig {
                 min: ALLOC_COUNT,
                 max: ALLOC_COUNT,
                 pasid: None,
+                targeting: Targeting::PerVector,
                 targets: &self.targets,
             }),
-            Request::Free => Operation::Free(FREE_RANGE),
+            Request::Free => Operation::Free(FREE_RANGE.into()),
         };
         let driver = self.ch.driver();
         let mut reply = vec![0u8; driver.max_reply_len()];
@@ -221,7 +222,7 @@ impl Rig {
             };
             let driver = self.ch.driver();
             let mut reply = vec![0u8; driver.max_reply_len()];
-            let got = outcome(driver.call(DEVICE, Operation::Free(range), &mut reply));
+            let got = outcome(driver.call(DEVICE, Operation::Free(range.into()), &mut reply));
             if got != "ok:1" {
                 self.errors.push(format!("free {index}: {got}"));
             }
@@ -233,6 +234,7 @@ impl Rig {
                 min: 1,
                 max: 1,
                 pasid: None,
+                targeting: Targeting::PerVector,
                 targets: self.targets.get(..1).unwrap_or_default(),
             };
             let driver = self.ch.driver();

@@ -13,7 +13,7 @@ use pvirq_host::vfio::{
     DETACH, IrqHost, IrqSet, VfioBackend, VfioDeviceIrqs, VmmToken, vfio_index,
 };
 use pvirq_host::{DeviceSpec, Vm, VmConfig};
-use pvirq_proto::{Alloc, Grant, IndexRange, IndexSpec, Kind, Target};
+use pvirq_proto::{Alloc, Grant, IndexRange, IndexSpec, Kind, Target, Targeting};
 use pvirq_sim::Channel;
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
@@ -60,6 +60,7 @@ fn alloc(
         max,
         pasid: None,
         targets: &targets,
+        targeting: Targeting::PerVector,
     };
     ch.driver()
         .alloc(DEVICE, a, grants)

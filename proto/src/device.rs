@@ -14,49 +14,44 @@ use bytemuck::{Pod, Zeroable};
 pub const VIRTIO_ID_PVIRQ: u32 = 56;
 
 /// The protocol version this crate speaks, as found in [`Config::version`].
+///
+/// It stays 1 however the protocol grows: what a driver may use beyond version 1's bytes is
+/// said by the feature bits it negotiated ([`crate::feature`]), never by the version
+/// (spec §2.2).
 pub const PROTOCOL_VERSION: u16 = 1;
 
-/// Index of the request virtqueue, the only virtqueue of protocol version 1.
+/// Index of the request virtqueue (spec §2.3).
 pub const REQUEST_QUEUE: u16 = 0;
 
-/// Number of virtqueues the device offers.
-pub const NUM_QUEUES: usize = 1;
+/// Index of the event virtqueue (spec §2.3, §12). It exists on every device; a driver that
+/// did not negotiate [`crate::feature::EVENTS`] leaves it unused.
+pub const EVENT_QUEUE: u16 = 1;
+
+/// Number of virtqueues the device offers: the request queue and the event queue.
+pub const NUM_QUEUES: usize = 2;
 
 /// The largest `max_batch` a device may advertise: counts travel as 16-bit values.
 pub const MAX_BATCH_LIMIT: u16 = 4096;
-
-/// Feature bits (spec §2.2). Device-specific bits are 0–23; `VERSION_1` is virtio's bit 32.
-pub mod feature {
-    /// The device can grant multi-message MSI blocks.
-    pub const MSI: u64 = 1 << 0;
-    /// The device can grant MSI-X table entries.
-    pub const MSIX: u64 = 1 << 1;
-    /// The device can grant IMS (Interrupt Message Store) slots.
-    pub const IMS: u64 = 1 << 2;
-    /// IMS requests may carry a PASID. Offered only together with [`IMS`].
-    pub const PASID: u64 = 1 << 3;
-    /// The RETARGET operation is available.
-    pub const RETARGET: u64 = 1 << 4;
-    /// virtio 1.x device (required).
-    pub const VERSION_1: u64 = 1 << 32;
-
-    /// Every feature bit defined by protocol version 1.
-    pub const ALL: u64 = MSI | MSIX | IMS | PASID | RETARGET | VERSION_1;
-}
 
 /// The device configuration space (spec §2.4), read-only for the driver. 16 bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub struct Config {
-    /// Protocol version the device speaks; a driver refuses a version it does not know.
+    /// Protocol version of the wire format, 1 ([`PROTOCOL_VERSION`]). Feature bits, not this
+    /// field, say which extensions a driver may use; a device sets another value only for a
+    /// protocol a version-1 driver cannot speak, and a driver refuses a version it does not
+    /// know (spec §2.2, [DRV-1]).
     pub version: Le16,
     /// Largest vector count in one request (ALLOC `max_count`, FREE/RETARGET `count`).
     pub max_batch: Le16,
-    /// Number of devices behind this channel; device handles are `0..num_devices`.
+    /// Number of devices behind this channel; device handles are `0..num_devices`. Grows
+    /// while the device is live only with [`crate::feature::EVENTS`] (spec §2.4).
     pub num_devices: Le32,
-    /// Total vectors this VM may hold at once across all its devices.
+    /// Total vectors this VM may hold at once across all its devices. Changes while the
+    /// device is live only with [`crate::feature::EVENTS`] (spec §2.4).
     pub vm_quota: Le32,
-    /// Number of vCPUs; valid destination vCPUs are `0..num_vcpus`.
+    /// Number of vCPUs; a version-1 target names one of `0..num_vcpus` (with
+    /// [`crate::feature::APIC_ID`], targets name x2APIC IDs instead).
     pub num_vcpus: Le32,
 }
 
@@ -82,18 +77,5 @@ mod tests {
             bytemuck::bytes_of(&config),
             &[1, 0, 0, 1, 2, 0, 0, 0, 0x40, 0, 0, 0, 4, 0, 0, 0]
         );
-    }
-
-    #[test]
-    fn pasid_feature_is_distinct_from_every_other_bit() {
-        let bits = [
-            feature::MSI,
-            feature::MSIX,
-            feature::IMS,
-            feature::PASID,
-            feature::RETARGET,
-        ];
-        assert_eq!(bits.iter().fold(0, |acc, b| acc | b).count_ones(), 5);
-        assert_eq!(feature::ALL & feature::VERSION_1, feature::VERSION_1);
     }
 }

@@ -1,6 +1,7 @@
 //! The one error type of this crate: why bytes could not be decoded or a value encoded.
 
-use crate::types::{Field, Refusal};
+use crate::refusal::Refusal;
+use crate::types::Field;
 
 /// Why a message could not be decoded or encoded.
 ///
@@ -33,9 +34,25 @@ pub enum Error {
     /// A reserved field is not zero.
     #[error("reserved field `{0}` is not zero")]
     ReservedNotZero(Field),
-    /// ALLOC `flags` has bits this version does not define.
-    #[error("flags {0:#04x} has undefined bits")]
+    /// `flags` has a bit that is undefined, or belongs to a feature that was not negotiated
+    /// (an un-negotiated flag is undefined, spec §2.2).
+    #[error("flags {0:#04x} has undefined or un-negotiated bits")]
     UndefinedFlags(u8),
+    /// `flags` combines bits that are not allowed together (`PARKED` with `SPREAD`,
+    /// `ANY_CONTIGUOUS` without `ANY_INDEX`).
+    #[error("flags {0:#04x} combine bits that are not allowed together")]
+    FlagConflict(u8),
+    /// ALLOC `num_targets` is not 1..=`max_batch` with `SPREAD`, or not 0 without it.
+    #[error("num_targets {0} does not fit the flags and max_batch")]
+    InvalidNumTargets(u16),
+    /// An index-list entry is not greater than the one before it.
+    #[error("index-list entry {entry} ({index}) is not greater than the one before it")]
+    IndexListOrder {
+        /// The entry's position in the list.
+        entry: u32,
+        /// The entry's value.
+        index: u32,
+    },
     /// A count is zero, or `min_count` exceeds `max_count`.
     #[error("count {min}..{max} is empty or inverted")]
     InvalidCount {
@@ -102,6 +119,32 @@ pub enum Error {
     /// A response's `count` disagrees with its opcode or body.
     #[error("response count {0} does not fit its opcode")]
     InvalidResponseCount(u32),
+    /// A value belongs to a feature that was not negotiated: a posted or parked grant, or an
+    /// extended layout, in a response to a driver without the feature bit (the bit given).
+    #[error("the value needs feature bit {0:#x}, which was not negotiated")]
+    NotNegotiated(u64),
+    /// A QUERY reply's message format is not one the protocol defines.
+    #[error("message format {0} is not defined")]
+    UnknownMessageFormat(u8),
+    /// A grant's or event's delivery mode is not one the protocol defines.
+    #[error("delivery mode {0} is not defined")]
+    UnknownGrantMode(u8),
+    /// An event's type is not one the protocol defines.
+    #[error("event type {0} is not defined")]
+    UnknownEventType(u8),
+    /// A REVOKE event's reason is not a resource code.
+    #[error("resource code {0} is not defined")]
+    UnknownResource(u8),
+    /// An event field that its type does not use, or the reserved byte, is not zero.
+    #[error("event field at offset {offset} must be 0 for this event type")]
+    EventFieldNotZero {
+        /// Offset of the field in the 32-byte record.
+        offset: u8,
+    },
+    /// An event names device handle 0xFFFF_FFFF, which is never assigned (spec §2.4): a
+    /// LIMITS event uses it for the whole VM, no other event may.
+    #[error("device handle {0:#x} is never assigned: only a LIMITS event names it, for the VM")]
+    AmbiguousDevice(u32),
     /// A response's outcome does not belong to its opcode.
     #[error("outcome does not belong to opcode {0}")]
     OutcomeMismatch(u8),
@@ -158,7 +201,12 @@ impl Error {
             },
             Error::UnknownKind(_) => Refusal::Unsupported { field: Field::Kind },
             Error::ReservedNotZero(field) => bad(field),
-            Error::UndefinedFlags(_) => bad(Field::Flags),
+            Error::UndefinedFlags(_) | Error::FlagConflict(_) => bad(Field::Flags),
+            Error::InvalidNumTargets(_) => bad(Field::NumTargets),
+            Error::IndexListOrder { entry, .. } => Refusal::BadRequest {
+                field: Field::IndexList,
+                entry,
+            },
             Error::InvalidCount { .. } | Error::MsiCount { .. } => bad(Field::Count),
             Error::BatchTooLarge { max_batch, .. } => Refusal::BatchTooLarge {
                 max_batch: max_batch as u32,

@@ -10,11 +10,16 @@
 //! - validated, typed requests and responses ([`Request`], [`Response`]) with `decode`
 //!   (never panics, never reads out of bounds, each rejection an [`Error`] naming the field)
 //!   and `encode`;
+//! - host events on the event queue ([`Event`]);
 //! - MSI messages in remappable and compatibility format ([`RemappableMsi`], [`CompatMsi`]);
 //! - the device's identity, features and configuration layout ([`Config`], [`feature`]).
 //!
+//! The protocol grows by feature bits (spec §2.2). Requests are decoded against the
+//! channel's [`Negotiated`] parameters and responses against the negotiated features; a
+//! driver that negotiated no extension ([`feature::V1`]) sees exactly version 1's bytes.
+//!
 //! ```
-//! use pvirq_proto::{Alloc, IndexSpec, Kind, Operation, Request, Target};
+//! use pvirq_proto::{Alloc, IndexSpec, Kind, Negotiated, Operation, Request, Target, Targeting};
 //!
 //! let targets = [Target::new(0, 0x30), Target::new(1, 0x31)];
 //! let request = Request {
@@ -26,12 +31,13 @@
 //!         min: 1,
 //!         max: 2,
 //!         pasid: None,
+//!         targeting: Targeting::PerVector,
 //!         targets: &targets,
 //!     }),
 //! };
 //! let mut buf = [0u8; 64];
 //! let len = request.encode(&mut buf).unwrap();
-//! assert_eq!(Request::decode(&buf[..len], 256), Ok(request));
+//! assert_eq!(Request::decode(&buf[..len], Negotiated::v1(256)), Ok(request));
 //! ```
 #![no_std]
 #![deny(missing_docs)]
@@ -56,26 +62,37 @@ extern crate std;
 
 mod device;
 mod error;
+mod event;
+pub mod feature;
 mod le;
 mod msi;
+mod negotiated;
+mod refusal;
 mod request;
 mod response;
 mod types;
 pub mod wire;
 
 pub use device::{
-    Config, MAX_BATCH_LIMIT, NUM_QUEUES, PROTOCOL_VERSION, REQUEST_QUEUE, VIRTIO_ID_PVIRQ, feature,
+    Config, EVENT_QUEUE, MAX_BATCH_LIMIT, NUM_QUEUES, PROTOCOL_VERSION, REQUEST_QUEUE,
+    VIRTIO_ID_PVIRQ,
 };
 pub use error::Error;
+pub use event::{EVENT_LEN, Event, EventBody};
 pub use le::{Le16, Le32, Le64};
 pub use msi::{CompatMsi, DeliveryMode, MSI_ADDRESS_BASE, MsiMessage, RemappableMsi};
+pub use negotiated::Negotiated;
+pub use refusal::Refusal;
 pub use request::{
-    Alloc, IndexRange, IndexSpec, MAX_MSI_VECTORS, MAX_PASID, MIN_GUEST_VECTOR, Operation, Request,
-    Retarget, Target,
+    Alloc, IndexList, IndexRange, IndexSpec, Indices, MAX_MSI_VECTORS, MAX_PASID, MIN_GUEST_VECTOR,
+    Operation, Request, Retarget, RetargetTo, Target, Targeting, spread_position,
 };
-pub use response::{DeviceInfo, Grant, Outcome, Response};
+pub use response::{
+    DeviceInfo, DeviceInfoExt, Grant, GrantInfo, GrantIter, GrantSlice, Outcome, PciIdentity,
+    Response,
+};
 pub use types::{
-    Field, GrantMode, Kind, KindSet, MessageFormat, Opcode, Refusal, Resource, Status,
+    EventType, Field, GrantMode, Kind, KindSet, MessageFormat, Opcode, Resource, Status,
 };
 
 /// Size of the request header.

@@ -1,4 +1,5 @@
-//! The protocol's enumerations: opcodes, interrupt kinds, statuses, resources and fields.
+//! The protocol's enumerations: opcodes, interrupt kinds, statuses, resources, fields,
+//! message formats, delivery modes and event types, and QUERY's set of kinds.
 
 use core::fmt;
 
@@ -127,6 +128,49 @@ wire_enum! {
         HostVector = 4 => "host-vector",
         /// Guest delivery routes (for KVM: GSI routes of this VM).
         GuestRoute = 5 => "guest-route",
+        /// *(extension, bit 6)* Enough remapping entries are free, but no naturally aligned
+        /// block of the size an MSI block needs. A version-1 driver is told `irte`.
+        IrteFragmented = 6 => "irte-fragmented",
+        /// *(extension, bit 6)* Enough device slots are free, but no run of consecutive ones
+        /// as long as `ANY_CONTIGUOUS` needs. A version-1 driver is told `device-slots`.
+        SlotsFragmented = 7 => "slots-fragmented",
+        /// *(extension, bit 6)* The assigned device's share (spec §3.7). A version-1 driver
+        /// is told `vm-quota`.
+        DeviceShare = 8 => "device-share",
+        /// *(extension, bit 6; events only)* The assigned device was removed (spec §12).
+        DeviceRemoved = 9 => "device-removed",
+    }
+}
+
+impl Resource {
+    /// Whether only a driver that negotiated [`crate::feature::INFO`] may be told this
+    /// resource (codes 6–9, spec §3.3).
+    pub const fn needs_info(self) -> bool {
+        self as u8 >= Resource::IrteFragmented as u8
+    }
+
+    /// Whether a response (NO_SPACE, DEVICE_ERROR) may name this resource: every one but
+    /// `device-removed`, which only events carry (spec §3.3).
+    pub const fn in_responses(self) -> bool {
+        !matches!(self, Resource::DeviceRemoved)
+    }
+
+    /// What a driver that negotiated `features` is told for this resource (spec §3.3): the
+    /// resource itself with [`crate::feature::INFO`]; without it, a cause version 1 does not
+    /// tell apart is reported under version 1's code (`irte-fragmented` as `irte`,
+    /// `slots-fragmented` as `device-slots`, `device-share` as `vm-quota`), and
+    /// `device-removed`, which a version-1 driver is never told, as `none`.
+    pub const fn for_features(self, features: u64) -> Resource {
+        if features & crate::feature::INFO != 0 {
+            return self;
+        }
+        match self {
+            Resource::IrteFragmented => Resource::Irte,
+            Resource::SlotsFragmented => Resource::DeviceSlots,
+            Resource::DeviceShare => Resource::VmQuota,
+            Resource::DeviceRemoved => Resource::None,
+            other => other,
+        }
     }
 }
 
@@ -185,6 +229,36 @@ wire_enum! {
         TargetVector = 11 => "target-vector",
         /// A target's reserved bytes.
         TargetReserved = 12 => "target-reserved",
+        /// *(extension, bit 6)* ALLOC's `num_targets`.
+        NumTargets = 13 => "num-targets",
+        /// *(extension, bit 6)* An index-list entry not greater than the one before it.
+        IndexList = 14 => "index-list",
+    }
+}
+
+impl Field {
+    /// Whether only a driver that negotiated [`crate::feature::INFO`] may be told this
+    /// field (codes 13–14, spec §5.2).
+    pub const fn needs_info(self) -> bool {
+        self as u8 >= Field::NumTargets as u8
+    }
+}
+
+wire_enum! {
+    /// What an event reports (spec §12).
+    EventType {
+        /// A grant now has another message, carried in the event.
+        Reprogram = 1 => "reprogram",
+        /// A grant no longer exists, for the reason the event names.
+        Revoke = 2 => "revoke",
+        /// The VM's quota or one device's share changed.
+        Limits = 3 => "limits",
+        /// An ALLOC that was refused NO_SPACE could now be granted.
+        Available = 4 => "available",
+        /// A new assigned device has a handle.
+        DeviceAdded = 5 => "device-added",
+        /// An assigned device is gone, with every grant it had.
+        DeviceRemoved = 6 => "device-removed",
     }
 }
 
@@ -254,176 +328,6 @@ impl fmt::Display for KindSet {
     }
 }
 
-/// Why a request was refused: a non-OK [`Status`] with its typed details (spec §5).
-///
-/// This is what a driver acts on; [`Refusal::to_wire`] and [`Refusal::from_wire`] map it to
-/// and from the response header's `status`, `detail` and `info` fields.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Refusal {
-    /// `resource` ran out; at most `available` vectors could have been granted.
-    NoSpace {
-        /// The resource that was short.
-        resource: Resource,
-        /// How many vectors the request could have had.
-        available: u32,
-    },
-    /// The request is malformed.
-    BadRequest {
-        /// The offending field.
-        field: Field,
-        /// For a per-target field, the target's position; otherwise 0.
-        entry: u32,
-    },
-    /// The opcode, kind or feature is not offered or not negotiated.
-    Unsupported {
-        /// The field that asked for it.
-        field: Field,
-    },
-    /// No such device behind this channel.
-    NoDevice,
-    /// `index` is outside the device's table.
-    IndexOutOfRange {
-        /// The first offending index.
-        index: u32,
-    },
-    /// `index` is already granted.
-    IndexInUse {
-        /// The first offending index.
-        index: u32,
-    },
-    /// `index` is not granted to this device.
-    NotGranted {
-        /// The first offending index.
-        index: u32,
-    },
-    /// A destination is unusable.
-    InvalidTarget {
-        /// `TargetVcpu` or `TargetVector`.
-        field: Field,
-        /// The target's position in the request.
-        entry: u32,
-    },
-    /// The count exceeds `max_batch`.
-    BatchTooLarge {
-        /// The device's `max_batch`.
-        max_batch: u32,
-    },
-    /// The reply does not fit the writable buffers.
-    ResponseTooSmall {
-        /// Bytes the reply needs.
-        needed: u32,
-    },
-    /// The host failed internally; nothing changed.
-    DeviceError {
-        /// The resource layer that failed.
-        resource: Resource,
-    },
-}
-
-impl Refusal {
-    /// The status this refusal travels as.
-    pub const fn status(&self) -> Status {
-        match self {
-            Refusal::NoSpace { .. } => Status::NoSpace,
-            Refusal::BadRequest { .. } => Status::BadRequest,
-            Refusal::Unsupported { .. } => Status::Unsupported,
-            Refusal::NoDevice => Status::NoDevice,
-            Refusal::IndexOutOfRange { .. } => Status::IndexOutOfRange,
-            Refusal::IndexInUse { .. } => Status::IndexInUse,
-            Refusal::NotGranted { .. } => Status::NotGranted,
-            Refusal::InvalidTarget { .. } => Status::InvalidTarget,
-            Refusal::BatchTooLarge { .. } => Status::BatchTooLarge,
-            Refusal::ResponseTooSmall { .. } => Status::ResponseTooSmall,
-            Refusal::DeviceError { .. } => Status::DeviceError,
-        }
-    }
-
-    /// The header fields `(status, detail, info)` that carry this refusal.
-    pub const fn to_wire(&self) -> (u8, u8, u32) {
-        let (detail, info) = match *self {
-            Refusal::NoSpace {
-                resource,
-                available,
-            } => (resource as u8, available),
-            Refusal::BadRequest { field, entry } => (field as u8, entry),
-            Refusal::Unsupported { field } => (field as u8, 0),
-            Refusal::NoDevice => (0, 0),
-            Refusal::IndexOutOfRange { index }
-            | Refusal::IndexInUse { index }
-            | Refusal::NotGranted { index } => (0, index),
-            Refusal::InvalidTarget { field, entry } => (field as u8, entry),
-            Refusal::BatchTooLarge { max_batch } => (0, max_batch),
-            Refusal::ResponseTooSmall { needed } => (0, needed),
-            Refusal::DeviceError { resource } => (resource as u8, 0),
-        };
-        (self.status() as u8, detail, info)
-    }
-
-    /// The refusal carried by a header's `(status, detail, info)`.
-    ///
-    /// `None` when the status is OK, unknown, or `detail`/`info` hold a value the status does
-    /// not allow (a `detail` that must be 0 and is not counts as malformed).
-    pub fn from_wire(status: u8, detail: u8, info: u32) -> Option<Refusal> {
-        let resource = || Resource::from_wire(detail);
-        let field = || Field::from_wire(detail);
-        let no_detail = |r: Refusal| (detail == 0).then_some(r);
-        match Status::from_wire(status)? {
-            Status::Ok => None,
-            Status::NoSpace => Some(Refusal::NoSpace {
-                resource: resource()?,
-                available: info,
-            }),
-            Status::BadRequest => Some(Refusal::BadRequest {
-                field: field()?,
-                entry: info,
-            }),
-            Status::Unsupported => (info == 0).then_some(Refusal::Unsupported { field: field()? }),
-            Status::NoDevice => (info == 0).then_some(()).and(no_detail(Refusal::NoDevice)),
-            Status::IndexOutOfRange => no_detail(Refusal::IndexOutOfRange { index: info }),
-            Status::IndexInUse => no_detail(Refusal::IndexInUse { index: info }),
-            Status::NotGranted => no_detail(Refusal::NotGranted { index: info }),
-            Status::InvalidTarget => Some(Refusal::InvalidTarget {
-                field: field()?,
-                entry: info,
-            }),
-            Status::BatchTooLarge => no_detail(Refusal::BatchTooLarge { max_batch: info }),
-            Status::ResponseTooSmall => no_detail(Refusal::ResponseTooSmall { needed: info }),
-            Status::DeviceError => (info == 0).then_some(Refusal::DeviceError {
-                resource: resource()?,
-            }),
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    /// Canonical text, as used by the test vectors: the status name then its details.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = self.status();
-        match *self {
-            Refusal::NoSpace {
-                resource,
-                available,
-            } => {
-                write!(f, "{status} resource={resource} available={available}")
-            }
-            Refusal::BadRequest { field, entry } => {
-                write!(f, "{status} field={field} entry={entry}")
-            }
-            Refusal::Unsupported { field } => write!(f, "{status} field={field}"),
-            Refusal::NoDevice => write!(f, "{status}"),
-            Refusal::IndexOutOfRange { index }
-            | Refusal::IndexInUse { index }
-            | Refusal::NotGranted { index } => write!(f, "{status} index={index}"),
-            Refusal::InvalidTarget { field, entry } => {
-                write!(f, "{status} field={field} entry={entry}")
-            }
-            Refusal::BatchTooLarge { max_batch } => write!(f, "{status} max_batch={max_batch}"),
-            Refusal::ResponseTooSmall { needed } => write!(f, "{status} needed={needed}"),
-            Refusal::DeviceError { resource } => write!(f, "{status} resource={resource}"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,38 +363,32 @@ mod tests {
     }
 
     #[test]
-    fn refusals_round_trip_and_detail_must_be_zero_where_unused() {
-        let all = [
-            Refusal::NoSpace {
-                resource: Resource::Irte,
-                available: 3,
-            },
-            Refusal::BadRequest {
-                field: Field::TargetReserved,
-                entry: 9,
-            },
-            Refusal::Unsupported { field: Field::Kind },
-            Refusal::NoDevice,
-            Refusal::IndexOutOfRange { index: 70 },
-            Refusal::IndexInUse { index: 1 },
-            Refusal::NotGranted { index: 2 },
-            Refusal::InvalidTarget {
-                field: Field::TargetVcpu,
-                entry: 4,
-            },
-            Refusal::BatchTooLarge { max_batch: 256 },
-            Refusal::ResponseTooSmall { needed: 88 },
-            Refusal::DeviceError {
-                resource: Resource::GuestRoute,
-            },
-        ];
-        for refusal in all {
-            let (s, d, i) = refusal.to_wire();
-            assert_eq!(Refusal::from_wire(s, d, i), Some(refusal), "{refusal}");
+    fn extended_codes_map_to_what_a_version_1_driver_is_told() {
+        use crate::feature;
+        for r in Resource::ALL {
+            assert_eq!(r.for_features(feature::ALL), *r);
+            let v1 = r.for_features(feature::V1);
+            assert!(!v1.needs_info(), "{r} reaches a version-1 driver as {v1}");
+            if !r.needs_info() {
+                assert_eq!(v1, *r);
+            }
         }
-        assert_eq!(Refusal::from_wire(Status::NoDevice as u8, 1, 0), None);
-        assert_eq!(Refusal::from_wire(Status::IndexInUse as u8, 2, 5), None);
-        assert_eq!(Refusal::from_wire(Status::NoSpace as u8, 99, 5), None);
-        assert_eq!(Refusal::from_wire(Status::Ok as u8, 0, 0), None);
+        assert_eq!(Resource::IrteFragmented.for_features(0), Resource::Irte);
+        assert_eq!(
+            Resource::SlotsFragmented.for_features(feature::V1),
+            Resource::DeviceSlots
+        );
+        assert_eq!(Resource::DeviceShare.for_features(0), Resource::VmQuota);
+        assert_eq!(Resource::DeviceRemoved.for_features(0), Resource::None);
+        assert!(Field::NumTargets.needs_info() && Field::IndexList.needs_info());
+        assert!(!Field::TargetReserved.needs_info());
+        assert_eq!(Field::from_wire(15), None);
+        assert_eq!(Resource::from_wire(10), None);
+        assert_eq!(
+            EventType::from_name("device-added"),
+            Some(EventType::DeviceAdded)
+        );
+        assert_eq!(EventType::from_wire(0), None);
+        assert_eq!(EventType::from_wire(7), None);
     }
 }

@@ -4,8 +4,8 @@
 //! check of the Rust code against the document.
 
 use pvirq_proto::{
-    CompatMsi, Config, DeliveryMode, Error, MsiMessage, RESPONSE_HEADER_LEN, RemappableMsi,
-    Request, Response,
+    CompatMsi, Config, DeliveryMode, Error, Event, MsiMessage, Negotiated, RESPONSE_HEADER_LEN,
+    RemappableMsi, Request, Response, feature,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +46,55 @@ impl Entry {
     fn what(&self) -> String {
         format!("{}:[{}]", self.file, self.name)
     }
+
+    /// The features the entry is decoded under (spec §7): a number, or feature names
+    /// separated by `|`, `,` or blanks (`info`, `PVIRQ_F_INFO`, ...). Without the key, a
+    /// version-1 vector: [`feature::V1`].
+    fn features(&self) -> u64 {
+        let Some(text) = self.opt("features") else {
+            return feature::V1;
+        };
+        if text.starts_with(|c: char| c.is_ascii_digit()) {
+            return self.number("features");
+        }
+        text.split(['|', ',', ' '])
+            .filter(|name| !name.is_empty())
+            .map(|name| {
+                feature_named(name)
+                    .unwrap_or_else(|| panic!("{}: unknown feature `{name}`", self.what()))
+            })
+            .fold(0, |acc, bit| acc | bit)
+    }
+}
+
+/// A feature bit by its spec name, with or without the `PVIRQ_F_`/`VIRTIO_F_` prefix.
+fn feature_named(name: &str) -> Option<u64> {
+    let lower = name.to_ascii_lowercase();
+    let short = lower
+        .strip_prefix("pvirq_f_")
+        .or_else(|| lower.strip_prefix("virtio_f_"))
+        .unwrap_or(&lower)
+        .replace('-', "_");
+    Some(match short.as_str() {
+        "v1" => feature::V1,
+        "all" => feature::ALL,
+        "msi" => feature::MSI,
+        "msix" => feature::MSIX,
+        "ims" => feature::IMS,
+        "pasid" => feature::PASID,
+        "retarget" => feature::RETARGET,
+        "apic_id" => feature::APIC_ID,
+        "info" => feature::INFO,
+        "posted" => feature::POSTED,
+        "parked" => feature::PARKED,
+        "events" => feature::EVENTS,
+        "spread" => feature::SPREAD,
+        "contiguous" => feature::CONTIGUOUS,
+        "index_list" => feature::INDEX_LIST,
+        "version_1" => feature::VERSION_1,
+        "access_platform" => feature::ACCESS_PLATFORM,
+        _ => return None,
+    })
 }
 
 fn vector_dir() -> PathBuf {
@@ -121,7 +170,17 @@ fn all_entries() -> Vec<Entry> {
 fn reason(error: Error) -> &'static str {
     match error {
         Error::TooShort { .. } | Error::LengthMismatch { .. } => "length",
-        Error::ReservedNotZero(_) | Error::MsiReservedBits => "reserved",
+        Error::ReservedNotZero(_) | Error::MsiReservedBits | Error::EventFieldNotZero { .. } => {
+            "reserved"
+        }
+        Error::NotNegotiated(_) => "feature",
+        Error::UnknownMessageFormat(_) => "message-format",
+        Error::UnknownGrantMode(_) => "mode",
+        Error::InvalidPasid(_) => "pasid",
+        Error::UnknownEventType(_) => "event-type",
+        Error::UnknownKind(_) => "kind",
+        Error::UnknownResource(_) => "resource",
+        Error::AmbiguousDevice(_) => "device",
         Error::InvalidStatus { .. } => "status",
         Error::InvalidResponseCount(_) => "count",
         Error::UndefinedKinds(_) => "kinds",
@@ -137,7 +196,7 @@ fn reason(error: Error) -> &'static str {
 fn check_request(entry: &Entry) {
     let bytes = entry.bytes();
     let max_batch = u16::try_from(entry.number("max_batch")).expect("max_batch fits u16");
-    let decoded = Request::decode(&bytes, max_batch);
+    let decoded = Request::decode(&bytes, Negotiated::new(max_batch, entry.features()));
     match (entry.opt("text"), entry.opt("refusal")) {
         (Some(text), None) => {
             let request = decoded.unwrap_or_else(|e| panic!("{}: {e}", entry.what()));
@@ -169,10 +228,10 @@ fn check_request(entry: &Entry) {
 
 fn check_response(entry: &Entry) {
     let bytes = entry.bytes();
-    let decoded = Response::decode(&bytes);
+    let decoded = Response::decode(&bytes, entry.features());
     // A driver that copies the header apart from the body gets the same answer.
     if let Some((header, body)) = bytes.split_first_chunk::<RESPONSE_HEADER_LEN>() {
-        let split = Response::decode_parts(header, body);
+        let split = Response::decode_parts(header, body, entry.features());
         assert_eq!(split, decoded, "{}: decoded in two parts", entry.what());
     }
     match (entry.opt("text"), entry.opt("reject")) {
@@ -186,6 +245,25 @@ fn check_response(entry: &Entry) {
                 "{}",
                 entry.what()
             );
+            assert_eq!(out, bytes, "{}: re-encoding differs", entry.what());
+        }
+        (None, Some(why)) => {
+            let error = decoded.expect_err(&entry.what());
+            assert_eq!(reason(error), why, "{}: {error}", entry.what());
+        }
+        _ => panic!("{}: needs exactly one of `text` and `reject`", entry.what()),
+    }
+}
+
+fn check_event(entry: &Entry) {
+    let bytes = entry.bytes();
+    let decoded = Event::decode(&bytes);
+    match (entry.opt("text"), entry.opt("reject")) {
+        (Some(text), None) => {
+            let event = decoded.unwrap_or_else(|e| panic!("{}: {e}", entry.what()));
+            assert_eq!(event.to_string(), text, "{}", entry.what());
+            let mut out = vec![0; bytes.len()];
+            assert_eq!(event.encode(&mut out), Ok(bytes.len()), "{}", entry.what());
             assert_eq!(out, bytes, "{}: re-encoding differs", entry.what());
         }
         (None, Some(why)) => {
@@ -282,6 +360,7 @@ fn every_vector_in_spec_vectors_holds() {
             "msi-remappable" => check_remappable(entry),
             "msi-compat" => check_compat(entry),
             "config" => check_config(entry),
+            "event" => check_event(entry),
             other => panic!("{}: unknown type {other}", entry.what()),
         }
         *seen.entry(kind).or_default() += 1;
@@ -310,7 +389,7 @@ fn malformed_request_vectors_reach_every_decode_refusal_status() {
         .map(|e| {
             let bytes = e.bytes();
             let max_batch = u16::try_from(e.number("max_batch")).expect("u16");
-            Request::decode(&bytes, max_batch)
+            Request::decode(&bytes, Negotiated::new(max_batch, e.features()))
                 .expect_err(&e.what())
                 .refusal()
                 .status()

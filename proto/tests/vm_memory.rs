@@ -3,7 +3,9 @@
 #![cfg(feature = "vm-memory")]
 
 use pvirq_proto::wire::{AllocBody, RequestHeader, WireTarget};
-use pvirq_proto::{Alloc, Config, IndexSpec, Kind, Le16, Le32, Operation, Request, Target};
+use pvirq_proto::{
+    Alloc, Config, IndexSpec, Kind, Le16, Le32, Operation, Request, Target, Targeting,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 #[test]
@@ -18,6 +20,7 @@ fn wire_structs_read_out_of_guest_memory_match_the_encoder() {
             min: 1,
             max: 2,
             pasid: None,
+            targeting: Targeting::PerVector,
             targets: &targets,
         }),
     };
@@ -36,7 +39,7 @@ fn wire_structs_read_out_of_guest_memory_match_the_encoder() {
     assert_eq!(body.first_index.get(), 5);
     assert_eq!((body.min_count.get(), body.max_count.get()), (1, 2));
     let second: WireTarget = mem.read_obj(GuestAddress(0x101 + 32 + 8)).unwrap();
-    assert_eq!((second.vcpu.get(), second.vector), (0, 0x42));
+    assert_eq!((second.dest.get(), second.vector), (0, 0x42));
 
     let config = Config {
         version: Le16::new(1),

@@ -548,7 +548,7 @@ def responses_ext():
           text="query device=2 tag=0x1 ok quota_remaining=61 kinds=msix|ims msi_max=0 "
                "msix_table_size=2048 ims_slots=512 granted=3 vm_quota=64 available=40 "
                "segment=0x0 bus=0x3 devfn=0x10 requester_id=0x310 format=vtd-remappable "
-               "can_post=yes pasid=none share=16 msix_free_run=2000 ims_free_run=300 "
+               "identity_flags=can-post pasid=0x0 share=16 msix_free_run=2000 ims_free_run=300 "
                "parked_drops=7")
     qx = query_ext(1, 0x80, 0x08, 0x8008, FORMATS["amd-remapped"], 0x1234, False, 64, 0, 0, 0)
     q = struct.pack("<IHHIIII", 0b100, 0, 0, 1024, 0, 64, 64)
@@ -557,7 +557,7 @@ def responses_ext():
           text="query device=0 tag=0x2 ok quota_remaining=64 kinds=ims msi_max=0 "
                "msix_table_size=0 ims_slots=1024 granted=0 vm_quota=64 available=64 "
                "segment=0x1 bus=0x80 devfn=0x8 requester_id=0x8008 format=amd-remapped "
-               "can_post=no pasid=0x1234 share=64 msix_free_run=0 ims_free_run=0 "
+               "identity_flags=pasid-valid pasid=0x1234 share=64 msix_free_run=0 ims_free_run=0 "
                "parked_drops=0")
     a, d = remappable(0x40, 0)
     g = [dict(index=0, address=a, data=d, mode=0),
@@ -606,9 +606,9 @@ def malformed_responses_ext():
     add("v1-driver-gets-fragmented-irte", fx(), resp_header(2, 1, 6, 0, 0, 0, 0), "status")
     add("v1-driver-gets-index-list-field", fx(), resp_header(3, 2, 14, 0, 0, 0, 0), "status")
     add("query-unknown-format", fx("info"), resp_header(1, 0, 0, 0, 0, 0, 64) + q
-        + query_ext(0, 3, 0x10, 0x0310, 4, None, False, 64, 64, 0, 0), "format")
+        + query_ext(0, 3, 0x10, 0x0310, 4, None, False, 64, 64, 0, 0), "message-format")
     add("query-format-zero", fx("info"), resp_header(1, 0, 0, 0, 0, 0, 64) + q
-        + query_ext(0, 3, 0x10, 0x0310, 0, None, False, 64, 64, 0, 0), "format")
+        + query_ext(0, 3, 0x10, 0x0310, 0, None, False, 64, 64, 0, 0), "message-format")
     add("query-undefined-identity-flag", fx("info"), resp_header(1, 0, 0, 0, 0, 0, 64) + q
         + query_ext(0, 3, 0x10, 0x0310, 1, None, False, 64, 64, 0, 0, flags=4), "reserved")
     add("query-pasid-without-flag", fx("info"), resp_header(1, 0, 0, 0, 0, 0, 64) + q
@@ -639,14 +639,14 @@ def events():
     a, d = remappable(0x1C, 0)
     valid = [
         ("reprogram", event(1, 0, 1, kind=2, detail=0, index=3, address=a, data=d),
-         f"event seq=1 reprogram device=0 kind=msix index=3 message={a:#x}:{d:#x} mode=remapped"),
+         f"event seq=1 reprogram device=0 kind=msix mode=remapped index=3 message={a:#x}:{d:#x}"),
         ("reprogram-posted-ims", event(1, 2, 2, kind=3, detail=1, index=9, address=0xFEE00000,
                                        data=0x21),
-         "event seq=2 reprogram device=2 kind=ims index=9 message=0xfee00000:0x21 mode=posted"),
+         "event seq=2 reprogram device=2 kind=ims mode=posted index=9 message=0xfee00000:0x21"),
         ("revoke-irte", event(2, 0, 3, kind=2, detail=RESOURCES["irte"], index=4),
-         "event seq=3 revoke device=0 kind=msix index=4 reason=irte"),
+         "event seq=3 revoke device=0 kind=msix reason=irte index=4"),
         ("revoke-host-refused", event(2, 1, 4, kind=1, detail=0, index=0),
-         "event seq=4 revoke device=1 kind=msi index=0 reason=none"),
+         "event seq=4 revoke device=1 kind=msi reason=none index=0"),
         ("limits-vm", event(3, 0xFFFFFFFF, 5, value=48),
          "event seq=5 limits device=vm limit=48"),
         ("limits-device-share", event(3, 1, 6, value=8),
@@ -660,13 +660,13 @@ def events():
     reject = [
         ("short", event(5, 3, 8)[:31], "length"),
         ("long", event(5, 3, 8) + b"\0", "length"),
-        ("type-zero", event(0, 0, 1), "type"),
-        ("type-unknown", event(7, 0, 1), "type"),
+        ("type-zero", event(0, 0, 1), "event-type"),
+        ("type-unknown", event(7, 0, 1), "event-type"),
         ("reserved", event(5, 3, 1, reserved=1), "reserved"),
         ("reprogram-kind-zero", event(1, 0, 1, kind=0, index=3, address=a, data=d), "kind"),
         ("reprogram-unknown-mode", event(1, 0, 1, kind=2, detail=2, index=3, address=a, data=d),
          "mode"),
-        ("revoke-unknown-reason", event(2, 0, 1, kind=2, detail=10, index=3), "reason"),
+        ("revoke-unknown-reason", event(2, 0, 1, kind=2, detail=10, index=3), "resource"),
         ("revoke-with-message", event(2, 0, 1, kind=2, detail=3, index=3, address=a), "reserved"),
         ("limits-with-kind", event(3, 0xFFFFFFFF, 1, kind=2, value=3), "reserved"),
         ("available-with-index", event(4, 1, 1, index=2, value=3), "reserved"),

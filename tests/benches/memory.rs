@@ -8,7 +8,7 @@
 mod common;
 
 use common::{big_routes, host, report, vm_config};
-use pvirq_proto::{Alloc, Kind, Operation, Outcome, Request, Response, Target};
+use pvirq_proto::{Alloc, Kind, Operation, Outcome, Request, Response, Target, feature};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
@@ -68,7 +68,10 @@ fn main() {
             op: Operation::Alloc(Alloc::any(Kind::Ims, 4096, &targets)),
         };
         let reply = vm.call(&request);
-        match Response::decode(&reply).expect("reply").outcome {
+        match Response::decode(&reply, feature::V1)
+            .expect("reply")
+            .outcome
+        {
             Outcome::Allocated { grants, .. } => granted += grants.len() as u32,
             other => panic!("refused after {granted}: {other:?}"),
         }

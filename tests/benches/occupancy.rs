@@ -14,7 +14,8 @@ use criterion::{Criterion, criterion_group};
 use pvirq_host::model::ModelHost;
 use pvirq_host::model::{RemapConfig, RemapUnits, VectorConfig, VectorMatrix};
 use pvirq_proto::{
-    Alloc, IndexRange, IndexSpec, Kind, Operation, Outcome, Request, Response, Target,
+    Alloc, IndexRange, IndexSpec, Kind, Operation, Outcome, Request, Response, Target, Targeting,
+    feature,
 };
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,7 @@ fn alloc_request<'a>(kind: Kind, count: u16, targets: &'a [Target]) -> Request<'
             max: count,
             pasid: None,
             targets,
+            targeting: Targeting::PerVector,
         }),
     }
 }
@@ -55,7 +57,10 @@ fn filled(percent: u32) -> Filled {
     while held < goal {
         let n = (goal - held).min(4096) as u16;
         let reply = filler.call(&alloc_request(Kind::Ims, n, &targets[..usize::from(n)]));
-        match Response::decode(&reply).expect("filler reply").outcome {
+        match Response::decode(&reply, feature::V1)
+            .expect("filler reply")
+            .outcome
+        {
             Outcome::Allocated { grants, .. } => held += grants.len() as u32,
             other => panic!("filling to {percent}% stopped at {held}: {other:?}"),
         }
@@ -74,8 +79,11 @@ impl Filled {
     fn alloc_free(&self) {
         let target = [Target::new(1, 0x41)];
         let reply = self.probe.call(&alloc_request(Kind::MsiX, 1, &target));
-        let index = match Response::decode(&reply).expect("probe reply").outcome {
-            Outcome::Allocated { grants, .. } => grants[0].index(),
+        let index = match Response::decode(&reply, feature::V1)
+            .expect("probe reply")
+            .outcome
+        {
+            Outcome::Allocated { grants, .. } => grants.get(0).expect("one grant").index(),
             other => panic!("probe refused at {}%: {other:?}", self.percent),
         };
         let range = IndexRange {
@@ -86,7 +94,7 @@ impl Filled {
         keep(self.probe.call(&Request {
             device: 0,
             tag: 1,
-            op: Operation::Free(range),
+            op: Operation::Free(range.into()),
         }));
     }
 }

@@ -11,7 +11,7 @@
 use pvirq_host::model::{Delivery, Fault, ModelHost};
 use pvirq_host::routes::RouteBook;
 use pvirq_host::{DeviceSpec, GuestDest, VmConfig};
-use pvirq_proto::{Alloc, Grant, IndexRange, IndexSpec, Kind, MsiMessage, Target};
+use pvirq_proto::{Alloc, Grant, IndexRange, IndexSpec, Kind, MsiMessage, Target, Targeting};
 use pvirq_sim::Channel;
 use pvirq_sim::passthrough::{
     DeviceTables, PassthroughDevice, PassthroughError, Slot, TableRegion,
@@ -196,6 +196,7 @@ pub fn run(ch: &mut Channel, devices: &Devices, vcpus: u32) -> Vec<Programmed> {
         min: 3,
         max: 3,
         pasid: Some(PASID),
+        targeting: Targeting::PerVector,
         targets: &t,
     };
     let g = alloc(ch, DEV_A, ims);

@@ -6,7 +6,7 @@ use pvirq_guest::{Error, Options};
 use pvirq_host::routes::MemoryRoutes;
 use pvirq_proto::{
     Alloc, Field, Grant, IndexRange, IndexSpec, Kind, MsiMessage, Refusal, RemappableMsi, Resource,
-    feature,
+    Targeting, feature,
 };
 use pvirq_sim::Channel;
 use pvirq_tests::setup::{channel, dev, host, irtes_used, snapshot, targets, vm_config};
@@ -28,6 +28,7 @@ fn alloc_at(
         max,
         pasid: None,
         targets: &t,
+        targeting: Targeting::PerVector,
     };
     let a = ch.driver().alloc(device, alloc, &mut grants)?;
     Ok((a.grants.to_vec(), a.quota_remaining))
@@ -133,7 +134,7 @@ fn ims_with_pasid_is_granted_and_needs_the_feature() {
     assert!(matches!(e, Error::Encode(_)), "{e:?}");
 
     let options = Options {
-        features: feature::ALL & !feature::PASID,
+        features: feature::V1 & !feature::PASID,
         ..Options::default()
     };
     let routes = Box::new(MemoryRoutes::kvm_like());

@@ -5,7 +5,7 @@ use pvirq_guest::{Error, Options};
 use pvirq_host::routes::MemoryRoutes;
 use pvirq_proto::{
     Alloc, Field, Grant, IndexRange, IndexSpec, Kind, MsiMessage, Operation, Outcome, Refusal,
-    Target, feature,
+    Target, Targeting, feature,
 };
 use pvirq_sim::Channel;
 use pvirq_tests::setup::{channel, dev, host, irtes_used, snapshot, targets, vm_config};
@@ -82,7 +82,7 @@ fn retarget_moves_delivery_all_or_nothing() {
     }
 
     let options = Options {
-        features: feature::ALL & !feature::RETARGET,
+        features: feature::V1 & !feature::RETARGET,
         ..Options::default()
     };
     let config = vm_config(16, vec![dev(0x200, 0, 8, 0)]);
@@ -176,11 +176,12 @@ fn requests_in_flight_take_effect_in_order_and_match_their_tokens() {
         max: 2,
         pasid: None,
         targets: &t,
+        targeting: Targeting::PerVector,
     };
     let ops = [
         Operation::Alloc(at0),
         Operation::Query,
-        Operation::Free(run(Kind::MsiX, 0, 2)),
+        Operation::Free(run(Kind::MsiX, 0, 2).into()),
         Operation::Alloc(at0),
         Operation::Alloc(at0),
     ];

@@ -11,7 +11,7 @@ use pvirq_host::fault::{FaultKind, FaultPlan, Faulty, LayerCall};
 use pvirq_host::model::{ModelConfig, ModelHost, RemapConfig};
 use pvirq_host::routes::MemoryRoutes;
 use pvirq_proto::{
-    Alloc, IndexRange, IndexSpec, Kind, Operation, Outcome, Refusal, Retarget, Target,
+    Alloc, IndexRange, IndexSpec, Kind, Operation, Outcome, Refusal, Retarget, Target, Targeting,
 };
 use pvirq_tests::setup::{Snapshot, dev, snapshot, targets, vm_config};
 use pvirq_tests::tamper::{BadBuffer, ReplyFault, TamperChannel};
@@ -87,6 +87,7 @@ fn requests(t: &[Target]) -> Vec<(&'static str, u32, Operation<'_>)> {
             max,
             pasid,
             targets: &t[..usize::from(max)],
+            targeting: Targeting::PerVector,
         })
     };
     let range = |kind, first, count| IndexRange { kind, first, count };
@@ -103,15 +104,20 @@ fn requests(t: &[Target]) -> Vec<(&'static str, u32, Operation<'_>)> {
             0,
             alloc(Kind::Ims, IndexSpec::At(5), 3, 3, Some(1)),
         ),
-        ("free msix", 0, Operation::Free(range(Kind::MsiX, 0, 2))),
-        ("free msi", 1, Operation::Free(range(Kind::Msi, 0, 4))),
+        (
+            "free msix",
+            0,
+            Operation::Free(range(Kind::MsiX, 0, 2).into()),
+        ),
+        (
+            "free msi",
+            1,
+            Operation::Free(range(Kind::Msi, 0, 4).into()),
+        ),
         (
             "retarget",
             0,
-            Operation::Retarget(Retarget {
-                range: range(Kind::MsiX, 0, 2),
-                targets: &t[..2],
-            }),
+            Operation::Retarget(Retarget::run(range(Kind::MsiX, 0, 2), &t[..2])),
         ),
         ("reset", 0, Operation::Reset),
     ]

@@ -18,7 +18,7 @@ use pvirq_host::kvm::{KvmRouteCounters, KvmRouteTable, KvmRoutes, RouteTableConf
 use pvirq_host::model::RemapFault;
 use pvirq_host::model::{FaultReason, ModelConfig, ModelHost};
 use pvirq_proto::{
-    Alloc, Grant, IndexRange, IndexSpec, Kind, MsiMessage, Refusal, Resource, Target,
+    Alloc, Grant, IndexRange, IndexSpec, Kind, MsiMessage, Refusal, Resource, Target, Targeting,
 };
 use pvirq_sim::Channel;
 use pvirq_sim::kvm::{InterruptCounts, KvmGuest, require_kvm_or_skip};
@@ -132,6 +132,7 @@ impl Rig {
             max: n,
             pasid,
             targets,
+            targeting: Targeting::PerVector,
         };
         let granted = self
             .channel
@@ -407,6 +408,7 @@ fn exhausted_routes_are_a_typed_refusal_and_earlier_grants_keep_working() {
         max: 4,
         pasid: Some(PASID),
         targets: &ims_targets,
+        targeting: Targeting::PerVector,
     };
     let err = rig
         .channel

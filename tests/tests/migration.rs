@@ -80,14 +80,14 @@ fn a_migration_to_a_host_giving_the_same_messages_delivers_every_grant_there_and
         .driver()
         .submit(
             DEV_B,
-            Operation::Retarget(Retarget {
-                range: IndexRange {
+            Operation::Retarget(Retarget::run(
+                IndexRange {
                     kind: Kind::MsiX,
                     first: 0,
                     count: 1,
                 },
-                targets: &moved,
-            }),
+                &moved,
+            )),
         )
         .unwrap();
     let (guest, source) = ch.detach();

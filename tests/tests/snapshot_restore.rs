@@ -78,6 +78,7 @@ fn probe(ch: &mut Channel) -> Probe {
         min: 8,
         max: 8,
         pasid: Some(workload::PASID),
+        targeting: pvirq_proto::Targeting::PerVector,
         targets: &many,
     };
     let over_quota = ch
@@ -128,13 +129,7 @@ fn a_snapshot_restored_on_the_same_host_mid_workload_delivers_every_grant_with_e
     };
     let in_flight = ch
         .driver()
-        .submit(
-            DEV_A,
-            Operation::Retarget(Retarget {
-                range,
-                targets: &moved,
-            }),
-        )
+        .submit(DEV_A, Operation::Retarget(Retarget::run(range, &moved)))
         .unwrap();
     ch.driver().poll().unwrap();
     assert!(!ch.driver().is_complete(in_flight).unwrap(), "paused");

@@ -10,7 +10,9 @@
 use pvirq_host::Vm;
 use pvirq_host::model::ModelHost;
 use pvirq_host::model::VectorConfig;
-use pvirq_proto::{Grant, IndexRange, IndexSpec, Kind, MsiMessage, Refusal, Resource, Target};
+use pvirq_proto::{
+    Grant, IndexRange, IndexSpec, Kind, MsiMessage, Refusal, Resource, Target, Targeting,
+};
 use pvirq_sim::Channel;
 use pvirq_tests::setup::{channel, dev, host_with_vectors, irtes_used, vm_config};
 use std::collections::BTreeSet;
@@ -109,6 +111,7 @@ impl Storm {
             min,
             max,
             pasid: None,
+            targeting: Targeting::PerVector,
             targets: &t,
         };
         let mut grants = vec![Grant::new(0, MsiMessage::default()); usize::from(max)];

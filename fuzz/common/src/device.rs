@@ -9,7 +9,7 @@ use pvirq_host::model::{ModelConfig, ModelHost};
 use pvirq_host::routes::MemoryRoutes;
 use pvirq_host::{DeviceSpec, MmioInterrupt, PvirqDevice, Vm, VmConfig};
 use pvirq_proto::{
-    Alloc, IndexRange, IndexSpec, Kind, Operation, Request, Retarget, Target, feature,
+    Alloc, IndexRange, IndexSpec, Kind, Operation, Request, Retarget, Target, Targeting, feature,
 };
 use std::sync::Arc;
 use virtio_queue::Queue;
@@ -291,7 +291,7 @@ pub fn run(input: &DeviceInput) -> usize {
     let Ok(queue) = q.create_queue::<Queue>() else {
         return 0;
     };
-    dev.ack_features(feature::ALL & !u64::from(input.features_off & 0x1F));
+    dev.ack_features(feature::V1 & !u64::from(input.features_off & 0x1F));
     let evt = EventFd::new(EFD_NONBLOCK).expect("eventfd");
     let atomic = GuestMemoryAtomic::new(mem.clone());
     if dev.activate(atomic, irq, vec![queue], vec![evt]).is_err() {
@@ -349,6 +349,7 @@ pub fn sample_requests() -> Vec<Vec<u8>> {
         max,
         pasid,
         targets: &t[..usize::from(max)],
+        targeting: Targeting::PerVector,
     };
     let range = |kind, first, count| IndexRange { kind, first, count };
     vec![
@@ -369,18 +370,65 @@ pub fn sample_requests() -> Vec<Vec<u8>> {
             1,
             Operation::Alloc(alloc(Kind::Ims, IndexSpec::Any, 1, 2, Some(9))),
         ),
-        req(0, Operation::Free(range(Kind::MsiX, 0, 2))),
+        req(0, Operation::Free(range(Kind::MsiX, 0, 2).into())),
         req(
             0,
-            Operation::Retarget(Retarget {
-                range: range(Kind::MsiX, 0, 2),
-                targets: &t[..2],
-            }),
+            Operation::Retarget(Retarget::run(range(Kind::MsiX, 0, 2), &t[..2])),
         ),
-        req(1, Operation::Free(range(Kind::Msi, 0, 4))),
+        req(1, Operation::Free(range(Kind::Msi, 0, 4).into())),
         req(0, Operation::Reset),
         req(7, Operation::Query),
     ]
+}
+
+/// A request of each extension's shape (issue 13), for `proto_decode`'s seeds.
+pub fn sample_extended_requests() -> Vec<Vec<u8>> {
+    use pvirq_proto::{IndexList, Indices, Le32, RetargetTo, Targeting};
+    let t = [Target::new(0, 0x40), Target::new(1, 0x41)];
+    let list = [Le32::new(1), Le32::new(5)];
+    let Ok(list) = IndexList::new(&list) else {
+        return Vec::new();
+    };
+    let listed = Indices::List {
+        kind: Kind::MsiX,
+        indices: list,
+    };
+    let alloc = |index, targeting, targets| Alloc {
+        kind: Kind::MsiX,
+        index,
+        min: 1,
+        max: 4,
+        pasid: None,
+        targeting,
+        targets,
+    };
+    let ops = [
+        Operation::Alloc(alloc(IndexSpec::AnyContiguous, Targeting::Spread, &t)),
+        Operation::Alloc(alloc(IndexSpec::At(8), Targeting::Parked, &[])),
+        Operation::Free(listed),
+        Operation::Retarget(Retarget {
+            indices: listed,
+            to: RetargetTo::Targets(&t),
+        }),
+        Operation::Retarget(Retarget {
+            indices: IndexRange {
+                kind: Kind::MsiX,
+                first: 0,
+                count: 2,
+            }
+            .into(),
+            to: RetargetTo::Park,
+        }),
+    ];
+    ops.into_iter()
+        .map(|op| {
+            encode(&Request {
+                device: 0,
+                tag: 0x99,
+                op,
+            })
+        })
+        .collect()
 }
 
 /// Representative inputs: the seeds of the corpus.

@@ -10,8 +10,8 @@ use crate::wire_struct;
 use pvirq_guest::test_utils::GuestMemoryHal;
 use pvirq_guest::{Driver, Options, QueueAddrs, Transport};
 use pvirq_proto::{
-    DeviceInfo, Grant, IndexRange, IndexSpec, Kind, KindSet, Operation, Outcome, Refusal,
-    RemappableMsi, Request, Response, Target, feature,
+    DeviceInfo, Grant, GrantSlice, IndexRange, IndexSpec, Kind, KindSet, Negotiated, Operation,
+    Outcome, Refusal, RemappableMsi, Request, Response, Target, Targeting, feature,
 };
 use std::collections::VecDeque;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -212,7 +212,7 @@ fn answer(reply: &ReplyIn, request: &[u8]) -> Vec<u8> {
         return reply.raw.0.clone();
     };
     let (opcode, device, tag) = (header.opcode, header.device.get(), header.tag.get());
-    let decoded = Request::decode(request, pvirq_proto::MAX_BATCH_LIMIT).ok();
+    let decoded = Request::decode(request, Negotiated::v1(pvirq_proto::MAX_BATCH_LIMIT)).ok();
     let count = u32::from(reply.count);
     let mut grants: Vec<Grant> = Vec::new();
     let outcome = match (reply.mode & 3, decoded.map(|r| r.op)) {
@@ -225,6 +225,7 @@ fn answer(reply: &ReplyIn, request: &[u8]) -> Vec<u8> {
                 granted: count,
                 vm_quota: reply.info,
                 available: count,
+                ext: None,
             },
             quota_remaining: reply.info,
         },
@@ -233,7 +234,7 @@ fn answer(reply: &ReplyIn, request: &[u8]) -> Vec<u8> {
             grants = (0..n)
                 .map(|i| {
                     let index = match a.index {
-                        IndexSpec::Any => i,
+                        IndexSpec::Any | IndexSpec::AnyContiguous => i,
                         IndexSpec::At(f) => f.wrapping_add(i),
                     };
                     let msg = RemappableMsi {
@@ -244,13 +245,13 @@ fn answer(reply: &ReplyIn, request: &[u8]) -> Vec<u8> {
                 })
                 .collect();
             Outcome::Allocated {
-                grants: &[],
+                grants: GrantSlice::Basic(&[]),
                 quota_remaining: reply.info,
             }
         }
         (1, Some(Operation::Free(r))) => Outcome::Freed {
             count: if reply.detail & 1 == 0 {
-                u32::from(r.count)
+                u32::from(r.count())
             } else {
                 count
             },
@@ -258,7 +259,7 @@ fn answer(reply: &ReplyIn, request: &[u8]) -> Vec<u8> {
         },
         (1, Some(Operation::Retarget(r))) => Outcome::Retargeted {
             count: if reply.detail & 1 == 0 {
-                u32::from(r.range.count)
+                u32::from(r.indices.count())
             } else {
                 count
             },
@@ -268,7 +269,10 @@ fn answer(reply: &ReplyIn, request: &[u8]) -> Vec<u8> {
             count,
             quota_remaining: reply.info,
         },
-        (2, _) => match Refusal::from_wire(reply.count, reply.detail, reply.info) {
+        // Version 1's codes: the driver negotiates no extension (issue 13).
+        (2, _) => match Refusal::from_wire(reply.count, reply.detail, reply.info)
+            .filter(|r| !r.needs_info())
+        {
             Some(r) => Outcome::Refused(r),
             None => return reply.raw.0.clone(),
         },
@@ -278,7 +282,7 @@ fn answer(reply: &ReplyIn, request: &[u8]) -> Vec<u8> {
         Outcome::Allocated {
             quota_remaining, ..
         } => Outcome::Allocated {
-            grants: &grants,
+            grants: GrantSlice::Basic(&grants),
             quota_remaining,
         },
         other => other,
@@ -392,6 +396,7 @@ fn call(driver: &mut FuzzDriver, op: &OpIn) -> bool {
                 min,
                 max,
                 pasid,
+                targeting: Targeting::PerVector,
                 targets: &targets,
             };
             let Ok(a) = driver.alloc(device, alloc, &mut grants) else {
@@ -453,7 +458,7 @@ fn call(driver: &mut FuzzDriver, op: &OpIn) -> bool {
 pub fn run(input: &DriverInput) -> usize {
     let mem =
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
-    let mut offered = feature::ALL & !u64::from(input.features_off & 0x1F);
+    let mut offered = feature::V1 & !u64::from(input.features_off & 0x1F);
     if input.features_off & 0x80 != 0 {
         offered &= !feature::VERSION_1;
     }
@@ -482,7 +487,7 @@ pub fn run(input: &DriverInput) -> usize {
     };
     let hal = GuestMemoryHal::new(mem, GuestAddress(DMA_BASE), MEM_SIZE as u64 - DMA_BASE);
     let options = Options {
-        features: feature::ALL,
+        features: feature::V1,
         max_batch: if input.option_batch == 0 {
             pvirq_proto::MAX_BATCH_LIMIT
         } else {

@@ -16,25 +16,84 @@ use wire::Wire;
 /// Names of the fuzz targets, as `cargo fuzz run` takes them.
 pub const TARGETS: [&str; 4] = ["proto_decode", "device_queue", "pool_model", "guest_driver"];
 
-/// Seed files of `proto_decode`: a 2-byte `max_batch`, then a request or a response.
+/// The `proto_decode` selector of version 1's features: bits 0–4 and `VERSION_1` (bit 15).
+pub const PROTO_V1_SELECTOR: u16 = 0x801F;
+/// The `proto_decode` selector of every feature: bits 0–12, `ACCESS_PLATFORM` (bit 13) and
+/// `VERSION_1` (bit 15).
+pub const PROTO_ALL_SELECTOR: u16 = 0xBFFF;
+
+fn proto_seed(selector: u16, message: &[u8]) -> Vec<u8> {
+    [&64u16.to_le_bytes()[..], &selector.to_le_bytes(), message].concat()
+}
+
+/// Seed files of `proto_decode`: a 2-byte `max_batch`, a 2-byte feature selector (see the
+/// target), then a request, a response or an event: version 1's under version 1's
+/// features, the extensions' under every feature.
 pub fn proto_seeds() -> Vec<Vec<u8>> {
+    use pvirq_proto::{
+        Event, EventBody, GrantInfo, GrantMode, GrantSlice, Kind, MsiMessage, Outcome, Refusal,
+        Resource, Response,
+    };
     let mut seeds: Vec<Vec<u8>> = device::sample_requests()
-        .into_iter()
-        .map(|r| [&64u16.to_le_bytes()[..], &r].concat())
+        .iter()
+        .map(|r| proto_seed(PROTO_V1_SELECTOR, r))
         .collect();
-    let response = pvirq_proto::Response {
+    seeds.extend(
+        device::sample_extended_requests()
+            .iter()
+            .map(|r| proto_seed(PROTO_ALL_SELECTOR, r)),
+    );
+    let refused = Response {
         opcode: 2,
         device: 0,
         tag: 0x99,
-        outcome: pvirq_proto::Outcome::Refused(pvirq_proto::Refusal::NoSpace {
-            resource: pvirq_proto::Resource::Irte,
+        outcome: Outcome::Refused(Refusal::NoSpace {
+            resource: Resource::Irte,
             available: 2,
         }),
     };
-    let mut bytes = vec![0u8; response.encoded_len()];
-    if let Ok(n) = response.encode(&mut bytes) {
-        bytes.truncate(n);
-        seeds.push([&[0u8, 0][..], &bytes].concat());
+    let grants = [GrantInfo::new(
+        3,
+        MsiMessage {
+            address: 0xfee0_0078,
+            data: 0,
+        },
+        GrantMode::Posted,
+    )
+    .with_parked(true)
+    .with_pasid(Some(9))];
+    let granted = Response {
+        opcode: 2,
+        device: 0,
+        tag: 0x99,
+        outcome: Outcome::Allocated {
+            grants: GrantSlice::Info(&grants),
+            quota_remaining: 7,
+        },
+    };
+    for (selector, response) in [(PROTO_V1_SELECTOR, refused), (PROTO_ALL_SELECTOR, granted)] {
+        let mut bytes = vec![0u8; response.encoded_len()];
+        if let Ok(n) = response.encode(&mut bytes) {
+            bytes.truncate(n);
+            seeds.push(proto_seed(selector, &bytes));
+        }
+    }
+    let event = Event {
+        sequence: 1,
+        body: EventBody::Reprogram {
+            device: 0,
+            kind: Kind::MsiX,
+            index: 3,
+            message: MsiMessage {
+                address: 0xfee0_0098,
+                data: 0,
+            },
+            mode: GrantMode::Remapped,
+        },
+    };
+    let mut bytes = [0u8; pvirq_proto::EVENT_LEN];
+    if event.encode(&mut bytes).is_ok() {
+        seeds.push(proto_seed(PROTO_ALL_SELECTOR, &bytes));
     }
     seeds
 }
@@ -127,6 +186,31 @@ mod tests {
         ] {
             assert!(seen.contains(wanted), "no seed reaches {wanted}: {seen:?}");
         }
+    }
+
+    #[test]
+    fn proto_seeds_decode_under_the_features_they_name() {
+        use pvirq_proto::{Event, Negotiated, Request, Response, feature};
+        let seeds = proto_seeds();
+        let mut decoded = 0;
+        for seed in &seeds {
+            let (head, message) = seed.split_at(4);
+            let selector = u16::from_le_bytes([head[2], head[3]]);
+            let features = match selector {
+                PROTO_V1_SELECTOR => feature::V1,
+                PROTO_ALL_SELECTOR => feature::ALL,
+                other => panic!("seed selector {other:#x}"),
+            };
+            let request = Request::decode(message, Negotiated::new(64, features)).is_ok();
+            let response = Response::decode(message, features).is_ok();
+            let event = Event::decode(message).is_ok();
+            assert!(
+                request || response || event,
+                "seed {seed:02x?} decodes as nothing"
+            );
+            decoded += 1;
+        }
+        assert!(decoded > 12, "only {decoded} seeds");
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl PoolInput {
                 } else {
                     1 + u16::from(vm.max_batch)
                 },
-                features: feature::ALL & !u64::from(vm.features_off & 0x1F),
+                features: feature::V1 & !u64::from(vm.features_off & 0x1F),
                 routes: 1 + u32::from(vm.routes),
                 units: vm
                     .devices

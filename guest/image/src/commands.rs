@@ -6,7 +6,7 @@ use crate::hal::{DmaHal, HAL};
 use crate::mailbox::Mailbox;
 use crate::state::{Held, MAX_GUEST_DEVICES, records};
 use pvirq_guest::proto::{
-    Alloc, CompatMsi, Grant, IndexRange, IndexSpec, Kind, MsiMessage, Refusal, Target,
+    Alloc, CompatMsi, Grant, IndexRange, IndexSpec, Kind, MsiMessage, Refusal, Target, Targeting,
 };
 use pvirq_guest::{Driver, Error, MmioTransport, Options, VolatileMmio};
 use pvirq_guest_image_abi::layout::{
@@ -169,7 +169,7 @@ impl Guest {
     pub fn init(&mut self) -> Outcome {
         self.features = u64::from(self.mb.arg(0)) | u64::from(self.mb.arg(1)) << 32;
         if self.features == 0 {
-            self.features = pvirq_guest::proto::feature::ALL;
+            self.features = pvirq_guest::proto::feature::V1;
         }
         self.driver = None;
         if let Err(e) = self.bring_up() {
@@ -239,6 +239,7 @@ impl Guest {
             min,
             max,
             pasid,
+            targeting: Targeting::PerVector,
             targets,
         };
         let Some(driver) = self.driver.as_mut() else {

@@ -17,7 +17,7 @@ pub fn run() -> ! {
         driver: None,
         vcpus: 1,
         devices: [None; MAX_GUEST_DEVICES],
-        features: pvirq_guest::proto::feature::ALL,
+        features: pvirq_guest::proto::feature::V1,
         mb: Mailbox,
         scratch,
     };

@@ -22,6 +22,7 @@ fn alloc_at(targets: &[Target]) -> Alloc<'_> {
         min: 1,
         max: 1,
         pasid: None,
+        targeting: pvirq_proto::Targeting::PerVector,
         targets,
     }
 }
@@ -50,8 +51,9 @@ fn a_reply_rewritten_after_it_was_taken_does_not_change_the_response() {
         panic!("{response}");
     };
     assert_eq!(grants.len(), 1);
-    assert_eq!(grants[0].index(), ASKED, "the grant the driver validated");
-    let msi = RemappableMsi::decode(grants[0].message()).unwrap();
+    let grant = grants.get(0).unwrap();
+    assert_eq!(grant.index(), ASKED, "the grant the driver validated");
+    let msi = RemappableMsi::decode(grant.message()).unwrap();
     assert_eq!(u32::from(msi.handle), ASKED);
     // The rewrite did land in shared memory: only the driver's copy is immune.
     dev.with(|s| assert_eq!(s.mem.read_obj::<u32>(at).unwrap(), u32::from(SWAPPED)));

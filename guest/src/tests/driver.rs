@@ -6,8 +6,8 @@ use crate::test_utils::GuestMemoryHal;
 use crate::transport::status;
 use crate::{Driver, Error, MmioTransport, Options, Token};
 use pvirq_proto::{
-    Alloc, Grant, IndexRange, IndexSpec, Kind, Opcode, Operation, Outcome, Refusal, RemappableMsi,
-    Request, Resource, Target, feature,
+    Alloc, Grant, IndexRange, IndexSpec, Kind, Negotiated, Opcode, Operation, Outcome, Refusal,
+    RemappableMsi, Request, Resource, Target, Targeting, feature,
 };
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
@@ -42,20 +42,20 @@ type Breakage = (fn(&mut super::fake::State), Error);
 #[test]
 fn initialisation_negotiates_features_and_sets_driver_ok() {
     let dev = FakeDevice::new(memory());
-    dev.with(|s| s.offered = feature::ALL | 1 << 40 | 1 << 7);
+    dev.with(|s| s.offered = feature::V1 | 1 << 40 | 1 << 7);
     let d = driver(&dev);
     let all = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
     dev.with(|s| {
         assert_eq!(s.status, u32::from(all));
         assert_eq!(
             s.driver_features,
-            feature::ALL,
+            feature::V1,
             "undefined bits are not accepted"
         );
         assert!(s.queue.ready());
         assert_eq!(s.queue.size(), 8, "4 slots of 2 descriptors");
     });
-    assert_eq!(d.features(), feature::ALL);
+    assert_eq!(d.features(), feature::V1);
     assert_eq!(d.config().num_vcpus, 4);
     assert_eq!(d.config().vm_quota, 32);
     assert_eq!(d.max_batch(), 64);
@@ -67,7 +67,7 @@ fn features_are_the_intersection_and_pasid_needs_ims() {
     let dev = FakeDevice::new(memory());
     dev.with(|s| s.offered = feature::VERSION_1 | feature::MSIX | feature::PASID);
     let options = Options {
-        features: feature::ALL & !feature::MSI,
+        features: feature::V1 & !feature::MSI,
         ..Options::default()
     };
     let d = driver_with(&dev, options).unwrap();
@@ -87,7 +87,7 @@ fn a_device_the_driver_cannot_use_is_refused_and_marked_failed() {
         ),
         (
             |s| s.accept_features = false,
-            Error::FeaturesRejected(feature::ALL),
+            Error::FeaturesRejected(feature::V1),
         ),
         (
             |s| s.config.max_batch = 0.into(),
@@ -149,7 +149,7 @@ fn query_returns_the_device_limits() {
             "readable part is exactly the request"
         );
         assert_eq!(s.writable[0], 48, "writable part is the largest reply");
-        let r = Request::decode(&s.requests[0], 64).unwrap();
+        let r = Request::decode(&s.requests[0], Negotiated::v1(64)).unwrap();
         assert_eq!((r.device, r.op), (1, Operation::Query));
     });
 }
@@ -167,6 +167,7 @@ fn alloc_returns_one_grant_per_target_with_its_message() {
         max: 4,
         pasid: None,
         targets: &t,
+        targeting: Targeting::PerVector,
     };
     let a = d.alloc(0, alloc, &mut grants).unwrap();
     assert_eq!(a.grants.len(), 4);
@@ -178,7 +179,7 @@ fn alloc_returns_one_grant_per_target_with_its_message() {
     }
     dev.with(|s| {
         assert_eq!(s.writable[0], 24 + 4 * 16);
-        let r = Request::decode(&s.requests[0], 64).unwrap();
+        let r = Request::decode(&s.requests[0], Negotiated::v1(64)).unwrap();
         assert_eq!(r.op, Operation::Alloc(alloc));
     });
 }
@@ -203,7 +204,7 @@ fn linux_shaped_helpers_fill_in_the_request() {
         .unwrap();
     assert_eq!(g.index(), 7);
     dev.with(|s| {
-        let r = Request::decode(&s.requests[1], 64).unwrap();
+        let r = Request::decode(&s.requests[1], Negotiated::v1(64)).unwrap();
         let Operation::Alloc(a) = r.op else { panic!() };
         assert_eq!(
             (a.kind, a.pasid, a.min, a.max),
@@ -238,6 +239,7 @@ fn no_space_is_a_typed_refusal_with_a_fallback_count() {
     // Fall back like a Linux driver: accept fewer vectors.
     let retry = Alloc {
         min: fallback,
+        targeting: Targeting::PerVector,
         ..alloc
     };
     assert_eq!(d.alloc(0, retry, &mut grants).unwrap().grants.len(), 3);
@@ -283,6 +285,7 @@ fn requests_the_driver_cannot_carry_are_refused_before_submission() {
     let short = Alloc {
         max: 4,
         targets: &t[..4],
+        targeting: Targeting::PerVector,
         ..too_many
     };
     assert_eq!(
@@ -292,6 +295,7 @@ fn requests_the_driver_cannot_carry_are_refused_before_submission() {
     let mismatched = Alloc {
         max: 4,
         targets: &t[..3],
+        targeting: Targeting::PerVector,
         ..too_many
     };
     assert!(matches!(
@@ -302,6 +306,7 @@ fn requests_the_driver_cannot_carry_are_refused_before_submission() {
         kind: Kind::Msi,
         max: 3,
         targets: &t[..3],
+        targeting: Targeting::PerVector,
         ..too_many
     };
     assert!(matches!(

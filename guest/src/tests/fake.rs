@@ -7,8 +7,8 @@
 
 use crate::transport::MmioRegs;
 use pvirq_proto::{
-    Config, DeviceInfo, Grant, IndexSpec, Kind, KindSet, Le16, Le32, Operation, Outcome,
-    RemappableMsi, Request, Resource, Response, feature,
+    Config, DeviceInfo, Grant, GrantSlice, IndexSpec, Kind, KindSet, Le16, Le32, Negotiated,
+    Operation, Outcome, RemappableMsi, Request, Resource, Response, feature,
 };
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -107,7 +107,7 @@ impl FakeDevice {
                 magic: crate::transport::MMIO_MAGIC,
                 mmio_version: 2,
                 device_id: pvirq_proto::VIRTIO_ID_PVIRQ,
-                offered: feature::ALL,
+                offered: feature::V1,
                 device_sel: 0,
                 driver_sel: 0,
                 driver_features: 0,
@@ -323,11 +323,12 @@ impl State {
 
     fn answer(&mut self, bytes: &[u8], capacity: u32, fault: Option<&Fault>) -> Vec<u8> {
         let max_batch = self.config.max_batch.get();
-        let (mut response, outcome_grants) = match Request::decode(bytes, max_batch) {
+        let (mut response, outcome_grants) = match Request::decode(bytes, Negotiated::v1(max_batch))
+        {
             Ok(request) => {
-                if (capacity as usize) < request.max_response_len() {
+                if (capacity as usize) < request.max_response_len(feature::V1) {
                     let r = pvirq_proto::Refusal::ResponseTooSmall {
-                        needed: request.max_response_len() as u32,
+                        needed: request.max_response_len(feature::V1) as u32,
                     };
                     (self.reply(&request, Outcome::Refused(r)), Vec::new())
                 } else {
@@ -346,7 +347,7 @@ impl State {
             }
         };
         if let Outcome::Allocated { grants, .. } = &mut response.outcome {
-            *grants = &outcome_grants;
+            *grants = GrantSlice::Basic(&outcome_grants);
         }
         match fault {
             Some(Fault::Tag(t)) => response.tag = *t,
@@ -365,7 +366,7 @@ impl State {
                 out.extend_from_slice(&buf[24..]);
             }
             Outcome::Allocated { grants, .. } => {
-                out.extend_from_slice(bytemuck::cast_slice(grants));
+                out.extend_from_slice(grants.as_bytes());
             }
             _ => {}
         }
@@ -404,6 +405,7 @@ impl State {
                     granted: self.granted,
                     vm_quota: self.config.vm_quota.get(),
                     available: self.available,
+                    ext: None,
                 },
                 quota_remaining,
             },
@@ -424,7 +426,7 @@ impl State {
                 }
                 let first = match a.index {
                     IndexSpec::At(f) => f,
-                    IndexSpec::Any => self.next_index,
+                    IndexSpec::Any | IndexSpec::AnyContiguous => self.next_index,
                 };
                 let shift = u32::from(matches!(fault, Some(Fault::ShiftIndex)));
                 let grants: Vec<Grant> = (0..n)
@@ -446,22 +448,22 @@ impl State {
                 let response = self.reply(
                     request,
                     Outcome::Allocated {
-                        grants: &[],
+                        grants: GrantSlice::Basic(&[]),
                         quota_remaining: self.available,
                     },
                 );
                 return (response, grants);
             }
             Operation::Free(r) => {
-                self.available += u32::from(r.count);
-                self.granted = self.granted.saturating_sub(u32::from(r.count));
+                self.available += u32::from(r.count());
+                self.granted = self.granted.saturating_sub(u32::from(r.count()));
                 Outcome::Freed {
-                    count: count_override.unwrap_or(u32::from(r.count)),
+                    count: count_override.unwrap_or(u32::from(r.count())),
                     quota_remaining: self.available,
                 }
             }
             Operation::Retarget(r) => Outcome::Retargeted {
-                count: count_override.unwrap_or(u32::from(r.range.count)),
+                count: count_override.unwrap_or(u32::from(r.indices.count())),
                 quota_remaining,
             },
             Operation::Reset => {

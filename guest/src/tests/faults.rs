@@ -5,7 +5,7 @@ use super::driver::{REPLY, TestDriver, driver, targets};
 use super::fake::{FakeDevice, Fault, memory};
 use crate::{EchoField, Error};
 use proptest::prelude::*;
-use pvirq_proto::{Alloc, Grant, IndexRange, IndexSpec, Kind, Operation};
+use pvirq_proto::{Alloc, Grant, IndexRange, IndexSpec, Kind, Operation, Targeting};
 
 /// Runs one QUERY with `fault` applied to its reply; then checks the driver still works.
 fn query_with(fault: Fault) -> Error {
@@ -200,6 +200,7 @@ fn alloc_with(fault: Fault, index: IndexSpec, kind: Kind) -> Error {
         max: 4,
         pasid: None,
         targets: &t,
+        targeting: Targeting::PerVector,
     };
     dev.fault(fault);
     let err = d.alloc(0, alloc, &mut grants).unwrap_err();

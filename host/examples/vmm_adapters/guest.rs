@@ -131,7 +131,10 @@ impl<'a, B: Bitmap + 'static> GuestRing<'a, B> {
         self.mem
             .read_slice(&mut reply, GuestAddress(sent.reply_at))
             .ok()?;
-        match Response::decode(&reply).ok()?.outcome {
+        match Response::decode(&reply, pvirq_proto::feature::V1)
+            .ok()?
+            .outcome
+        {
             Outcome::Allocated { grants, .. } => Some(grants.len()),
             _ => None,
         }

@@ -3,7 +3,7 @@
 
 use super::test_utils::*;
 use super::*;
-use pvirq_proto::{Operation, Outcome, Request, Response};
+use pvirq_proto::{Operation, Outcome, Request, Response, feature};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{RawDescriptor, split::Descriptor};
 use vm_memory::{Bytes, GuestAddress};
@@ -177,7 +177,7 @@ fn a_chain_longer_than_four_gib_is_a_malformed_ring_and_four_gib_is_not() {
     let mut bytes = vec![0u8; len as usize];
     mem.read_slice(&mut bytes, GuestAddress(reply)).unwrap();
     assert!(matches!(
-        Response::decode(&bytes).unwrap().outcome,
+        Response::decode(&bytes, feature::V1).unwrap().outcome,
         Outcome::Reset { .. }
     ));
     // Readable lengths alone past 4 GiB: two readable descriptors of 2^32 - 1 bytes.

@@ -30,7 +30,7 @@ fn alloc(max: u16) -> Vec<u8> {
 }
 
 fn granted(reply: &[u8]) -> usize {
-    match Response::decode(reply).unwrap().outcome {
+    match Response::decode(reply, feature::V1).unwrap().outcome {
         Outcome::Allocated { grants, .. } => grants.len(),
         other => panic!("{other:?}"),
     }
@@ -42,7 +42,7 @@ fn reset_hands_back_the_queues_and_eventfds_activate_took() {
     let mem = guest_memory();
     let drv = Driver::new(&mem, 16);
     let mut dev = PvirqDevice::<Mem>::new(vm(&host, 0x100, 8)).unwrap();
-    dev.ack_features(feature::ALL);
+    dev.ack_features(feature::V1);
     let evt = EventFd::new(EFD_NONBLOCK).unwrap();
     let fd = evt.as_raw_fd();
     let irq = Arc::new(MmioInterrupt::new());
@@ -81,7 +81,7 @@ fn the_event_loop_watches_the_queues_once_the_transport_makes_the_device_live() 
     let transport =
         MmioTransport::new(dev.clone(), atomic(&mem), irq.clone(), NotifyMode::EventFd).unwrap();
     let mut regs = Regs(transport);
-    assert!(bring_up(&mut regs, &drv, feature::ALL));
+    assert!(bring_up(&mut regs, &drv, feature::V1));
     // The activation event: the loop registers the queue's eventfd.
     em.run_with_timeout(0).unwrap();
     let bufs = drv.send(&alloc(2), &[64]);
@@ -144,7 +144,7 @@ fn the_mmio_transport_is_a_vm_device_bus_device() {
             )
             .unwrap(),
         ));
-        assert!(bring_up(&mut regs, &drv, feature::ALL));
+        assert!(bring_up(&mut regs, &drv, feature::V1));
         *t = regs.0;
     }
     let bufs = drv.send(&alloc(1), &[64]);
@@ -181,7 +181,7 @@ fn every_byte_the_device_writes_is_logged_dirty() {
     log.reset();
     let host = host();
     let mut dev = PvirqDevice::<GuestMemoryAtomic<Logged>>::new(vm(&host, 0x100, 8)).unwrap();
-    dev.ack_features(feature::ALL);
+    dev.ack_features(feature::V1);
     let queue = q.create_queue().unwrap();
     let evt = EventFd::new(EFD_NONBLOCK).unwrap();
     dev.activate(
@@ -281,7 +281,7 @@ fn a_snapshot_restores_mid_workload_and_the_ring_carries_on() {
         PvirqDevice::restore(vm_with(&host, 0x100), &state, restore_parts(&mem)).unwrap();
     assert!(report.iter().all(|r| r.outcome == Restored::Kept));
     assert_eq!(restored.vm().grants(0), before);
-    assert_eq!(restored.acked_features(), feature::ALL);
+    assert_eq!(restored.acked_features(), feature::V1);
     // The ring continues where it was: the next chain is answered, after the first.
     let bufs = drv.send(&alloc(2), &[64]);
     assert_eq!(restored.process_all().chains, 1);

@@ -27,7 +27,7 @@ fn a_queue_size_the_device_cannot_use_fails_driver_ok_with_needs_reset() {
         let mut drv = Driver::new(&mem, 16);
         let (mut regs, irq) = mmio(&mem, &host, NotifyMode::Inline);
         assert!(
-            !bring_up_with(&mut regs, &drv, feature::ALL, bad),
+            !bring_up_with(&mut regs, &drv, feature::V1, bad),
             "QueueNum {bad}"
         );
         let status = regs.r(VIRTIO_MMIO_STATUS);
@@ -38,7 +38,7 @@ fn a_queue_size_the_device_cannot_use_fails_driver_ok_with_needs_reset() {
         regs.w(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
         assert_eq!(drv.used_idx(), 0, "QueueNum {bad}: the ring was used");
         // A reset and a size the driver really laid out bring it up.
-        assert!(bring_up_with(&mut regs, &drv, feature::ALL, 16));
+        assert!(bring_up_with(&mut regs, &drv, feature::V1, 16));
         regs.w(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
         assert_eq!(drv.used_idx(), 1, "QueueNum {bad}, then 16");
     }
@@ -51,12 +51,7 @@ fn every_power_of_two_up_to_queue_num_max_is_used_as_written() {
         let mem = guest_memory();
         let mut drv = Driver::new(&mem, size);
         let (mut regs, _irq) = mmio(&mem, &host, NotifyMode::Inline);
-        assert!(bring_up_with(
-            &mut regs,
-            &drv,
-            feature::ALL,
-            u32::from(size)
-        ));
+        assert!(bring_up_with(&mut regs, &drv, feature::V1, u32::from(size)));
         assert_eq!(
             regs.0.device().lock().unwrap().queue(0).unwrap().size(),
             size
@@ -157,10 +152,12 @@ mod queue_ready {
         let mut t = RegsTransport(regs);
         let mut q = init(&mut t, feature::VERSION_1 | feature::MSIX);
         let reply = call(&mut q, &mut t, &alloc_two());
-        let Outcome::Allocated { grants, .. } = Response::decode(&reply).unwrap().outcome else {
+        let Outcome::Allocated { grants, .. } =
+            Response::decode(&reply, feature::V1).unwrap().outcome
+        else {
             panic!("refused: {reply:?}");
         };
-        let message = grants[1].message();
+        let message = grants.get(1).unwrap().message();
         let device = t.0.0.device().clone();
         let (desc, avail, used) = {
             let d = device.lock().unwrap();
@@ -216,7 +213,7 @@ mod queue_ready {
         assert!(host.fire(0x100, message).is_err());
         let reply = call(&mut q, &mut t, &alloc_two());
         assert!(matches!(
-            Response::decode(&reply).unwrap().outcome,
+            Response::decode(&reply, feature::V1).unwrap().outcome,
             Outcome::Allocated { .. }
         ));
         t.queue_unset(0);
@@ -231,7 +228,7 @@ mod queue_ready {
         let mem = guest_memory();
         let mut drv = Driver::new(&mem, 16);
         let (mut regs, _irq) = mmio(&mem, &host, NotifyMode::EventFd);
-        assert!(bring_up(&mut regs, &drv, feature::ALL));
+        assert!(bring_up(&mut regs, &drv, feature::V1));
         drv.send(&reset_request(), &[24]);
         regs.w(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
         regs.w(VIRTIO_MMIO_QUEUE_READY, 0);

@@ -19,7 +19,10 @@ fn alloc(n: u16) -> Vec<u8> {
 }
 
 fn granted(reply: &[u8]) -> usize {
-    match Response::decode(reply).unwrap().outcome {
+    match Response::decode(reply, pvirq_proto::feature::V1)
+        .unwrap()
+        .outcome
+    {
         Outcome::Allocated { grants, .. } => grants.len(),
         other => panic!("{other:?}"),
     }

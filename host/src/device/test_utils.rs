@@ -68,7 +68,7 @@ pub(crate) fn active_device(
 ) -> (PvirqDevice<Mem>, Arc<MmioInterrupt>) {
     let irq = Arc::new(MmioInterrupt::new());
     let mut dev = PvirqDevice::new(vm).unwrap();
-    dev.ack_features(feature::ALL);
+    dev.ack_features(feature::V1);
     let queue = q.create_queue().unwrap();
     let evt = EventFd::new(EFD_NONBLOCK).unwrap();
     dev.activate(atomic(mem), irq.clone(), vec![queue], vec![evt])

@@ -6,7 +6,7 @@ use crate::model::{FaultReason, RemapFault};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use pvirq_proto::{
     Alloc, Config, Field, IndexSpec, Kind, Operation, Outcome, Refusal, Request, Response, Status,
-    Target, feature,
+    Target, Targeting, feature,
 };
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_config::*;
@@ -30,6 +30,7 @@ fn alloc_bytes(device: u32, max: u16) -> Vec<u8> {
             max,
             pasid: None,
             targets: &t,
+            targeting: Targeting::PerVector,
         }),
     })
 }
@@ -43,7 +44,7 @@ fn reset_bytes(device: u32) -> Vec<u8> {
 }
 
 fn refusal(bytes: &[u8]) -> Option<Refusal> {
-    match Response::decode(bytes).unwrap().outcome {
+    match Response::decode(bytes, feature::V1).unwrap().outcome {
         Outcome::Refused(r) => Some(r),
         _ => None,
     }
@@ -60,7 +61,7 @@ fn config_space_and_offered_features() {
     let mut tail = [0xFFu8; 4];
     dev.read_config(14, &mut tail);
     assert_eq!(tail, [0, 0, 0, 0]);
-    assert_eq!(dev.avail_features(), feature::ALL);
+    assert_eq!(dev.avail_features(), feature::V1);
     // Provisional, outside virtio's list and crosvm's IDs counting down from 63 (spec §2.1).
     assert_eq!(dev.device_type(), 56);
     assert_eq!(dev.device_type(), pvirq_proto::VIRTIO_ID_PVIRQ);
@@ -83,7 +84,7 @@ fn activation_needs_version_1_and_a_valid_queue() {
         dev.activate(atomic(&mem), irq.clone(), q, e),
         Err(crate::device::ActivateError::Version1)
     );
-    dev.ack_features(feature::ALL);
+    dev.ack_features(feature::V1);
     let (q, e) = parts();
     assert_eq!(
         dev.activate(atomic(&mem), irq.clone(), q, e),
@@ -121,14 +122,14 @@ fn alloc_through_the_queue_writes_grants_and_signals() {
     let (head, len) = drv.used(0);
     assert_eq!((head, len), (0, 24 + 3 * 16));
     let reply = drv.reply(&bufs, len);
-    match Response::decode(&reply).unwrap().outcome {
+    match Response::decode(&reply, feature::V1).unwrap().outcome {
         Outcome::Allocated {
             grants,
             quota_remaining,
         } => {
             assert_eq!(grants.len(), 3);
             assert_eq!(quota_remaining, 29);
-            let d = host.fire(0x100, grants[1].message()).unwrap();
+            let d = host.fire(0x100, grants.get(1).unwrap().message()).unwrap();
             let dest = d.dest.unwrap();
             assert_eq!((dest.apic_id, dest.vector), (1, 0x41));
         }
@@ -412,7 +413,7 @@ fn mmio_eventfd_mode_signals_the_event_loop_and_reports_needs_reset() {
     let mem = guest_memory();
     let mut drv = Driver::new(&mem, 16);
     let (mut regs, _irq) = mmio(&mem, &host, NotifyMode::EventFd);
-    assert!(bring_up(&mut regs, &drv, feature::ALL));
+    assert!(bring_up(&mut regs, &drv, feature::V1));
     drv.send(&alloc_bytes(0, 1), &[64]);
     regs.w(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
     assert_eq!(drv.used_idx(), 0, "not processed inline");
@@ -441,8 +442,8 @@ fn a_freed_handle_faults_when_the_device_fires_it() {
     let bufs = drv.send(&alloc_bytes(0, 1), &[64]);
     dev.process_all();
     let reply = drv.reply(&bufs, drv.used(0).1);
-    let msg = match Response::decode(&reply).unwrap().outcome {
-        Outcome::Allocated { grants, .. } => grants[0].message(),
+    let msg = match Response::decode(&reply, feature::V1).unwrap().outcome {
+        Outcome::Allocated { grants, .. } => grants.get(0).unwrap().message(),
         other => panic!("{other:?}"),
     };
     assert!(host.fire(0x100, msg).is_ok());
@@ -494,6 +495,7 @@ fn every_status_is_reached_through_the_queue() {
                 max,
                 pasid: None,
                 targets,
+                targeting: Targeting::PerVector,
             }),
         })
     };
@@ -501,11 +503,14 @@ fn every_status_is_reached_through_the_queue() {
         encode(&Request {
             device: 0,
             tag: 0,
-            op: Operation::Free(IndexRange {
-                kind: Kind::MsiX,
-                first,
-                count,
-            }),
+            op: Operation::Free(
+                IndexRange {
+                    kind: Kind::MsiX,
+                    first,
+                    count,
+                }
+                .into(),
+            ),
         })
     };
     let mut requests = vec![
@@ -527,14 +532,14 @@ fn every_status_is_reached_through_the_queue() {
     let retarget = encode(&Request {
         device: 0,
         tag: 0,
-        op: Operation::Retarget(Retarget {
-            range: IndexRange {
+        op: Operation::Retarget(Retarget::run(
+            IndexRange {
                 kind: Kind::MsiX,
                 first: 0,
                 count: 1,
             },
-            targets: &t[..1],
-        }),
+            &t[..1],
+        )),
     });
     requests.push(retarget);
     for r in &requests {
@@ -570,11 +575,11 @@ fn the_crate_root_re_exports_the_protocol_types_of_its_public_api() {
     dev.process_all();
     assert_eq!(dev.metrics().requests(Opcode::Alloc), 1);
     assert_eq!(dev.metrics().replies(Status::Ok), 1);
-    let grant = match Response::decode(&drv.reply(&bufs, drv.used(0).1))
+    let grant = match Response::decode(&drv.reply(&bufs, drv.used(0).1), feature::V1)
         .unwrap()
         .outcome
     {
-        Outcome::Allocated { grants, .. } => grants[0].message(),
+        Outcome::Allocated { grants, .. } => grants.get(0).unwrap().message(),
         other => panic!("{other:?}"),
     };
     // The message a VMM reads from the device's MSI-X table, spelled with the host's type.

@@ -5,7 +5,8 @@ use super::*;
 use crate::config::DeviceSpec;
 use crate::routes::MemoryRoutes;
 use pvirq_proto::{
-    Alloc, Grant, IndexSpec, Kind, Operation, Outcome, Refusal, Request, Resource, Response, Target,
+    Alloc, Grant, IndexSpec, Kind, Operation, Outcome, Refusal, Request, Resource, Response,
+    Target, feature,
 };
 
 fn device(requester_id: u16, msi_max: u16, msix: u16) -> DeviceSpec {
@@ -40,8 +41,8 @@ fn alloc(vm: &Vm, device: u32, kind: Kind, min: u16, max: u16) -> Result<Vec<Gra
         tag: 1,
         op: Operation::Alloc(a),
     });
-    match Response::decode(&reply).unwrap().outcome {
-        Outcome::Allocated { grants, .. } => Ok(grants.to_vec()),
+    match Response::decode(&reply, feature::V1).unwrap().outcome {
+        Outcome::Allocated { grants, .. } => Ok(grants.iter().map(|g| g.grant()).collect()),
         Outcome::Refused(r) => Err(r),
         other => panic!("{other:?}"),
     }
@@ -53,7 +54,7 @@ fn msi_max(vm: &Vm, device: u32) -> u16 {
         tag: 2,
         op: Operation::Query,
     });
-    match Response::decode(&reply).unwrap().outcome {
+    match Response::decode(&reply, feature::V1).unwrap().outcome {
         Outcome::Queried { info, .. } => info.msi_max,
         other => panic!("{other:?}"),
     }

@@ -11,7 +11,7 @@ use crate::grants::GrantRecord;
 use crate::routes::RouteBatch;
 use crate::state::VmState;
 use pvirq_proto::{
-    Alloc, Field, Grant, IndexSpec, Kind, Outcome, Refusal, Resource, Status, feature,
+    Alloc, Field, Grant, GrantSlice, IndexSpec, Kind, Outcome, Refusal, Resource, Status, feature,
 };
 
 /// The destination of each target, or the INVALID_TARGET refusal for the first bad one.
@@ -91,6 +91,13 @@ pub(super) fn alloc(
             max
         }
         (false, IndexSpec::Any) => table.free.free_count(),
+        // An extension this device does not offer (spec §4.5): an undefined flag.
+        (false, IndexSpec::AnyContiguous) => {
+            return ctx.refuse(Refusal::BadRequest {
+                field: Field::Flags,
+                entry: 0,
+            });
+        }
     };
     let supply = Supply {
         quota: config.quota.saturating_sub(*held),
@@ -106,7 +113,7 @@ pub(super) fn alloc(
     let indices: Vec<u32> = match (msi, a.index) {
         (true, _) => (0..n).collect(),
         (false, IndexSpec::At(first)) => (first..first + n).collect(),
-        (false, IndexSpec::Any) => table.lowest_free(n),
+        (false, IndexSpec::Any | IndexSpec::AnyContiguous) => table.lowest_free(n),
     };
     if indices.len() != n as usize {
         return ctx.refuse(Refusal::DeviceError {
@@ -171,7 +178,7 @@ pub(super) fn alloc(
         .collect();
     let new_held = *held + granted as u32;
     let reply = ctx.send(Outcome::Allocated {
-        grants: &grants,
+        grants: GrantSlice::Basic(&grants),
         quota_remaining: config.quota.saturating_sub(new_held),
     });
     let Ok(used) = reply else {

@@ -38,7 +38,8 @@ use crate::config::{DeviceSpec, VmConfig};
 use crate::routes::RouteError;
 use crate::state::{DeviceState, VmState};
 use pvirq_proto::{
-    Field, Kind, Operation, RESPONSE_HEADER_LEN, Refusal, Request, Resource, feature,
+    Field, Indices, Kind, Negotiated, Operation, RESPONSE_HEADER_LEN, Refusal, Request, Resource,
+    Retarget, RetargetTo, feature,
 };
 use reply::{Ctx, Echo};
 
@@ -134,11 +135,21 @@ pub(crate) fn handle(
         // Not even a refusal fits: say nothing, change nothing.
         return ctx.dropped();
     }
-    let request = match Request::decode(request, config.max_batch) {
+    let negotiated = Negotiated::new(config.max_batch, st.features);
+    let request = match Request::decode(request, negotiated) {
         Ok(r) => r,
         Err(e) => return ctx.refuse(e.refusal()),
     };
-    let needed = request.max_response_len();
+    if request.required_features() & feature::EXTENSIONS != 0 {
+        // This device implements version 1 and offers no extension bit (spec §2.2), so
+        // the decoder gives such a shape only where a caller set an extension feature
+        // anyway: answer as for a flag that is not defined.
+        return ctx.refuse(Refusal::BadRequest {
+            field: Field::Flags,
+            entry: 0,
+        });
+    }
+    let needed = request.max_response_len(st.features);
     if ctx.sink.capacity() < needed {
         return ctx.refuse(Refusal::ResponseTooSmall {
             needed: needed as u32,
@@ -147,9 +158,19 @@ pub(crate) fn handle(
     match &request.op {
         Operation::Query => query::query(&mut ctx, config, st, request.device),
         Operation::Alloc(a) => alloc::alloc(&mut ctx, config, st, request.device, a),
-        Operation::Free(r) => free::free(&mut ctx, config, st, request.device, Some(r)),
+        Operation::Free(Indices::Run(r)) => {
+            free::free(&mut ctx, config, st, request.device, Some(r))
+        }
         Operation::Reset => free::free(&mut ctx, config, st, request.device, None),
-        Operation::Retarget(r) => retarget::retarget(&mut ctx, config, st, request.device, r),
+        Operation::Retarget(Retarget {
+            indices: Indices::Run(range),
+            to: RetargetTo::Targets(targets),
+        }) => retarget::retarget(&mut ctx, config, st, request.device, range, targets),
+        // Index lists and parking: refused above (extensions).
+        Operation::Free(_) | Operation::Retarget(_) => ctx.refuse(Refusal::BadRequest {
+            field: Field::Flags,
+            entry: 0,
+        }),
     }
 }
 

@@ -50,6 +50,8 @@ pub(super) fn query(ctx: &mut Ctx<'_>, config: &VmConfig, st: &VmState, handle: 
         granted: dev.grants.granted(),
         vm_quota: config.quota,
         available,
+        // Version 1's body: this device offers no `INFO` (spec §4.4).
+        ext: None,
     };
     match ctx.send(Outcome::Queried {
         info,

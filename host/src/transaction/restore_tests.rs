@@ -8,7 +8,7 @@ use crate::snapshot::{GrantSnapshot, RestoreError, Restored, RestoredGrant, VmSn
 use crate::vm::Vm;
 use pvirq_proto::{
     Alloc, IndexRange, IndexSpec, Kind, Operation, Outcome, Request, Resource, Response, Retarget,
-    Target, feature,
+    Target, Targeting, feature,
 };
 
 fn config(rid: u16) -> VmConfig {
@@ -52,7 +52,7 @@ fn vm(host: &ModelHost, rid: u16) -> Vm {
 
 fn ok(vm: &Vm, device: u32, op: Operation<'_>) {
     let reply = vm.call(&Request { device, tag: 0, op });
-    let outcome = Response::decode(&reply).unwrap().outcome;
+    let outcome = Response::decode(&reply, feature::V1).unwrap().outcome;
     assert!(!matches!(outcome, Outcome::Refused(_)), "{outcome:?}");
 }
 
@@ -72,6 +72,7 @@ fn workload(vm: &Vm) {
             max: 3,
             pasid: Some(0x77),
             targets: &t[..3],
+            targeting: Targeting::PerVector,
         }),
     );
     ok(vm, 1, Operation::Alloc(Alloc::any(Kind::MsiX, 2, &t[..2])));
@@ -79,14 +80,14 @@ fn workload(vm: &Vm) {
     ok(
         vm,
         0,
-        Operation::Retarget(Retarget {
-            range: IndexRange {
+        Operation::Retarget(Retarget::run(
+            IndexRange {
                 kind: Kind::MsiX,
                 first: 1,
                 count: 2,
             },
-            targets: &moved,
-        }),
+            &moved,
+        )),
     );
 }
 
@@ -121,7 +122,7 @@ fn restore_on_the_same_host_keeps_every_message_destination_and_count() {
     drop(a);
     assert_eq!(host.occupancy().vectors_used, 0);
     let b = vm(&host, 0x100);
-    let report = b.restore(&snapshot, feature::ALL).unwrap();
+    let report = b.restore(&snapshot, feature::V1).unwrap();
     assert_eq!(report.len(), 15);
     assert!(
         report.iter().all(|r| r.outcome == Restored::Kept),
@@ -146,7 +147,7 @@ fn another_hosts_occupancy_reprograms_what_collides_and_revokes_what_does_not_fi
     let t = [Target::new(0, 0x30); 3];
     ok(&other, 0, Operation::Alloc(Alloc::any(Kind::MsiX, 3, &t)));
     let b = vm(&dest, 0x100);
-    let report = b.restore(&snapshot, feature::ALL).unwrap();
+    let report = b.restore(&snapshot, feature::V1).unwrap();
     let count = |f: fn(&RestoredGrant) -> bool| report.iter().filter(|r| f(r)).count();
     let kept = count(|r| r.outcome == Restored::Kept);
     let reprogrammed = count(|r| matches!(r.outcome, Restored::Reprogrammed(_)));
@@ -179,7 +180,7 @@ fn another_hosts_occupancy_reprograms_what_collides_and_revokes_what_does_not_fi
     // Too small for all of it: the rest is revoked, never half-held.
     let tiny = host(4);
     let c = vm(&tiny, 0x100);
-    let report = c.restore(&snapshot, feature::ALL).unwrap();
+    let report = c.restore(&snapshot, feature::V1).unwrap();
     let held = report
         .iter()
         .filter(|r| !matches!(r.outcome, Restored::Revoked(_)))
@@ -276,15 +277,15 @@ fn hostile_snapshots_are_refused_with_a_typed_error_and_nothing_held() {
         ),
     ];
     for (i, (snapshot, expected)) in cases.iter().enumerate() {
-        let err = b.restore(snapshot, feature::ALL).unwrap_err();
+        let err = b.restore(snapshot, feature::V1).unwrap_err();
         assert!(expected(&err), "case {i}: {err}");
         assert_eq!(b.occupancy().held, 0, "case {i}");
         host.check_invariants().unwrap();
     }
     // A VM that already holds grants is not a restore target.
-    b.restore(&good, feature::ALL).unwrap();
+    b.restore(&good, feature::V1).unwrap();
     assert!(matches!(
-        b.restore(&good, feature::ALL),
+        b.restore(&good, feature::V1),
         Err(RestoreError::NotFresh(15))
     ));
 }
@@ -304,10 +305,7 @@ fn a_refused_route_commit_restores_nothing() {
         )
         .unwrap();
     plan.fail_nth_commit(1);
-    assert_eq!(
-        b.restore(&snapshot, feature::ALL),
-        Err(RestoreError::Routes)
-    );
+    assert_eq!(b.restore(&snapshot, feature::V1), Err(RestoreError::Routes));
     assert_eq!(b.occupancy().held, 0);
     assert_eq!(host.occupancy().vectors_used, 0);
     host.check_invariants().unwrap();

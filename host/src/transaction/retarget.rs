@@ -7,14 +7,15 @@ use super::{route_failure, usable};
 use crate::config::VmConfig;
 use crate::routes::RouteBatch;
 use crate::state::VmState;
-use pvirq_proto::{Field, Outcome, Refusal, Retarget, Status, feature};
+use pvirq_proto::{Field, IndexRange, Outcome, Refusal, Status, Target, feature};
 
 pub(super) fn retarget(
     ctx: &mut Ctx<'_>,
     config: &VmConfig,
     st: &mut VmState,
     handle: u32,
-    r: &Retarget<'_>,
+    range: &IndexRange,
+    targets: &[Target],
 ) -> Handled {
     let features = st.features;
     let VmState {
@@ -28,7 +29,7 @@ pub(super) fn retarget(
     let Some(dev) = devices.get_mut(handle as usize) else {
         return ctx.refuse(Refusal::NoDevice);
     };
-    if !usable(&dev.spec, features, r.range.kind) {
+    if !usable(&dev.spec, features, range.kind) {
         return ctx.refuse(Refusal::Unsupported { field: Field::Kind });
     }
     if features & feature::RETARGET == 0 {
@@ -36,13 +37,13 @@ pub(super) fn retarget(
             field: Field::Opcode,
         });
     }
-    let mut dests = Vec::with_capacity(r.targets.len());
-    if let Err(refusal) = destinations(config, r.targets, &mut dests) {
+    let mut dests = Vec::with_capacity(targets.len());
+    if let Err(refusal) = destinations(config, targets, &mut dests) {
         return ctx.refuse(refusal);
     }
-    let table = dev.grants.table(r.range.kind);
-    let mut moves = Vec::with_capacity(usize::from(r.range.count));
-    for (index, dest) in r.range.indices().zip(&dests) {
+    let table = dev.grants.table(range.kind);
+    let mut moves = Vec::with_capacity(usize::from(range.count));
+    for (index, dest) in range.indices().zip(&dests) {
         match table.records.get(&index) {
             Some(record) => moves.push((index, record.route, *dest)),
             None => return ctx.refuse(Refusal::NotGranted { index }),
@@ -63,9 +64,9 @@ pub(super) fn retarget(
     if let Err(e) = batch.commit() {
         return ctx.refuse(route_failure(&e));
     }
-    let table = dev.grants.table_mut(r.range.kind);
+    let table = dev.grants.table_mut(range.kind);
     for (index, _, dest) in moves {
-        dev.backend.retarget(r.range.kind, index, dest);
+        dev.backend.retarget(range.kind, index, dest);
         table.set_dest(index, dest);
     }
     ctx.handled(used, Status::Ok)

@@ -12,7 +12,8 @@ use crate::transaction::BufferSink;
 use crate::vm::{Vm, VmOccupancy};
 use pvirq_proto::{
     Alloc, DeviceInfo, Field, Grant, IndexRange, IndexSpec, Kind, KindSet, Operation, Outcome,
-    Refusal, RemappableMsi, Request, Resource, Response, Retarget, Status, Target, feature,
+    Refusal, RemappableMsi, Request, Resource, Response, Retarget, Status, Target, Targeting,
+    feature,
 };
 
 pub(crate) fn dev(requester_id: u16, msi: u16, msix: u16, ims: u32) -> DeviceSpec {
@@ -78,6 +79,7 @@ fn alloc(vm: &Vm, device: u32, kind: Kind, index: IndexSpec, min: u16, max: u16)
             max,
             pasid: None,
             targets: &t,
+            targeting: Targeting::PerVector,
         }),
     ))
 }
@@ -85,41 +87,41 @@ fn alloc(vm: &Vm, device: u32, kind: Kind, index: IndexSpec, min: u16, max: u16)
 fn free_req(vm: &Vm, device: u32, kind: Kind, first: u32, count: u16) -> Vec<u8> {
     vm.call(&req(
         device,
-        Operation::Free(IndexRange { kind, first, count }),
+        Operation::Free(IndexRange { kind, first, count }.into()),
     ))
 }
 
 fn retarget_req(vm: &Vm, device: u32, kind: Kind, first: u32, t: &[Target]) -> Vec<u8> {
     vm.call(&req(
         device,
-        Operation::Retarget(Retarget {
-            range: IndexRange {
+        Operation::Retarget(Retarget::run(
+            IndexRange {
                 kind,
                 first,
                 count: t.len() as u16,
             },
-            targets: t,
-        }),
+            t,
+        )),
     ))
 }
 
 fn refusal(bytes: &[u8]) -> Option<Refusal> {
-    match Response::decode(bytes).unwrap().outcome {
+    match Response::decode(bytes, feature::V1).unwrap().outcome {
         Outcome::Refused(r) => Some(r),
         _ => None,
     }
 }
 
 fn grants(bytes: &[u8]) -> Vec<Grant> {
-    match Response::decode(bytes).unwrap().outcome {
-        Outcome::Allocated { grants, .. } => grants.to_vec(),
+    match Response::decode(bytes, feature::V1).unwrap().outcome {
+        Outcome::Allocated { grants, .. } => grants.iter().map(|g| g.grant()).collect(),
         other => panic!("expected grants, got {other:?}"),
     }
 }
 
 /// `(count, quota_remaining)` of an OK FREE/RETARGET/RESET/ALLOC.
 fn counted(bytes: &[u8]) -> (u32, u32) {
-    match Response::decode(bytes).unwrap().outcome {
+    match Response::decode(bytes, feature::V1).unwrap().outcome {
         Outcome::Freed {
             count,
             quota_remaining,
@@ -141,7 +143,7 @@ fn counted(bytes: &[u8]) -> (u32, u32) {
 }
 
 fn info(vm: &Vm, device: u32) -> (DeviceInfo, u32) {
-    match Response::decode(&vm.call(&req(device, Operation::Query)))
+    match Response::decode(&vm.call(&req(device, Operation::Query)), feature::V1)
         .unwrap()
         .outcome
     {
@@ -203,7 +205,7 @@ fn msix_any_grants_the_lowest_indices_with_their_own_irtes() {
         assert_eq!(grant.message(), remap_msg(i as u16, 0));
     }
     assert_eq!(counted(&r), (4, 28));
-    let resp = Response::decode(&r).unwrap();
+    let resp = Response::decode(&r, feature::V1).unwrap();
     assert_eq!((resp.opcode, resp.device, resp.tag), (2, 0, 0x77));
     // Next ANY skips the granted ones; AT elsewhere works.
     assert_eq!(
@@ -425,6 +427,7 @@ fn kinds_features_and_targets_are_checked() {
                 max: 1,
                 pasid: Some(5),
                 targets: &t,
+                targeting: Targeting::PerVector,
             }),
         ))
     };
@@ -443,7 +446,7 @@ fn kinds_features_and_targets_are_checked() {
     let (i, _) = info(&vm, 0);
     assert_eq!(i.kinds, KindSet::EMPTY.with(Kind::Ims));
     assert_eq!((i.msix_table_size, i.ims_slots), (0, 8));
-    vm.set_features(feature::ALL);
+    vm.set_features(feature::V1);
     assert_eq!(grants(&ims_pasid(&vm)).len(), 1);
     assert_eq!(vm.occupancy().held, 1);
 }
@@ -456,7 +459,7 @@ fn decode_errors_and_reply_space() {
     // Shorter than a header: zeros echoed.
     let h = vm.handle(&[2, 0, 0], &mut sink);
     assert_eq!(h.status, Some(Status::BadRequest));
-    let r = Response::decode(sink.bytes()).unwrap();
+    let r = Response::decode(sink.bytes(), feature::V1).unwrap();
     assert_eq!((r.opcode, r.device, r.tag), (0, 0, 0));
     assert_eq!(
         r.outcome,
@@ -471,7 +474,7 @@ fn decode_errors_and_reply_space() {
     bad[4] = 3;
     bad[8] = 0x55;
     vm.handle(&bad, &mut sink);
-    let r = Response::decode(sink.bytes()).unwrap();
+    let r = Response::decode(sink.bytes(), feature::V1).unwrap();
     assert_eq!((r.opcode, r.device, r.tag), (9, 3, 0x55));
     assert_eq!(
         r.outcome,
@@ -725,22 +728,25 @@ fn a_failed_reply_write_changes_nothing() {
         req(0, Operation::Alloc(Alloc::any(Kind::Msi, 1, &t))),
         req(
             0,
-            Operation::Free(IndexRange {
-                kind: Kind::MsiX,
-                first: 0,
-                count: 2,
-            }),
+            Operation::Free(
+                IndexRange {
+                    kind: Kind::MsiX,
+                    first: 0,
+                    count: 2,
+                }
+                .into(),
+            ),
         ),
         req(
             0,
-            Operation::Retarget(Retarget {
-                range: IndexRange {
+            Operation::Retarget(Retarget::run(
+                IndexRange {
                     kind: Kind::MsiX,
                     first: 0,
                     count: 2,
                 },
-                targets: &moved,
-            }),
+                &moved,
+            )),
         ),
         req(0, Operation::Reset),
     ];
@@ -748,7 +754,7 @@ fn a_failed_reply_write_changes_nothing() {
         let before = snapshot(&host, &[&vm]);
         let mut bytes = vec![0u8; request.encoded_len()];
         request.encode(&mut bytes).unwrap();
-        let mut sink = BufferSink::failing(request.max_response_len(), 1);
+        let mut sink = BufferSink::failing(request.max_response_len(feature::V1), 1);
         let h = vm.handle(&bytes, &mut sink);
         assert_eq!((h.used_len, h.status), (0, None), "{request}");
         assert_eq!(snapshot(&host, &[&vm]), before, "{request}");
@@ -769,26 +775,30 @@ fn sweep_requests(t: &[Target]) -> Vec<Request<'_>> {
                 max: 4,
                 pasid: Some(1),
                 targets: t,
+                targeting: Targeting::PerVector,
             }),
         ),
         req(
             0,
-            Operation::Free(IndexRange {
-                kind: Kind::MsiX,
-                first: 0,
-                count: 2,
-            }),
+            Operation::Free(
+                IndexRange {
+                    kind: Kind::MsiX,
+                    first: 0,
+                    count: 2,
+                }
+                .into(),
+            ),
         ),
         req(
             0,
-            Operation::Retarget(Retarget {
-                range: IndexRange {
+            Operation::Retarget(Retarget::run(
+                IndexRange {
                     kind: Kind::MsiX,
                     first: 0,
                     count: 2,
                 },
-                targets: &t[..2],
-            }),
+                &t[..2],
+            )),
         ),
         req(0, Operation::Reset),
     ]
@@ -1057,8 +1067,8 @@ mod properties {
                         } else { (min, max) };
                         let index = at.map_or(IndexSpec::Any, |a| if kind(k) == Kind::Msi { IndexSpec::At(0) } else { IndexSpec::At(a) });
                         let t = targets(max);
-                        let reply = vms[vm].call(&req(dev, Operation::Alloc(Alloc { kind: kind(k), index, min, max, pasid: None, targets: &t })));
-                        if let Outcome::Allocated { grants, .. } = Response::decode(&reply).unwrap().outcome {
+                        let reply = vms[vm].call(&req(dev, Operation::Alloc(Alloc { kind: kind(k), index, min, max, pasid: None, targets: &t, targeting: Targeting::PerVector })));
+                        if let Outcome::Allocated { grants, .. } = Response::decode(&reply, feature::V1).unwrap().outcome {
                             prop_assert!(grants.len() >= usize::from(min) && grants.len() <= usize::from(max));
                             if k == 2 {
                                 for g in grants { msgs[vm].insert((dev, g.index()), g.message()); }
@@ -1091,7 +1101,7 @@ mod properties {
                     }
                 };
                 prop_assert!(!reply.is_empty());
-                let resp = Response::decode(&reply).unwrap();
+                let resp = Response::decode(&reply, feature::V1).unwrap();
                 let occ = vms[v].occupancy();
                 prop_assert!(occ.held <= occ.quota);
                 match resp.outcome {

@@ -91,7 +91,7 @@ impl Vm {
         Ok(Vm {
             shared: Arc::new(VmShared {
                 state: Mutex::new(VmState {
-                    features: feature::ALL,
+                    features: feature::V1,
                     routes,
                     devices,
                     held: 0,
@@ -115,7 +115,7 @@ impl Vm {
         let Ok(len) = request.encode(&mut bytes) else {
             return Vec::new();
         };
-        let mut sink = transaction::BufferSink::new(request.max_response_len());
+        let mut sink = transaction::BufferSink::new(request.max_response_len(self.features()));
         let handled = self.handle(bytes.get(..len).unwrap_or_default(), &mut sink);
         if handled.used_len == 0 {
             Vec::new()

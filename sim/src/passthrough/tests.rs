@@ -7,7 +7,7 @@ use pvirq_host::routes::MemoryRoutes;
 use pvirq_host::{Vm, VmConfig};
 use pvirq_proto::{
     Alloc, Grant, IndexRange, IndexSpec, Kind, MsiMessage, Operation, Outcome, Request, Response,
-    Target,
+    Target, Targeting, feature,
 };
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -41,10 +41,11 @@ fn grant(vm: &Vm, handle: u32, kind: Kind, target: Target) -> Grant {
             max: 1,
             pasid: None,
             targets: &targets,
+            targeting: Targeting::PerVector,
         }),
     });
-    match Response::decode(&reply).unwrap().outcome {
-        Outcome::Allocated { grants, .. } => grants[0],
+    match Response::decode(&reply, feature::V1).unwrap().outcome {
+        Outcome::Allocated { grants, .. } => grants.get(0).unwrap().grant(),
         other => panic!("{other:?}"),
     }
 }
@@ -176,14 +177,17 @@ fn fire_sends_through_the_remapping_unit_and_masked_slots_stay_silent() {
     let reply = vm.call(&Request {
         device: 0,
         tag: 2,
-        op: Operation::Free(IndexRange {
-            kind: Kind::MsiX,
-            first: msix.index(),
-            count: 1,
-        }),
+        op: Operation::Free(
+            IndexRange {
+                kind: Kind::MsiX,
+                first: msix.index(),
+                count: 1,
+            }
+            .into(),
+        ),
     });
     assert!(matches!(
-        Response::decode(&reply).unwrap().outcome,
+        Response::decode(&reply, feature::V1).unwrap().outcome,
         Outcome::Freed { count: 1, .. }
     ));
     let err = a.fire(&host, msix_slot).unwrap_err();

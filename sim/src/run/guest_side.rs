@@ -108,6 +108,13 @@ impl GuestSide {
         let (at, index) = match a.index {
             IndexSpec::Any => (0, 0),
             IndexSpec::At(i) => (1, i),
+            // Scenarios cannot ask for it yet, and the guest image's mailbox has no word
+            // for it (issue 13).
+            IndexSpec::AnyContiguous => {
+                return Err(SimError::GuestReport(
+                    "any-contiguous is not in the mailbox",
+                ));
+            }
         };
         let list: Vec<u32> = a
             .targets

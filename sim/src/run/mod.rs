@@ -295,6 +295,7 @@ impl Runner<'_> {
     fn alloc(&mut self, vm: usize, a: &AllocStep) -> Result<Outcome, RunError> {
         let index = match a.index {
             IndexSpec::Any => String::from("any"),
+            IndexSpec::AnyContiguous => String::from("any-contiguous"),
             IndexSpec::At(i) => format!("@{i}"),
         };
         let count = if a.min == a.max {

@@ -10,7 +10,7 @@ use crate::scenario::{AllocStep, Dest, Fallback};
 use crate::{Channel, SimError};
 use pvirq_host::Vm;
 use pvirq_host::model::ModelHost;
-use pvirq_proto::{Alloc, Grant, IndexRange, MsiMessage, Refusal, Target};
+use pvirq_proto::{Alloc, Grant, IndexRange, MsiMessage, Refusal, Target, Targeting};
 
 /// How many requests one ALLOC step may send under a fallback policy.
 pub(super) const MAX_ATTEMPTS: u32 = 4;
@@ -59,6 +59,7 @@ impl Side {
                 max,
                 pasid: a.pasid,
                 targets: &targets,
+                targeting: Targeting::PerVector,
             };
             match channel.driver().alloc(a.device as u32, alloc, &mut grants) {
                 Ok(allocation) => {

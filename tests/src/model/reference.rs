@@ -3,8 +3,8 @@
 use super::scenario::{Answer, HostShape, VmShape, floor_pow2};
 use pvirq_host::DeviceSpec;
 use pvirq_proto::{
-    Alloc, DeviceInfo, Field, Grant, IndexRange, IndexSpec, Kind, KindSet, MsiMessage, Operation,
-    Refusal, RemappableMsi, Request, Resource, Retarget, Target, feature,
+    Alloc, DeviceInfo, Field, Grant, IndexRange, IndexSpec, Indices, Kind, KindSet, MsiMessage,
+    Operation, Refusal, RemappableMsi, Request, Resource, Retarget, RetargetTo, Target, feature,
 };
 use std::collections::{BTreeMap, HashMap};
 
@@ -180,13 +180,21 @@ impl Model {
         // §5.3 step 3: the only decode check a request that encodes can still fail.
         let count = match &request.op {
             Operation::Alloc(a) => a.max,
-            Operation::Free(r) => r.count,
-            Operation::Retarget(r) => r.range.count,
+            Operation::Free(indices) => indices.count(),
+            Operation::Retarget(r) => r.indices.count(),
             Operation::Query | Operation::Reset => 0,
         };
         if count > max_batch {
             return Answer::Refused(Refusal::BatchTooLarge {
                 max_batch: u32::from(max_batch),
+            });
+        }
+        // The host implements version 1 only: an extension's shape (the scenarios never
+        // make one) is refused as an undefined flag.
+        if request.required_features() & feature::EXTENSIONS != 0 {
+            return Answer::Refused(Refusal::BadRequest {
+                field: Field::Flags,
+                entry: 0,
             });
         }
         // Step 6.
@@ -197,8 +205,16 @@ impl Model {
         match &request.op {
             Operation::Query => self.query(v, d),
             Operation::Alloc(a) => self.alloc(v, d, a),
-            Operation::Free(r) => self.free(v, d, r),
-            Operation::Retarget(r) => self.retarget(v, d, r),
+            Operation::Free(Indices::Run(r)) => self.free(v, d, r),
+            Operation::Retarget(Retarget {
+                indices: Indices::Run(range),
+                to: RetargetTo::Targets(targets),
+            }) => self.retarget(v, d, range, targets),
+            // Extensions: refused above.
+            Operation::Free(_) | Operation::Retarget(_) => Answer::Refused(Refusal::BadRequest {
+                field: Field::Flags,
+                entry: 0,
+            }),
             Operation::Reset => {
                 let count = self.release(v, d, None);
                 Answer::Reset {
@@ -232,6 +248,7 @@ impl Model {
                 granted: dev.granted(),
                 vm_quota: vm.shape.quota,
                 available,
+                ext: None,
             },
             quota_remaining: vm.quota_left(),
         }
@@ -284,6 +301,13 @@ impl Model {
                 max
             }
             (_, IndexSpec::Any) => dev.free_slots(a.kind),
+            // An extension: refused in `apply`, as the host refuses it.
+            (_, IndexSpec::AnyContiguous) => {
+                return Answer::Refused(Refusal::BadRequest {
+                    field: Field::Flags,
+                    entry: 0,
+                });
+            }
         };
         // Step 10: resources.
         let supply = self.supply(v, d, a.kind, slots);
@@ -301,7 +325,7 @@ impl Model {
         let indices: Vec<u32> = match (a.kind, a.index) {
             (Kind::Msi, _) => (0..n).collect(),
             (_, IndexSpec::At(first)) => (first..first + n).collect(),
-            (_, IndexSpec::Any) => (0..size)
+            (_, IndexSpec::Any | IndexSpec::AnyContiguous) => (0..size)
                 .filter(|i| !table.contains_key(i))
                 .take(n as usize)
                 .collect(),
@@ -378,11 +402,11 @@ impl Model {
         }
     }
 
-    fn retarget(&mut self, v: usize, d: usize, r: &Retarget<'_>) -> Answer {
+    fn retarget(&mut self, v: usize, d: usize, range: &IndexRange, targets: &[Target]) -> Answer {
         let vm = &self.vms[v];
         let dev = &vm.devices[d];
         // Step 7, in its order: the kind, then the RETARGET feature.
-        if !vm.usable(dev, r.range.kind) {
+        if !vm.usable(dev, range.kind) {
             return Answer::Refused(Refusal::Unsupported { field: Field::Kind });
         }
         if vm.shape.features & feature::RETARGET == 0 {
@@ -391,28 +415,24 @@ impl Model {
             });
         }
         // Step 8 before step 9.
-        if let Some(entry) = r
-            .targets
-            .iter()
-            .position(|t| t.vcpu() >= vm.shape.num_vcpus)
-        {
+        if let Some(entry) = targets.iter().position(|t| t.vcpu() >= vm.shape.num_vcpus) {
             return Answer::Refused(Refusal::InvalidTarget {
                 field: Field::TargetVcpu,
                 entry: entry as u32,
             });
         }
-        let table = dev.table(r.range.kind);
-        if let Some(index) = r.range.indices().find(|i| !table.contains_key(i)) {
+        let table = dev.table(range.kind);
+        if let Some(index) = range.indices().find(|i| !table.contains_key(i)) {
             return Answer::Refused(Refusal::NotGranted { index });
         }
-        let table = self.vms[v].devices[d].table_mut(r.range.kind);
-        for (index, target) in r.range.indices().zip(r.targets) {
+        let table = self.vms[v].devices[d].table_mut(range.kind);
+        for (index, target) in range.indices().zip(targets) {
             if let Some(g) = table.get_mut(&index) {
                 g.target = *target;
             }
         }
         Answer::Retargeted {
-            count: u32::from(r.range.count),
+            count: u32::from(range.count),
             quota_remaining: self.vms[v].quota_left(),
         }
     }

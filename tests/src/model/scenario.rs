@@ -3,8 +3,8 @@
 
 use pvirq_host::DeviceSpec;
 use pvirq_proto::{
-    Alloc, DeviceInfo, Grant, IndexRange, IndexSpec, Kind, MAX_PASID, Operation, Outcome, Refusal,
-    Request, Response, Retarget, Target,
+    Alloc, DeviceInfo, Grant, IndexRange, IndexSpec, Indices, Kind, MAX_PASID, Operation, Outcome,
+    Refusal, Request, Response, Retarget, Target, Targeting, feature,
 };
 
 /// Largest count the protocol allows in one request.
@@ -232,7 +232,9 @@ impl Step {
         let (vm, device, op) = match self {
             Step::Query { vm, device } => (*vm, *device, Operation::Query),
             Step::Reset { vm, device } => (*vm, *device, Operation::Reset),
-            Step::Free { vm, device, range } => (*vm, *device, Operation::Free(*range)),
+            Step::Free { vm, device, range } => {
+                (*vm, *device, Operation::Free(Indices::Run(*range)))
+            }
             Step::Retarget {
                 vm,
                 device,
@@ -241,10 +243,7 @@ impl Step {
             } => (
                 *vm,
                 *device,
-                Operation::Retarget(Retarget {
-                    range: *range,
-                    targets,
-                }),
+                Operation::Retarget(Retarget::run(*range, targets)),
             ),
             Step::Alloc {
                 vm,
@@ -265,6 +264,7 @@ impl Step {
                     max: *max,
                     pasid: *pasid,
                     targets,
+                    targeting: Targeting::PerVector,
                 }),
             ),
             Step::ResetVm { .. } | Step::Fire { .. } => return None,
@@ -332,7 +332,7 @@ impl Answer {
         if bytes.is_empty() {
             return Answer::Silent;
         }
-        match Response::decode(bytes) {
+        match Response::decode(bytes, feature::V1) {
             Ok(r) => Answer::from_outcome(&r.outcome),
             Err(e) => Answer::Malformed(format!("{e:?}")),
         }
@@ -352,7 +352,7 @@ impl Answer {
                 grants,
                 quota_remaining,
             } => Answer::Allocated {
-                grants: grants.to_vec(),
+                grants: grants.iter().map(|g| g.grant()).collect(),
                 quota_remaining,
             },
             Outcome::Freed {
