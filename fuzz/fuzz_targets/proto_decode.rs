@@ -1,40 +1,10 @@
 //! Decodes arbitrary bytes as a request (against an arbitrary `max_batch`), a response and
 //! MSI messages. Decoding must never panic, and whatever decodes must re-encode to exactly
-//! the input: decoding is canonical.
+//! the input: decoding is canonical. Harness: `pvirq_fuzz_common::proto`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pvirq_proto::{CompatMsi, MsiMessage, RemappableMsi, Request, Response};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((batch, bytes)) = data.split_first_chunk::<2>() else {
-        return;
-    };
-    let max_batch = u16::from_le_bytes(*batch);
-    let mut out = vec![0u8; bytes.len()];
-    if let Ok(request) = Request::decode(bytes, max_batch) {
-        assert_eq!(request.encode(&mut out), Ok(bytes.len()));
-        assert_eq!(out, bytes);
-        assert!(request.max_response_len() >= pvirq_proto::RESPONSE_HEADER_LEN);
-    } else if let Err(error) = Request::decode(bytes, max_batch) {
-        // Every rejection maps to a refusal a device can send.
-        let (status, detail, info) = error.refusal().to_wire();
-        assert!(pvirq_proto::Refusal::from_wire(status, detail, info).is_some());
-    }
-    if let Ok(response) = Response::decode(bytes) {
-        assert_eq!(response.encode(&mut out), Ok(bytes.len()));
-        assert_eq!(out, bytes);
-    }
-    if let Some((address, rest)) = bytes.split_first_chunk::<8>()
-        && let Some((data, _)) = rest.split_first_chunk::<4>()
-    {
-        let message = MsiMessage {
-            address: u64::from_le_bytes(*address),
-            data: u32::from_le_bytes(*data),
-        };
-        if let Ok(remappable) = RemappableMsi::decode(message) {
-            assert_eq!(remappable.message(), message);
-        }
-        let _ = CompatMsi::decode(message);
-    }
+    pvirq_fuzz_common::proto::run(data);
 });

@@ -67,6 +67,7 @@
 
 pub mod backend;
 mod bitmap;
+mod check_set;
 pub mod device;
 pub mod error;
 pub mod grants;

@@ -7,14 +7,26 @@
 
 pub mod device;
 pub mod driver;
+pub mod memory;
 pub mod pool;
+pub mod proto;
+pub mod regression;
+pub mod snapshot;
+pub mod vfio;
 pub mod wire;
 
 use std::path::Path;
 use wire::Wire;
 
 /// Names of the fuzz targets, as `cargo fuzz run` takes them.
-pub const TARGETS: [&str; 4] = ["proto_decode", "device_queue", "pool_model", "guest_driver"];
+pub const TARGETS: [&str; 6] = [
+    "proto_decode",
+    "device_queue",
+    "pool_model",
+    "guest_driver",
+    "vfio_errno",
+    "snapshot_restore",
+];
 
 /// Seed files of `proto_decode`: a 2-byte `max_batch`, then a request or a response.
 pub fn proto_seeds() -> Vec<Vec<u8>> {
@@ -55,6 +67,14 @@ pub fn all_seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             "guest_driver",
             driver::seeds().iter().map(Wire::to_bytes).collect(),
         ),
+        (
+            "vfio_errno",
+            vfio::seeds().iter().map(Wire::to_bytes).collect(),
+        ),
+        (
+            "snapshot_restore",
+            snapshot::seeds().iter().map(Wire::to_bytes).collect(),
+        ),
     ]
 }
 
@@ -87,6 +107,8 @@ mod tests {
         roundtrip(&pool::seeds());
         roundtrip(&device::seeds());
         roundtrip(&driver::seeds());
+        roundtrip(&vfio::seeds());
+        roundtrip(&snapshot::seeds());
     }
 
     #[test]
@@ -109,6 +131,21 @@ mod tests {
             let ok = driver::run(seed);
             assert!(i == 1 || ok > 0, "driver seed {i}: no call succeeded");
         }
+        // The seeds that inject faults (1, 2 and 4) see requests refused under them.
+        for (i, seed) in vfio::seeds().iter().enumerate() {
+            let refused = vfio::run(seed);
+            let injects = seed.steps.iter().any(|s| s.fail_call + s.fail_route > 0);
+            assert_eq!(injects, [1, 2, 4].contains(&i), "vfio seed {i}");
+            assert_eq!(refused > 0, injects, "vfio seed {i}: {refused} refused");
+        }
+        // The saved states restore, through the VM and the device; the hostile ones not.
+        let restored: Vec<bool> = snapshot::seeds().iter().map(snapshot::run).collect();
+        assert_eq!(restored[0], true, "the VM snapshot restores");
+        assert_eq!(restored[4], true, "the device state restores");
+        assert!(
+            restored[6..].iter().all(|r| !r),
+            "a hostile state was restored: {restored:?}"
+        );
     }
 
     #[test]
@@ -136,6 +173,8 @@ mod tests {
             let _ = pool::PoolInput::from_bytes(data);
             let _ = device::DeviceInput::from_bytes(data);
             let _ = driver::DriverInput::from_bytes(data);
+            let _ = vfio::VfioInput::from_bytes(data);
+            let _ = snapshot::SnapshotInput::from_bytes(data);
         }
     }
 

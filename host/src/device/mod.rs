@@ -23,8 +23,8 @@ mod mmio_tests;
 pub mod persist;
 mod process;
 pub mod request;
-#[cfg(test)]
-pub(crate) mod test_utils;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

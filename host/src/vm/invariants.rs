@@ -10,10 +10,10 @@
 //! ([`crate::model::ModelHost::check_invariants`]).
 
 use super::{Vm, VmState};
+use crate::check_set::check_set;
 use crate::routes::RouteState;
 use crate::sync::lock;
 use pvirq_proto::{Kind, MIN_GUEST_VECTOR};
-use std::collections::HashSet;
 
 impl Vm {
     /// Checks the core's invariants; the list of violations if any.
@@ -30,7 +30,7 @@ impl Vm {
     pub(crate) fn violations(&self, st: &VmState) -> Vec<String> {
         let config = &self.shared.config;
         let mut errors = Vec::new();
-        let mut routes = HashSet::new();
+        let mut routes = check_set(st.held as usize);
         let mut total: u64 = 0;
         for (handle, dev) in st.devices.iter().enumerate() {
             for kind in Kind::ALL.iter().copied() {
