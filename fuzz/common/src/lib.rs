@@ -140,8 +140,8 @@ mod tests {
         }
         // The saved states restore, through the VM and the device; the hostile ones not.
         let restored: Vec<bool> = snapshot::seeds().iter().map(snapshot::run).collect();
-        assert_eq!(restored[0], true, "the VM snapshot restores");
-        assert_eq!(restored[4], true, "the device state restores");
+        assert!(restored[0], "the VM snapshot restores");
+        assert!(restored[4], "the device state restores");
         assert!(
             restored[6..].iter().all(|r| !r),
             "a hostile state was restored: {restored:?}"
@@ -175,6 +175,38 @@ mod tests {
             let _ = driver::DriverInput::from_bytes(data);
             let _ = vfio::VfioInput::from_bytes(data);
             let _ = snapshot::SnapshotInput::from_bytes(data);
+        }
+    }
+
+    /// The targets `cargo fuzz list` lists (the `[[bin]]`s of fuzz/Cargo.toml) are exactly
+    /// [`TARGETS`], and each has seeds: a new target cannot miss its corpus, or CI's smoke
+    /// run its seeds.
+    #[test]
+    fn every_fuzz_target_has_seeds() {
+        let manifest =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+                .unwrap();
+        let mut bins: Vec<&str> = manifest
+            .split("[[bin]]")
+            .skip(1)
+            .filter_map(|section| {
+                let line = section
+                    .lines()
+                    .find(|l| l.trim_start().starts_with("name"))?;
+                line.split('"').nth(1)
+            })
+            .collect();
+        bins.sort_unstable();
+        let mut targets = TARGETS.to_vec();
+        targets.sort_unstable();
+        assert_eq!(bins, targets);
+        let seeds = all_seeds();
+        for target in TARGETS {
+            let n = seeds
+                .iter()
+                .find(|(t, _)| *t == target)
+                .map_or(0, |(_, s)| s.len());
+            assert!(n > 0, "{target} has no seeds");
         }
     }
 
