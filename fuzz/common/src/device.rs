@@ -201,8 +201,8 @@ fn check(host: &ModelHost, when: &str) {
     }
 }
 
-/// Lays out and publishes what `input` describes in `rig`'s memory; the chains' heads and
-/// what was published after them.
+/// Lays out and publishes what `input` describes through `drv`; the chains' heads and
+/// what was published after them (what a republish offers again).
 fn lay_out(drv: &mut Driver<'_, DirtyMemory>, input: &DeviceInput) -> Vec<u16> {
     let mut heads = Vec::new();
     for c in &input.chains {

@@ -5,7 +5,9 @@
 //! - [`event_handler`]: the `event-manager` subscriber owning the queue eventfd;
 //! - [`mmio`]: the virtio-mmio v2 transport (a `vm-device` bus device);
 //! - [`persist`]: snapshot and restore;
-//! - [`metrics`]: counters for the VMM.
+//! - [`metrics`]: counters for the VMM;
+//! - `test_utils` (feature `test-utils`): the test driver the host's tests and the fuzz
+//!   targets share.
 
 // `device/device.rs` is Firecracker's layout, kept on purpose.
 #[cfg(test)]
