@@ -231,7 +231,16 @@ fn vfio_index(kind: Kind) -> Option<u32> {
 
 /// Every grant has a kernel trigger signalling its route, and (unless the kernel refused
 /// a detach) the kernel has no other trigger.
-fn check_backing(vm: &Vm, kernels: &[Kernel], fds: &[Arc<EventFd>], cpu: usize, when: &str) {
+/// Which step of the input a failed check is about (formatted only on failure).
+struct When<'a>(usize, &'a Request<'a>);
+
+impl std::fmt::Display for When<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "after step {} {:?}", self.0, self.1)
+    }
+}
+
+fn check_backing(vm: &Vm, kernels: &[Kernel], fds: &[Arc<EventFd>], cpu: usize, when: &When) {
     if let Err(errors) = vm.check_invariants() {
         panic!("VM invariants broken {when}: {errors:#?}");
     }
@@ -380,7 +389,7 @@ pub fn run(input: &VfioInput) -> usize {
             lock(k).inner.disarm();
         }
         plan.disarm();
-        let when = format!("after step {i} {request:?}");
+        let when = When(i, &request);
         check_backing(&vm, &kernels, &fds, cpu, &when);
         let was_refused = matches!(
             Response::decode(&reply).map(|r| r.outcome),
