@@ -60,8 +60,8 @@ final_stat() { grep -E "^stat::$1:" "$2" | awk '{print $2}'; }
     echo "- toolchain: $(rustc +nightly --version), $(cargo fuzz --version 2>/dev/null || echo cargo-fuzz)"
     echo "- commit: $(git -C "$fuzz_dir" rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo
-    echo "| target | executions | exec/s | cov | ft | corpus before | corpus after merge | crashes |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---|"
+    echo "| target | executions | exec/s | cov | ft | corpus before | after fuzzing | after merge | crashes |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
 } >"$report"
 
 crashed=0
@@ -78,6 +78,7 @@ for t in "${targets[@]}"; do
     [ "$seconds" -gt 0 ] && limits+=(-max_total_time="$seconds")
     status=0
     cargo +nightly fuzz run "$t" "$corpus" -- "${limits[@]}" >"$dir/fuzz.log" 2>&1 || status=$?
+    grown="$(files "$corpus") files, $(bytes "$corpus") B"
     # Merge into a fresh folder: the smallest set of inputs with the same coverage.
     cargo +nightly fuzz run "$t" "$dir/merged" "$corpus" -- -merge=1 -timeout=10 \
         -rss_limit_mb=2048 -artifact_prefix="$dir/artifacts/" >"$dir/merge.log" 2>&1 || true
@@ -101,7 +102,7 @@ for t in "${targets[@]}"; do
     else
         crashes="0"
     fi
-    echo "| \`$t\` | ${execs:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | $before | $after | $crashes |" >>"$report"
+    echo "| \`$t\` | ${execs:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | $before | $grown | $after | $crashes |" >>"$report"
 done
 
 {
