@@ -69,6 +69,7 @@
 
 pub mod backend;
 mod bitmap;
+mod check_set;
 pub mod config;
 pub mod device;
 pub mod error;

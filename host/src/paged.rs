@@ -3,13 +3,16 @@
 //! have a million slots and a few grants).
 //!
 //! A page that empties is freed, except the last one to empty, kept for reuse, so that
-//! taking and giving back one index over and over does not allocate each time.
+//! taking and giving back one index over and over does not allocate each time. Each page
+//! keeps a mask of its occupied slots, so that walking every value (what the invariant
+//! checks do after every request) costs the values held, not the pages' 32 slots each.
 
 /// Entries per page.
 const PAGE: usize = 32;
 
 #[derive(Debug)]
 struct Page<T> {
+    /// Bit `i`: slot `i` holds a value.
     used: u32,
     slots: [Option<T>; PAGE],
 }
@@ -19,6 +22,21 @@ impl<T> Page<T> {
         Box::new(Page {
             used: 0,
             slots: std::array::from_fn(|_| None),
+        })
+    }
+
+    /// The occupied slots' values, by ascending slot.
+    fn values(&self) -> impl Iterator<Item = (usize, &T)> + '_ {
+        let mut mask = self.used;
+        std::iter::from_fn(move || {
+            while mask != 0 {
+                let at = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                if let Some(Some(v)) = self.slots.get(at) {
+                    return Some((at, v));
+                }
+            }
+            None
         })
     }
 }
@@ -81,7 +99,7 @@ impl<T> PagedMap<T> {
             .get_or_insert_with(|| spare.take().unwrap_or_else(Page::empty));
         let previous = page.slots.get_mut(at)?.replace(value);
         if previous.is_none() {
-            page.used += 1;
+            page.used |= 1 << at;
             self.len += 1;
         }
         previous
@@ -93,7 +111,7 @@ impl<T> PagedMap<T> {
         let entry = self.pages.get_mut(p)?;
         let page = entry.as_deref_mut()?;
         let value = page.slots.get_mut(at)?.take()?;
-        page.used -= 1;
+        page.used &= !(1 << at);
         self.len -= 1;
         if page.used == 0 {
             let empty = entry.take();
@@ -107,12 +125,8 @@ impl<T> PagedMap<T> {
     /// Every value, by ascending index.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &T)> + '_ {
         self.pages.iter().enumerate().flat_map(|(p, page)| {
-            page.iter().flat_map(move |page| {
-                page.slots
-                    .iter()
-                    .enumerate()
-                    .filter_map(move |(i, v)| v.as_ref().map(|v| ((p * PAGE + i) as u32, v)))
-            })
+            page.iter()
+                .flat_map(move |page| page.values().map(move |(i, v)| ((p * PAGE + i) as u32, v)))
         })
     }
 

@@ -2,22 +2,28 @@
 //! and descriptor chains. Nothing may panic or hang; after every request the host's
 //! invariants hold; another VM on the same host is untouched; a device reset releases
 //! everything the VM held.
+//!
+//! The host, the bystander VM and the guest memory are built once per process ([`Rig`]);
+//! each input gets its own VM (its quota is part of the input) and device, and must leave
+//! the host holding exactly what the bystander holds, and the memory zero.
 
+use crate::memory::{DirtyMemory, ScratchMemory};
 use crate::wire::Blob;
 use crate::wire_struct;
-use pvirq_host::model::{ModelConfig, ModelHost};
-use pvirq_host::routes::MemoryRoutes;
-use pvirq_host::{DeviceSpec, MmioInterrupt, PvirqDevice, Vm, VmConfig};
+use pvirq_host::device::test_utils::{Buf, Driver, encode, vm};
+use pvirq_host::model::{HostOccupancy, ModelConfig, ModelHost, RemapConfig};
+use pvirq_host::{MmioInterrupt, PvirqDevice, Vm, VmOccupancy};
 use pvirq_proto::{
     Alloc, IndexRange, IndexSpec, Kind, Operation, Request, Retarget, Target, Targeting, feature,
 };
+use std::cell::RefCell;
 use std::sync::Arc;
 use virtio_queue::Queue;
-use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use virtio_queue::desc::{RawDescriptor, split::Descriptor};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-/// Guest memory: rings from 0, data from [`DATA`].
+/// Guest memory: 1 MiB.
 pub const MEM_SIZE: u64 = 1 << 20;
 const DATA: u64 = 0x4000;
 /// Hang guard: `process_queue(1)` calls per round (a queue holds at most 256 chains).
@@ -91,27 +97,102 @@ wire_struct! {
     }
 }
 
-fn spec(requester_id: u16) -> DeviceSpec {
-    DeviceSpec {
-        requester_id,
-        msi_max: 8,
-        msix_table_size: 64,
-        ims_slots: 64,
+/// Guest memory: rings from 0, buffers from [`DATA`].
+const DATA_AREA: std::ops::Range<u64> = DATA..MEM_SIZE;
+
+/// The host's IRTEs per unit: the fuzzed VM's quota is at most 255 and the bystander holds
+/// 2, so no input can tell this table from VT-d's 65,536 entries (allocation is lowest
+/// first), and the table is built once per process anyway.
+const IRTES: u32 = 1024;
+
+/// What every input runs against, built once per process: the host, a bystander VM holding
+/// grants of its own, the guest memory and the queue eventfd. Each input must hand all of
+/// it back as it found it, which [`Rig::check_returned`] checks.
+struct Rig {
+    host: ModelHost,
+    bystander: Vm,
+    /// The bystander's occupancy and grants, which no input may change.
+    bystander_state: (VmOccupancy, Grants, Grants),
+    /// What the host holds with only the bystander's grants.
+    baseline: HostOccupancy,
+    memory: ScratchMemory,
+    atomic: GuestMemoryAtomic<DirtyMemory>,
+    /// Given to the device at activation and taken back at its reset.
+    evt: Option<EventFd>,
+}
+
+type FuzzDevice = PvirqDevice<GuestMemoryAtomic<DirtyMemory>>;
+
+type Grants = Vec<(Kind, u32, pvirq_host::grants::GrantRecord)>;
+
+impl Rig {
+    fn new() -> Self {
+        let host = ModelHost::new(&ModelConfig {
+            remap: RemapConfig {
+                units: 1,
+                entries_per_unit: IRTES,
+            },
+            ..ModelConfig::default()
+        })
+        .expect("the fuzz host");
+        let bystander = vm(&host, 0x200, 8);
+        let targets = [Target::new(1, 0x50), Target::new(0, 0x51)];
+        bystander.call(&Request {
+            device: 0,
+            tag: 1,
+            op: Operation::Alloc(Alloc::any(Kind::MsiX, 2, &targets)),
+        });
+        let bystander_state = (
+            bystander.occupancy(),
+            bystander.grants(0),
+            bystander.grants(1),
+        );
+        assert_eq!(bystander_state.0.held, 2, "the bystander holds its grants");
+        let memory = ScratchMemory::new(MEM_SIZE);
+        let atomic = GuestMemoryAtomic::new(memory.mem().clone());
+        Rig {
+            baseline: host.occupancy(),
+            host,
+            bystander,
+            bystander_state,
+            memory,
+            atomic,
+            evt: None,
+        }
+    }
+
+    /// After an input: the bystander untouched, the host back to the bystander's
+    /// holdings with no other VM, the guest memory zero again.
+    fn check_returned(&self) {
+        check(&self.host, "after the input");
+        assert_eq!(
+            (
+                self.bystander.occupancy(),
+                self.bystander.grants(0),
+                self.bystander.grants(1)
+            ),
+            self.bystander_state,
+            "the fuzzed VM changed another VM's grants"
+        );
+        let now = self.host.occupancy();
+        assert_eq!(
+            (&now.units, now.vectors_used, now.vectors_free),
+            (
+                &self.baseline.units,
+                self.baseline.vectors_used,
+                self.baseline.vectors_free
+            ),
+            "the host holds more than the bystander's grants"
+        );
+        assert_eq!(now.vms, 1, "a VM outlived its input");
+        if cfg!(test) {
+            assert!(self.memory.is_zero(), "guest memory not zero after reset");
+        }
     }
 }
 
-fn vm(host: &ModelHost, base: u16, quota: u32) -> Vm {
-    host.create_vm(
-        VmConfig {
-            quota,
-            num_vcpus: 2,
-            max_batch: 64,
-            devices: vec![spec(base), spec(base + 1)],
-            ..VmConfig::default()
-        },
-        Box::new(MemoryRoutes::kvm_like()),
-    )
-    .expect("a valid VM")
+thread_local! {
+    static RIG: RefCell<Rig> = RefCell::new(Rig::new());
 }
 
 fn check(host: &ModelHost, when: &str) {
@@ -120,109 +201,73 @@ fn check(host: &ModelHost, when: &str) {
     }
 }
 
-struct Layout<'a> {
-    mem: &'a GuestMemoryMmap,
-    size: u16,
-    next_desc: u16,
-    next_data: u64,
-    heads: Vec<u16>,
+/// Lays out and publishes what `input` describes through `drv`; the chains' heads and
+/// what was published after them (what a republish offers again).
+fn lay_out(drv: &mut Driver<'_, DirtyMemory>, input: &DeviceInput) -> Vec<u16> {
+    let mut heads = Vec::new();
+    for c in &input.chains {
+        match chain(drv, c) {
+            Some(head) => heads.push(head),
+            None => break,
+        }
+    }
+    for d in &input.descs {
+        let raw = Descriptor::new(u64::from(d.addr), d.len, d.flags, d.next);
+        drv.write_desc_wrapping(d.index, RawDescriptor::from(raw));
+    }
+    for head in &input.avail {
+        drv.publish(*head);
+    }
+    let idx = drv.avail_idx();
+    drv.set_avail_idx(idx.wrapping_add(input.avail_extra));
+    let mem = drv.mem;
+    for p in &input.pokes {
+        let addr = u64::from(p.addr) % MEM_SIZE;
+        let n = (p.bytes.0.len() as u64).min(MEM_SIZE - addr) as usize;
+        let _ = mem.write_slice(&p.bytes.0[..n], GuestAddress(addr));
+    }
+    heads.extend(&input.avail);
+    heads
 }
 
-impl Layout<'_> {
-    fn data(&mut self, len: u64) -> Option<u64> {
-        let addr = self.next_data;
-        let end = addr.checked_add(len.max(1).next_multiple_of(64))?;
-        if end > MEM_SIZE {
-            return None;
-        }
-        self.next_data = end;
-        Some(addr)
+/// Lays one well-formed chain out and offers it; `None` when the table or the data area
+/// is full.
+fn chain(drv: &mut Driver<'_, DirtyMemory>, c: &ChainIn) -> Option<u16> {
+    let req = &c.request.0;
+    let split = usize::from(c.split) % (req.len() + 1);
+    let parts: Vec<&[u8]> = if split == 0 {
+        vec![req]
+    } else {
+        vec![&req[..split], &req[split..]]
+    };
+    let mut bufs: Vec<Buf> = Vec::new();
+    for part in &parts {
+        let addr = drv.try_alloc(part.len() as u32)?;
+        let _ = drv.mem.write_slice(part, GuestAddress(addr));
+        bufs.push(Buf {
+            addr,
+            len: part.len() as u32,
+            write: false,
+        });
     }
-
-    fn desc(&self, q: &MockSplitQueue<'_, GuestMemoryMmap>, index: u16, d: [u64; 4]) {
-        let at = q.desc_table_addr().0 + 16 * u64::from(index % self.size);
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&d[0].to_le_bytes());
-        raw[8..12].copy_from_slice(&(d[1] as u32).to_le_bytes());
-        raw[12..14].copy_from_slice(&(d[2] as u16).to_le_bytes());
-        raw[14..].copy_from_slice(&(d[3] as u16).to_le_bytes());
-        let _ = self.mem.write_slice(&raw, GuestAddress(at));
+    for len in &c.replies {
+        let addr = drv.try_alloc(u32::from(*len))?;
+        bufs.push(Buf {
+            addr,
+            len: u32::from(*len),
+            write: true,
+        });
     }
-
-    /// Lays one chain out; `false` when the table or the data area is full.
-    fn chain(&mut self, q: &MockSplitQueue<'_, GuestMemoryMmap>, c: &ChainIn) -> bool {
-        let req = &c.request.0;
-        let split = usize::from(c.split) % (req.len() + 1);
-        let mut bufs: Vec<(u64, u64, bool)> = Vec::new();
-        let parts: Vec<&[u8]> = if split == 0 {
-            vec![req]
-        } else {
-            vec![&req[..split], &req[split..]]
-        };
-        for part in parts {
-            let Some(addr) = self.data(part.len() as u64) else {
-                return false;
-            };
-            let _ = self.mem.write_slice(part, GuestAddress(addr));
-            bufs.push((addr, part.len() as u64, false));
-        }
-        for len in &c.replies {
-            let Some(addr) = self.data(u64::from(*len)) else {
-                return false;
-            };
-            bufs.push((addr, u64::from(*len), true));
-        }
-        if c.order & 1 == 1 && bufs.len() > 1 && bufs.last().is_some_and(|b| b.2) {
-            let w = bufs.remove(parts_len(split));
-            bufs.insert(0, w);
-        }
-        let n = bufs.len() as u32;
-        if u32::from(self.next_desc) + n > u32::from(self.size) {
-            return false;
-        }
-        let head = self.next_desc;
-        for (i, (addr, len, write)) in bufs.iter().enumerate() {
-            let index = head + i as u16;
-            let mut flags = if *write { F_WRITE } else { 0 };
-            if i + 1 < bufs.len() {
-                flags |= F_NEXT;
-            }
-            self.desc(
-                q,
-                index,
-                [*addr, *len, u64::from(flags), u64::from(index + 1)],
-            );
-        }
-        self.next_desc += n as u16;
-        self.heads.push(head);
-        true
+    if c.order & 1 == 1 && bufs.len() > 1 && bufs.last().is_some_and(|b| b.write) {
+        let w = bufs.remove(parts.len());
+        bufs.insert(0, w);
     }
-}
-
-fn parts_len(split: usize) -> usize {
-    if split == 0 { 1 } else { 2 }
-}
-
-fn publish(
-    mem: &GuestMemoryMmap,
-    q: &MockSplitQueue<'_, GuestMemoryMmap>,
-    size: u16,
-    entries: &[u16],
-    extra: u16,
-) {
-    let avail = q.avail_addr().0;
-    let idx: u16 = mem.read_obj(GuestAddress(avail + 2)).unwrap_or(0);
-    for (k, head) in entries.iter().enumerate() {
-        let slot = idx.wrapping_add(k as u16) % size;
-        let _ = mem.write_obj(*head, GuestAddress(avail + 4 + 2 * u64::from(slot)));
-    }
-    let new = idx.wrapping_add(entries.len() as u16).wrapping_add(extra);
-    let _ = mem.write_obj(new, GuestAddress(avail + 2));
+    drv.try_offer(&bufs)
 }
 
 /// Processes one chain at a time until the queue is idle, checking the invariants after
 /// every request; how many chains were returned.
-fn drain(dev: &mut PvirqDevice, host: &ModelHost) -> usize {
+fn drain(dev: &mut FuzzDevice, host: &ModelHost) -> usize {
     let mut chains = 0;
     for _ in 0..MAX_CALLS {
         let done = dev.process_queue(0, 1);
@@ -237,94 +282,60 @@ fn drain(dev: &mut PvirqDevice, host: &ModelHost) -> usize {
 
 /// Runs one input; how many chains the device returned.
 pub fn run(input: &DeviceInput) -> usize {
-    let host = ModelHost::new(&ModelConfig::default()).expect("default host");
-    // A bystander VM with grants of its own: nothing the fuzzed VM does may touch them.
-    let other = vm(&host, 0x200, 8);
-    let targets = [Target::new(1, 0x50), Target::new(0, 0x51)];
-    other.call(&Request {
-        device: 0,
-        tag: 1,
-        op: Operation::Alloc(Alloc::any(Kind::MsiX, 2, &targets)),
-    });
-    let other_before = (other.occupancy(), other.grants(0), other.grants(1));
-    let vm = vm(&host, 0x100, u32::from(input.quota));
+    RIG.with_borrow_mut(|rig| {
+        let chains = run_on(rig, input);
+        rig.memory.reset(None);
+        rig.check_returned();
+        chains
+    })
+}
 
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
-        .expect("guest memory");
-    let size = 1u16 << (input.queue_size % 9);
-    let q = MockSplitQueue::new(&mem, size);
-    let mut layout = Layout {
-        mem: &mem,
-        size,
-        next_desc: 0,
-        next_data: DATA,
-        heads: Vec::new(),
-    };
-    for c in &input.chains {
-        if !layout.chain(&q, c) {
-            break;
-        }
+fn run_on(rig: &mut Rig, input: &DeviceInput) -> usize {
+    // A VM per input (its quota is part of the input): building one costs little next to
+    // the host, and everything it allocated is freed with it, which keeps libFuzzer's
+    // malloc/free balance (its leak check reruns any input that ends with more mallocs).
+    let mut dev = PvirqDevice::new(vm(&rig.host, 0x100, u32::from(input.quota))).expect("device");
+    let chains = run_device(rig, &mut dev, input);
+    if let Some(mut parts) = dev.reset() {
+        rig.evt = parts.queue_evts.pop();
     }
-    for d in &input.descs {
-        layout.desc(
-            &q,
-            d.index,
-            [
-                u64::from(d.addr),
-                u64::from(d.len),
-                u64::from(d.flags),
-                u64::from(d.next),
-            ],
-        );
-    }
-    let mut entries = layout.heads.clone();
-    entries.extend(&input.avail);
-    publish(&mem, &q, size, &entries, input.avail_extra);
-    for p in &input.pokes {
-        let addr = u64::from(p.addr) % MEM_SIZE;
-        let n = (p.bytes.0.len() as u64).min(MEM_SIZE - addr) as usize;
-        let _ = mem.write_slice(&p.bytes.0[..n], GuestAddress(addr));
-    }
-
-    let irq = Arc::new(MmioInterrupt::new());
-    let mut dev = PvirqDevice::new(vm.clone()).expect("device");
-    let Ok(queue) = q.create_queue::<Queue>() else {
-        return 0;
-    };
-    dev.ack_features(feature::V1 & !u64::from(input.features_off & 0x1F));
-    let evt = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-    let atomic = GuestMemoryAtomic::new(mem.clone());
-    if dev.activate(atomic, irq, vec![queue], vec![evt]).is_err() {
-        return 0;
-    }
-    let mut chains = drain(&mut dev, &host);
-    for _ in 0..input.republish % 4 {
-        // The driver offers the same chains again (heads the device already returned).
-        publish(&mem, &q, size, &entries, 0);
-        chains += drain(&mut dev, &host);
-    }
-
+    check(&rig.host, "after the device reset");
     assert_eq!(
-        (other.occupancy(), other.grants(0), other.grants(1)),
-        other_before,
-        "the fuzzed VM changed another VM's grants"
-    );
-    dev.reset();
-    check(&host, "after the device reset");
-    assert_eq!(vm.occupancy().held, 0, "device reset left grants behind");
-    assert_eq!(
-        host.occupancy().vectors_used,
-        other_before.0.held,
-        "device reset left host vectors behind"
+        dev.vm().occupancy().held,
+        0,
+        "device reset left grants behind"
     );
     chains
 }
 
-fn encode(request: &Request<'_>) -> Vec<u8> {
-    let mut bytes = vec![0u8; request.encoded_len()];
-    let n = request.encode(&mut bytes).expect("a seed request encodes");
-    bytes.truncate(n);
-    bytes
+fn run_device(rig: &mut Rig, dev: &mut FuzzDevice, input: &DeviceInput) -> usize {
+    let size = 1u16 << (input.queue_size % 9);
+    let mut drv = Driver::with_data(rig.memory.mem(), size, DATA_AREA);
+    let entries = lay_out(&mut drv, input);
+    let Ok(queue) = drv.q.create_queue::<Queue>() else {
+        return 0;
+    };
+    dev.ack_features(feature::V1 & !u64::from(input.features_off & 0x1F));
+    let evt = match rig.evt.take() {
+        Some(evt) => evt,
+        None => EventFd::new(EFD_NONBLOCK).expect("eventfd"),
+    };
+    let irq = Arc::new(MmioInterrupt::new());
+    if dev
+        .activate(rig.atomic.clone(), irq, vec![queue], vec![evt])
+        .is_err()
+    {
+        return 0;
+    }
+    let mut chains = drain(dev, &rig.host);
+    for _ in 0..input.republish % 4 {
+        // The driver offers the same chains again (heads the device already returned).
+        for head in &entries {
+            drv.publish(*head);
+        }
+        chains += drain(dev, &rig.host);
+    }
+    chains
 }
 
 /// Representative requests (also seeds of `proto_decode`).

@@ -5,16 +5,21 @@
 //! promises (grant counts within `min..=max`, MSI powers of two, fixed indices in order,
 //! FREE/RETARGET counts equal to the run).
 
+use crate::memory::{DirtyMemory, ScratchMemory};
 use crate::wire::Blob;
 use crate::wire_struct;
 use pvirq_guest::test_utils::GuestMemoryHal;
-use pvirq_guest::{Driver, Options, QueueAddrs, Transport};
+use pvirq_guest::{Driver, Hal, Options, PAGE_SIZE, PhysAddr, QueueAddrs, Transport};
 use pvirq_proto::{
     DeviceInfo, Grant, GrantSlice, IndexRange, IndexSpec, Kind, KindSet, Negotiated, Operation,
     Outcome, Refusal, RemappableMsi, Request, Response, Target, Targeting, feature,
 };
+use std::cell::Cell;
 use std::collections::VecDeque;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use std::ptr::NonNull;
+use std::rc::Rc;
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{Bytes, GuestAddress};
 
 const MEM_SIZE: usize = 4 << 20;
 const DMA_BASE: u64 = 1 << 20;
@@ -91,7 +96,7 @@ wire_struct! {
 }
 
 struct Fake {
-    mem: GuestMemoryMmap,
+    mem: DirtyMemory,
     status: u8,
     offered: u64,
     config: [u8; 16],
@@ -361,7 +366,36 @@ fn kind(byte: u8) -> Kind {
     }
 }
 
-type FuzzDriver = Driver<GuestMemoryHal, FakeTransport>;
+/// The guest memory HAL, which also notes the end of the highest page it handed out: the
+/// driver writes those pages through host pointers, which the dirty log does not see, so
+/// the harness zeroes them itself afterwards.
+struct TrackedHal {
+    inner: GuestMemoryHal<AtomicBitmap>,
+    high: Rc<Cell<u64>>,
+}
+
+// SAFETY: every allocation is the inner HAL's, with its guarantees; noting where it ends
+// changes nothing about the memory handed out.
+unsafe impl Hal for TrackedHal {
+    fn dma_alloc(&self, pages: usize) -> Option<(PhysAddr, NonNull<u8>)> {
+        let (paddr, vaddr) = self.inner.dma_alloc(pages)?;
+        let end = paddr.saturating_add((pages.saturating_mul(PAGE_SIZE)) as u64);
+        self.high.set(self.high.get().max(end));
+        Some((paddr, vaddr))
+    }
+
+    unsafe fn dma_dealloc(&self, paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) {
+        // SAFETY: the caller's promises are the inner HAL's preconditions.
+        unsafe { self.inner.dma_dealloc(paddr, vaddr, pages) }
+    }
+}
+
+type FuzzDriver = Driver<TrackedHal, FakeTransport>;
+
+thread_local! {
+    /// Guest memory, mapped once per process and zero again after every input.
+    static MEMORY: ScratchMemory = ScratchMemory::new(MEM_SIZE as u64);
+}
 
 /// One call; whether it succeeded.
 fn call(driver: &mut FuzzDriver, op: &OpIn) -> bool {
@@ -456,8 +490,18 @@ fn call(driver: &mut FuzzDriver, op: &OpIn) -> bool {
 
 /// Runs one input; how many calls succeeded.
 pub fn run(input: &DriverInput) -> usize {
-    let mem =
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
+    MEMORY.with(|memory| {
+        let high = Rc::new(Cell::new(DMA_BASE));
+        let ok = run_in(memory.mem(), &high, input);
+        memory.reset(Some(DMA_BASE..high.get()));
+        if cfg!(test) {
+            assert!(memory.is_zero(), "guest memory not zero after the input");
+        }
+        ok
+    })
+}
+
+fn run_in(mem: &DirtyMemory, high: &Rc<Cell<u64>>, input: &DriverInput) -> usize {
     let mut offered = feature::V1 & !u64::from(input.features_off & 0x1F);
     if input.features_off & 0x80 != 0 {
         offered &= !feature::VERSION_1;
@@ -485,7 +529,14 @@ pub fn run(input: &DriverInput) -> usize {
         interrupt: 0,
         replies: input.replies.iter().cloned().collect(),
     };
-    let hal = GuestMemoryHal::new(mem, GuestAddress(DMA_BASE), MEM_SIZE as u64 - DMA_BASE);
+    let hal = TrackedHal {
+        inner: GuestMemoryHal::new(
+            mem.clone(),
+            GuestAddress(DMA_BASE),
+            MEM_SIZE as u64 - DMA_BASE,
+        ),
+        high: Rc::clone(high),
+    };
     let options = Options {
         features: feature::V1,
         max_batch: if input.option_batch == 0 {

@@ -5,7 +5,9 @@
 //! - [`event_handler`]: the `event-manager` subscriber owning the queue eventfd;
 //! - [`mmio`]: the virtio-mmio v2 transport (a `vm-device` bus device);
 //! - [`persist`]: snapshot and restore;
-//! - [`metrics`]: counters for the VMM.
+//! - [`metrics`]: counters for the VMM;
+//! - `test_utils` (feature `test-utils`): the test driver the host's tests and the fuzz
+//!   targets share.
 
 // `device/device.rs` is Firecracker's layout, kept on purpose.
 #[cfg(test)]
@@ -25,8 +27,8 @@ pub mod persist;
 mod persist_tests;
 mod process;
 pub mod request;
-#[cfg(test)]
-pub(crate) mod test_utils;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -1,5 +1,20 @@
-//! Test driver: writes requests and chains into guest memory through virtio-queue's
-//! `MockSplitQueue`, and reads back used entries and replies.
+//! Test support (feature `test-utils`, as `virtio-queue` ships its mock): a driver that
+//! writes requests and chains into guest memory through virtio-queue's `MockSplitQueue`
+//! and reads back used entries and replies, a register-level virtio-mmio driver, and the
+//! host and VM shapes the device tests use. The host's own tests and the fuzz targets
+//! (`fuzz/common`) share it.
+//!
+//! The `try_*` methods say `None` where their plain twins panic (a full table, a full data
+//! area): a fuzz harness lays out whatever its input describes and stops where it no longer
+//! fits.
+// Test support, never on a path a guest reaches: a helper that cannot do what the test
+// asked fails that test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use super::device::PvirqDevice;
 use super::mmio::{MmioInterrupt, MmioTransport, NotifyMode};
@@ -8,32 +23,36 @@ use crate::model::{ModelConfig, ModelHost};
 use crate::routes::MemoryRoutes;
 use crate::vm::Vm;
 use pvirq_proto::{Request, feature};
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_config::*;
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{RawDescriptor, split::Descriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// The address space the device tests give the device.
-pub(crate) type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
+pub type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 
 /// `mem` as the device's address space.
-pub(crate) fn atomic(mem: &GuestMemoryMmap) -> Mem {
+pub fn atomic(mem: &GuestMemoryMmap) -> Mem {
     GuestMemoryAtomic::new(mem.clone())
 }
 
-/// Guest memory: 4 MiB from 0. Rings at 0, data from 1 MiB.
-pub(crate) const MEM_SIZE: u64 = 4 << 20;
-pub(crate) const DATA: u64 = 1 << 20;
+/// Size of [`guest_memory`]: 4 MiB from 0.
+pub const MEM_SIZE: u64 = 4 << 20;
+/// Where [`Driver::new`] puts request and reply buffers: from 1 MiB (the rings sit at 0).
+pub const DATA: u64 = 1 << 20;
 
-pub(crate) fn guest_memory() -> GuestMemoryMmap {
+/// Guest memory of [`MEM_SIZE`] bytes from 0.
+pub fn guest_memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
 }
 
-pub(crate) fn spec(requester_id: u16) -> DeviceSpec {
+/// An assigned device with every kind: 8 MSI, 64 MSI-X, 64 IMS slots.
+pub fn spec(requester_id: u16) -> DeviceSpec {
     DeviceSpec {
         requester_id,
         msi_max: 8,
@@ -42,7 +61,9 @@ pub(crate) fn spec(requester_id: u16) -> DeviceSpec {
     }
 }
 
-pub(crate) fn vm(host: &ModelHost, base: u16, quota: u32) -> Vm {
+/// A VM of two vCPUs and two devices ([`spec`] at requester IDs `base` and `base + 1`),
+/// `max_batch` 64, KVM-like in-memory routes.
+pub fn vm(host: &ModelHost, base: u16, quota: u32) -> Vm {
     host.create_vm(
         VmConfig {
             quota,
@@ -56,12 +77,13 @@ pub(crate) fn vm(host: &ModelHost, base: u16, quota: u32) -> Vm {
     .unwrap()
 }
 
-pub(crate) fn host() -> ModelHost {
+/// The default modelled host (one VT-d unit of 65,536 IRTEs).
+pub fn host() -> ModelHost {
     ModelHost::new(&ModelConfig::default()).unwrap()
 }
 
 /// A device over `vm`, activated on `q`'s queue with every feature.
-pub(crate) fn active_device(
+pub fn active_device(
     vm: Vm,
     mem: &GuestMemoryMmap,
     q: &MockSplitQueue<'_, GuestMemoryMmap>,
@@ -77,51 +99,85 @@ pub(crate) fn active_device(
 }
 
 /// Encodes a request.
-pub(crate) fn encode(request: &Request<'_>) -> Vec<u8> {
+pub fn encode(request: &Request<'_>) -> Vec<u8> {
     let mut bytes = vec![0u8; request.encoded_len()];
-    request.encode(&mut bytes).unwrap();
+    let n = request.encode(&mut bytes).unwrap();
+    bytes.truncate(n);
     bytes
 }
 
-/// A driver-side view of one queue in guest memory.
-pub(crate) struct Driver<'a> {
-    pub(crate) mem: &'a GuestMemoryMmap,
-    pub(crate) q: MockSplitQueue<'a, GuestMemoryMmap>,
+/// A driver-side view of one queue in guest memory `M`: the rings at 0, buffers taken in
+/// order from a data area.
+pub struct Driver<'a, M: GuestMemory = GuestMemoryMmap> {
+    /// The guest memory.
+    pub mem: &'a M,
+    /// The queue's rings.
+    pub q: MockSplitQueue<'a, M>,
+    size: u16,
     next_desc: u16,
     next_data: u64,
-    chains: u16,
+    data_end: u64,
 }
 
 /// A buffer of a chain: where, how long, writable or not.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Buf {
-    pub(crate) addr: u64,
-    pub(crate) len: u32,
-    pub(crate) write: bool,
+pub struct Buf {
+    /// Guest address.
+    pub addr: u64,
+    /// Length.
+    pub len: u32,
+    /// Whether the device writes it.
+    pub write: bool,
 }
 
-impl<'a> Driver<'a> {
-    pub(crate) fn new(mem: &'a GuestMemoryMmap, size: u16) -> Self {
+impl<'a, M: GuestMemory> Driver<'a, M> {
+    /// A queue of `size` at 0, buffers from [`DATA`] to [`MEM_SIZE`].
+    pub fn new(mem: &'a M, size: u16) -> Self {
+        Self::with_data(mem, size, DATA..MEM_SIZE)
+    }
+
+    /// A queue of `size` at 0, buffers within `data`.
+    pub fn with_data(mem: &'a M, size: u16, data: Range<u64>) -> Self {
         Driver {
             mem,
             q: MockSplitQueue::new(mem, size),
+            size,
             next_desc: 0,
-            next_data: DATA,
-            chains: 0,
+            next_data: data.start,
+            data_end: data.end,
         }
     }
 
-    /// Space for `len` bytes in the data area.
-    pub(crate) fn alloc(&mut self, len: u32) -> u64 {
-        let addr = self.next_data;
-        self.next_data += u64::from(len).max(1).next_multiple_of(64);
-        assert!(self.next_data < MEM_SIZE);
-        addr
+    /// The queue size.
+    pub fn size(&self) -> u16 {
+        self.size
     }
 
-    /// Offers one chain of `bufs`, linked in order. Returns the head index.
-    pub(crate) fn offer(&mut self, bufs: &[Buf]) -> u16 {
+    /// Space for `len` bytes in the data area (64-byte aligned); `None` if it is full.
+    pub fn try_alloc(&mut self, len: u32) -> Option<u64> {
+        let addr = self.next_data;
+        let end = addr.checked_add(u64::from(len).max(1).next_multiple_of(64))?;
+        if end > self.data_end {
+            return None;
+        }
+        self.next_data = end;
+        Some(addr)
+    }
+
+    /// [`Driver::try_alloc`], which must fit.
+    pub fn alloc(&mut self, len: u32) -> u64 {
+        self.try_alloc(len).expect("the data area is full")
+    }
+
+    /// Offers one chain of `bufs`, linked in order, in the next free table entries, and
+    /// makes it available. The head index; `None` (nothing written) if the table has no
+    /// room for it.
+    pub fn try_offer(&mut self, bufs: &[Buf]) -> Option<u16> {
         let first = self.next_desc;
+        let end = usize::from(first) + bufs.len();
+        if end > usize::from(self.size) {
+            return None;
+        }
         let descs: Vec<RawDescriptor> = bufs
             .iter()
             .enumerate()
@@ -138,23 +194,26 @@ impl<'a> Driver<'a> {
                 RawDescriptor::from(Descriptor::new(b.addr, b.len, flags, first + i as u16 + 1))
             })
             .collect();
-        self.q.add_desc_chains(&descs, first).unwrap();
-        self.next_desc += bufs.len() as u16;
-        self.chains += 1;
-        first
+        self.q.add_desc_chains(&descs, first).ok()?;
+        self.next_desc = end as u16;
+        Some(first)
+    }
+
+    /// [`Driver::try_offer`], which must fit.
+    pub fn offer(&mut self, bufs: &[Buf]) -> u16 {
+        self.try_offer(bufs).expect("the descriptor table is full")
     }
 
     /// Offers raw descriptors (table index `first..`) as one chain headed at `first`.
-    pub(crate) fn offer_raw(&mut self, descs: &[RawDescriptor]) {
+    pub fn offer_raw(&mut self, descs: &[RawDescriptor]) {
         let first = self.next_desc;
         self.q.add_desc_chains(descs, first).unwrap();
         self.next_desc += descs.len() as u16;
-        self.chains += 1;
     }
 
     /// Offers a request with one readable buffer and writable buffers of `reply_lens`.
     /// Returns the writable buffers.
-    pub(crate) fn send(&mut self, request: &[u8], reply_lens: &[u32]) -> Vec<Buf> {
+    pub fn send(&mut self, request: &[u8], reply_lens: &[u32]) -> Vec<Buf> {
         let addr = self.alloc(request.len() as u32);
         self.mem.write_slice(request, GuestAddress(addr)).unwrap();
         let mut bufs = vec![Buf {
@@ -176,7 +235,7 @@ impl<'a> Driver<'a> {
     }
 
     /// Used-ring entry `i`: (head, len).
-    pub(crate) fn used(&self, i: u16) -> (u32, u32) {
+    pub fn used(&self, i: u16) -> (u32, u32) {
         let base = self.q.used_addr().0 + 4 + u64::from(i) * 8;
         let id: u32 = self.mem.read_obj(GuestAddress(base)).unwrap();
         let len: u32 = self.mem.read_obj(GuestAddress(base + 4)).unwrap();
@@ -184,14 +243,14 @@ impl<'a> Driver<'a> {
     }
 
     /// The used ring's index.
-    pub(crate) fn used_idx(&self) -> u16 {
+    pub fn used_idx(&self) -> u16 {
         self.mem
             .read_obj(GuestAddress(self.q.used_addr().0 + 2))
             .unwrap()
     }
 
     /// `len` bytes of reply gathered from `bufs`.
-    pub(crate) fn reply(&self, bufs: &[Buf], len: u32) -> Vec<u8> {
+    pub fn reply(&self, bufs: &[Buf], len: u32) -> Vec<u8> {
         let mut out = Vec::new();
         for b in bufs {
             let n = (len as usize - out.len()).min(b.len as usize);
@@ -204,51 +263,67 @@ impl<'a> Driver<'a> {
         out
     }
 
+    /// The available ring's index.
+    pub fn avail_idx(&self) -> u16 {
+        self.mem
+            .read_obj(GuestAddress(self.q.avail_addr().0 + 2))
+            .unwrap_or(0)
+    }
+
     /// Sets the avail index directly (to corrupt it).
-    pub(crate) fn set_avail_idx(&self, idx: u16) {
+    pub fn set_avail_idx(&self, idx: u16) {
         self.mem
             .write_obj(idx, GuestAddress(self.q.avail_addr().0 + 2))
             .unwrap();
     }
 
     /// Writes raw descriptors at table index `first..` without making anything available.
-    pub(crate) fn write_descs(&self, first: u16, descs: &[RawDescriptor]) {
+    pub fn write_descs(&self, first: u16, descs: &[RawDescriptor]) {
         for (i, d) in descs.iter().enumerate() {
             self.q.desc_table().store(first + i as u16, *d).unwrap();
         }
     }
 
+    /// Writes one raw descriptor at table index `index` modulo the queue size.
+    pub fn write_desc_wrapping(&self, index: u16, desc: RawDescriptor) {
+        // The index is within the table, which lies in guest memory.
+        let _ = self.q.desc_table().store(index % self.size, desc);
+    }
+
     /// Makes the chain headed at `head` available once more (a head may be published any
     /// number of times: a driver bug the device cannot tell from a fresh chain).
-    pub(crate) fn publish(&self, head: u16) {
+    pub fn publish(&self, head: u16) {
         let avail = self.q.avail_addr().0;
-        let idx: u16 = self.mem.read_obj(GuestAddress(avail + 2)).unwrap();
-        let size = (self.q.desc_table().total_size() / 16) as u16;
-        let at = avail + 4 + u64::from(idx % size) * 2;
+        let idx = self.avail_idx();
+        let at = avail + 4 + u64::from(idx % self.size) * 2;
         self.mem.write_obj(head, GuestAddress(at)).unwrap();
         self.set_avail_idx(idx.wrapping_add(1));
     }
 }
 
 /// Drives the MMIO registers as a guest driver would.
-pub(crate) struct Regs(pub(crate) MmioTransport<Mem>);
+pub struct Regs(pub MmioTransport<Mem>);
 
 impl Regs {
-    pub(crate) fn r(&self, off: u32) -> u32 {
+    /// Reads the 32-bit register at `off`.
+    pub fn r(&self, off: u32) -> u32 {
         let mut b = [0u8; 4];
         self.0.read(u64::from(off), &mut b);
         u32::from_le_bytes(b)
     }
-    pub(crate) fn w(&mut self, off: u32, v: u32) {
+    /// Writes the 32-bit register at `off`.
+    pub fn w(&mut self, off: u32, v: u32) {
         self.0.write(u64::from(off), &v.to_le_bytes());
     }
-    pub(crate) fn set_status(&mut self, bits: u32) {
+    /// Sets `bits` in the status register.
+    pub fn set_status(&mut self, bits: u32) {
         let s = self.r(VIRTIO_MMIO_STATUS);
         self.w(VIRTIO_MMIO_STATUS, s | bits);
     }
 }
 
-pub(crate) fn mmio(
+/// A virtio-mmio front over a device for a fresh [`vm`] (quota 16) on `host`.
+pub fn mmio(
     mem: &GuestMemoryMmap,
     host: &ModelHost,
     mode: NotifyMode,
@@ -261,17 +336,12 @@ pub(crate) fn mmio(
 
 /// Brings the device up as a virtio 1.x driver does, with a queue of 16: true if DRIVER_OK
 /// reads back set and NEEDS_RESET clear.
-pub(crate) fn bring_up(regs: &mut Regs, drv: &Driver<'_>, features: u64) -> bool {
+pub fn bring_up(regs: &mut Regs, drv: &Driver<'_>, features: u64) -> bool {
     bring_up_with(regs, drv, features, 16)
 }
 
 /// [`bring_up`] writing `queue_num` to QueueNum.
-pub(crate) fn bring_up_with(
-    regs: &mut Regs,
-    drv: &Driver<'_>,
-    features: u64,
-    queue_num: u32,
-) -> bool {
+pub fn bring_up_with(regs: &mut Regs, drv: &Driver<'_>, features: u64, queue_num: u32) -> bool {
     regs.w(VIRTIO_MMIO_STATUS, 0);
     regs.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE);
     regs.set_status(VIRTIO_CONFIG_S_DRIVER);

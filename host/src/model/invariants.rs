@@ -16,10 +16,10 @@ use super::kernel::DeviceRemap;
 use super::remap::IrteDest;
 use super::vectors::HostVector;
 use super::violation::ModelViolation;
+use crate::check_set::{CheckSet, check_set};
 use crate::sync::lock;
 use crate::vm::{Vm, violations};
 use pvirq_proto::Kind;
-use std::collections::HashSet;
 use std::sync::Weak;
 
 impl ModelHost {
@@ -32,8 +32,9 @@ impl ModelHost {
             .collect();
         let mut errors = Vec::new();
         let mut backed_vtd: u64 = 0;
-        let mut vectors_seen: HashSet<HostVector> = HashSet::new();
-        let mut irtes_seen: HashSet<(u16, u16)> = HashSet::new();
+        let held: usize = vms.iter().map(|(_, vm)| vm.state().held as usize).sum();
+        let mut vectors_seen: CheckSet<HostVector> = check_set(held);
+        let mut irtes_seen: CheckSet<(u16, u16)> = check_set(held);
         let mut devices_seen = 0usize;
         for (id, vm) in &vms {
             let st = vm.state();

@@ -73,22 +73,27 @@ pub(crate) fn restore(
                 }
             }
             let mut enabled = Vec::with_capacity(setups.len());
+            let pasid = group.first().and_then(|g| g.pasid);
             let whole = EnableRequest {
                 kind,
                 vectors: &setups,
                 min: setups.len(),
-                pasid: group.first().and_then(|g| g.pasid),
+                pasid,
                 allow_posted,
             };
+            // One request carries one PASID: IMS grants made for different PASIDs (by
+            // different ALLOCs) are backed one by one, each with its own.
+            let one_pasid = group.iter().all(|g| g.pasid == pasid);
             let mut fates: Vec<Result<Enabled, Resource>> = Vec::with_capacity(group.len());
-            match dev.backend.enable(&whole, &mut enabled) {
-                Ok(()) => fates.extend(enabled.iter().map(|e| Ok(*e))),
+            match one_pasid.then(|| dev.backend.enable(&whole, &mut enabled)) {
+                Some(Ok(())) => fates.extend(enabled.iter().map(|e| Ok(*e))),
                 // A block is backed whole or not at all; other kinds vector by vector,
-                // so that one shortage revokes as little as it must.
-                Err(e) if kind == Kind::Msi => {
+                // so that one shortage revokes as little as it must. (An MSI block never
+                // has a PASID: the snapshot's validation refuses one.)
+                Some(Err(e)) if kind == Kind::Msi => {
                     fates.extend(setups.iter().map(|_| Err(revoked(&e))))
                 }
-                Err(_) => {
+                Some(Err(_)) | None => {
                     for setup in &setups {
                         let one = EnableRequest {
                             vectors: std::slice::from_ref(setup),

@@ -108,6 +108,46 @@ fn through_json(s: &VmSnapshot) -> VmSnapshot {
     serde_json::from_str(&serde_json::to_string(s).unwrap()).unwrap()
 }
 
+/// Found by the `snapshot_restore` fuzz target (fuzz/regressions/snapshot_restore/): the
+/// IMS grants of one device restored in one request took the first grant's PASID, so a
+/// grant made without one (or with another) was backed with the wrong PASID.
+#[test]
+fn ims_grants_of_different_pasids_keep_their_own() {
+    let host = host(256);
+    let a = vm(&host, 0x100);
+    let t = [Target::new(0, 0x40), Target::new(1, 0x41)];
+    let ims = |first, pasid, targets| {
+        Operation::Alloc(Alloc {
+            kind: Kind::Ims,
+            index: IndexSpec::At(first),
+            min: 1,
+            max: 1,
+            pasid,
+            targeting: Targeting::PerVector,
+            targets,
+        })
+    };
+    ok(&a, 0, ims(2, Some(9), &t[..1]));
+    ok(&a, 0, ims(5, None, &t[1..]));
+    ok(&a, 0, ims(7, Some(0x123), &t[..1]));
+    let snapshot = through_json(&a.snapshot());
+    drop(a);
+    let b = vm(&host, 0x100);
+    let report = b.restore(&snapshot, feature::ALL).unwrap();
+    assert!(
+        report.iter().all(|r| r.outcome == Restored::Kept),
+        "{report:?}"
+    );
+    host.check_invariants().unwrap();
+    let pasids: Vec<(u32, Option<u32>)> = b
+        .grants(0)
+        .into_iter()
+        .map(|(_, index, r)| (index, r.pasid))
+        .collect();
+    assert_eq!(pasids, [(2, Some(9)), (5, None), (7, Some(0x123))]);
+    assert_eq!(b.snapshot(), snapshot);
+}
+
 #[test]
 fn restore_on_the_same_host_keeps_every_message_destination_and_count() {
     let host = host(256);

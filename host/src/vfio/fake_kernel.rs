@@ -1,12 +1,13 @@
-//! A model of Linux 6.12 `vfio_pci_intrs.c` for MSI/MSI-X triggers, for the unit tests:
-//! first enable sized `start + count`, batches that roll themselves back, IRQs cached
-//! until the kind is disabled, dynamic MSI-X, a pool of CPU vectors (ENOSPC) and of
-//! IRTEs (ENOMEM, as VT-d reports it).
+//! A model of Linux 6.12 `vfio_pci_intrs.c` for MSI/MSI-X triggers, for the unit tests and
+//! the fuzzer (feature `test-utils`): first enable sized `start + count`, batches that roll
+//! themselves back, IRQs cached until the kind is disabled, dynamic MSI-X, a pool of CPU
+//! vectors (ENOSPC) and of IRTEs (ENOMEM, as VT-d reports it).
 
 use super::irq_set::IrqSet;
 use super::kernel::{IrqHost, IrqInfo};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex, PoisonError};
 use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
 };
@@ -14,8 +15,11 @@ use vfio_bindings::bindings::vfio::{
 /// The modelled device and host.
 #[derive(Debug)]
 pub struct FakeKernel {
+    /// Vectors of the MSI capability.
     pub msi_count: u32,
+    /// MSI-X table size.
     pub msix_count: u32,
+    /// Whether MSI-X reports `VFIO_IRQ_INFO_NORESIZE` (no dynamic MSI-X).
     pub noresize: bool,
     /// Free CPU vectors (taken at request_irq, given back at free_irq).
     pub cpu_vectors: u32,
@@ -32,6 +36,8 @@ pub struct FakeKernel {
 }
 
 impl FakeKernel {
+    /// A device with an MSI-X table of `msix_count` (MSI: 32) on a host with `cpu_vectors`
+    /// free CPU vectors and 65,536 free IRTEs.
     pub fn new(msix_count: u32, cpu_vectors: u32) -> Self {
         FakeKernel {
             msi_count: 32,
@@ -47,9 +53,10 @@ impl FakeKernel {
     }
 
     fn disable(&mut self) {
-        self.cpu_vectors += u32::try_from(self.triggers.len()).unwrap();
+        // Both sets hold u32 indices of tables far smaller than u32::MAX entries.
+        self.cpu_vectors += u32::try_from(self.triggers.len()).unwrap_or(u32::MAX);
         self.triggers.clear();
-        self.irtes += u32::try_from(self.allocated.len()).unwrap();
+        self.irtes += u32::try_from(self.allocated.len()).unwrap_or(u32::MAX);
         self.allocated.clear();
         self.on = None;
     }
@@ -81,8 +88,7 @@ impl FakeKernel {
     }
 
     fn set_block(&mut self, index: u32, start: u32, fds: &[RawFd]) -> Result<(), i32> {
-        for (k, &fd) in fds.iter().enumerate() {
-            let vector = start + u32::try_from(k).unwrap();
+        for (vector, &fd) in (start..).zip(fds) {
             if let Err(e) = self.set_vector(index, vector, fd) {
                 for undo in start..=vector {
                     let _ = self.set_vector(index, undo, -1);
@@ -169,16 +175,29 @@ impl IrqHost for FakeKernel {
     }
 }
 
-/// A model the test keeps a handle on, to look at it after the backend is gone.
-#[derive(Clone, Debug)]
-pub struct Shared(pub std::sync::Arc<std::sync::Mutex<FakeKernel>>);
+/// A host (the model, or [`super::FailNth`] over it) that a test keeps a handle on, to
+/// look at it, or arm it, while the backend owns it and after the backend is gone.
+#[derive(Debug)]
+pub struct Shared<H = FakeKernel>(pub Arc<Mutex<H>>);
 
-impl IrqHost for Shared {
+impl<H> Clone for Shared<H> {
+    fn clone(&self) -> Self {
+        Shared(Arc::clone(&self.0))
+    }
+}
+
+impl<H: IrqHost> IrqHost for Shared<H> {
     fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        self.0.lock().unwrap().irq_info(index)
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .irq_info(index)
     }
 
     fn set_irqs(&mut self, set: &IrqSet<'_>) -> Result<u32, i32> {
-        self.0.lock().unwrap().set_irqs(set)
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_irqs(set)
     }
 }

@@ -5,7 +5,8 @@
 //!   indices, prefix ≥ `min`, dynamic MSI-X, `NoResize`, no IMS).
 //! - [`errno`]: what each errno of the call means, as a [`crate::backend::BackendError`].
 //! - [`IrqSet`]: the exact argument of one call; [`IrqHost`] the kernel behind a trait;
-//!   [`VfioDeviceIrqs`] the real one; [`FailNth`] refuses chosen calls (failure walks).
+//!   [`VfioDeviceIrqs`] the real one; [`FailNth`] refuses chosen calls (failure walks);
+//!   `fake_kernel` (feature `test-utils`) models the kernel's side for tests and fuzzing.
 //! - [`VmmToken`]: the messages grants carry, for the VMM's trapped table emulation.
 //! - [`open_device`]: container, group and device through rust-vmm `vfio-ioctls`.
 //!
@@ -23,8 +24,8 @@ mod open;
 mod state;
 mod token;
 
-#[cfg(test)]
-mod fake_kernel;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fake_kernel;
 #[cfg(test)]
 mod tests;
 

@@ -9,11 +9,11 @@
 //! The modelled host checks more on top ([`crate::model::ModelHost::check_invariants`]).
 
 use crate::backend::GuestDest;
+use crate::check_set::check_set;
 use crate::config::VmConfig;
 use crate::routes::{RouteId, RouteState};
 use crate::state::VmState;
 use pvirq_proto::{Kind, MIN_GUEST_VECTOR};
-use std::collections::HashSet;
 
 /// One way the VM core's books disagree with themselves or with its routes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -99,7 +99,7 @@ pub enum VmViolation {
 /// `config`.
 pub(crate) fn violations(config: &VmConfig, st: &VmState) -> Vec<VmViolation> {
     let mut errors = Vec::new();
-    let mut routes = HashSet::new();
+    let mut routes = check_set(st.held as usize);
     let mut total: u64 = 0;
     for (handle, dev) in st.devices.iter().enumerate() {
         for kind in Kind::ALL.iter().copied() {
