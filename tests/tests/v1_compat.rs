@@ -76,6 +76,7 @@ fn build(s: &Scenario) -> (ModelHost, Vm) {
         },
         posted: s.posted_host,
         vtd_max_msi_block: s.vtd_max_msi_block,
+        ..ModelConfig::default()
     })
     .unwrap();
     if s.amd {
