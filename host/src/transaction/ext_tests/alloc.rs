@@ -409,3 +409,71 @@ fn an_msi_block_without_an_aligned_run_of_irtes_is_fragmentation() {
     assert_eq!(grants(&vm, 0, msix).unwrap().len(), 15);
     host.check_invariants().unwrap();
 }
+
+/// A backend whose host says nothing of its supply (as VFIO does): only its answer to the
+/// reservation tells a shortage.
+struct Blind(crate::model::ModelBackend);
+
+impl crate::backend::InterruptBackend for Blind {
+    fn format(&self) -> pvirq_proto::MessageFormat {
+        self.0.format()
+    }
+    fn supply(&self, _: Kind) -> crate::backend::HostSupply {
+        crate::backend::HostSupply::default()
+    }
+    fn enable(
+        &mut self,
+        request: &crate::backend::EnableRequest<'_>,
+        out: &mut Vec<crate::backend::Enabled>,
+    ) -> Result<(), crate::backend::BackendError> {
+        self.0.enable(request, out)
+    }
+    fn disable(&mut self, kind: Kind, indices: &[u32]) {
+        self.0.disable(kind, indices)
+    }
+}
+
+#[test]
+fn a_host_that_finds_no_aligned_block_is_told_as_fragmentation() {
+    // As above, but the core cannot see the supply: the backend's Fragmented answer is
+    // what names the cause.
+    let host = host(32, 64, false);
+    let vm = host
+        .create_vm_wrapped(
+            config(64, vec![dev(0x100, 8, 32, 0)]),
+            |b| Box::new(Blind(b)),
+            Box::new(MemoryRoutes::kvm_like()),
+        )
+        .unwrap();
+    vm.set_features(info(feature::INDEX_LIST));
+    let t = targets(32);
+    grants(
+        &vm,
+        0,
+        alloc(
+            Kind::MsiX,
+            IndexSpec::Any,
+            (32, 32),
+            Targeting::PerVector,
+            &t,
+        ),
+    )
+    .unwrap();
+    let odd: Vec<u32> = (0..16).map(|i| 2 * i + 1).collect();
+    assert_eq!(counted(&vm, 0, listed(Kind::MsiX, &le(&odd), None)), Ok(16));
+    let msi = alloc(
+        Kind::Msi,
+        IndexSpec::Any,
+        (2, 4),
+        Targeting::PerVector,
+        &t[..4],
+    );
+    assert_eq!(
+        grants(&vm, 0, msi),
+        Err(no_space(Resource::IrteFragmented, 1))
+    );
+    vm.set_features(feature::V1);
+    assert_eq!(grants(&vm, 0, msi), Err(no_space(Resource::Irte, 1)));
+    assert_eq!(vm.occupancy().held, 16);
+    host.check_invariants().unwrap();
+}

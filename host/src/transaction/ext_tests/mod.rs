@@ -5,6 +5,7 @@
 //! features decodes.
 
 mod alloc;
+mod churn;
 mod lists;
 mod parked;
 mod posted;
