@@ -38,6 +38,8 @@ const NIC: DeviceSpec = DeviceSpec {
     msi_max: 0,
     msix_table_size: 16,
     ims_slots: 0,
+    guest_identity: None,
+    share: None,
 };
 
 // ---- KVM: the VM's routing table is the VMM's ---------------------------------------------
@@ -121,6 +123,7 @@ fn vfio_vm<O: RouteOwner + 'static>(
         msi_max: 0,
         msix_table_size: u16::try_from(table_size)?,
         ims_slots: 0, // VFIO has no IMS
+        ..DeviceSpec::default()
     };
     let vm = Vm::new(
         config(spec),

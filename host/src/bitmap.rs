@@ -63,6 +63,34 @@ fn block_classes(word: u64) -> u8 {
     classes
 }
 
+/// Positions (within `word`) where `len` (1..=64) consecutive set bits start; a run that
+/// would cross bit 63 does not count. O(log len): each step doubles the run length known
+/// to start at every marked bit.
+fn run_starts(word: u64, len: u32) -> u64 {
+    let mut m = word;
+    let mut known = 1;
+    while known < len {
+        let shift = (len - known).min(known);
+        m &= m >> shift;
+        known += shift;
+    }
+    m
+}
+
+/// The longest run of set bits inside `word`: a binary search over [`run_starts`].
+fn longest_run(word: u64) -> u32 {
+    let (mut lo, mut hi) = (0u32, 64u32);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if run_starts(word, mid) != 0 {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
+
 /// The positions of the set bits of `word`, lowest first.
 fn set_bits(mut word: u64) -> impl Iterator<Item = usize> {
     std::iter::from_fn(move || {
@@ -322,6 +350,61 @@ impl IndexBitmap {
         0
     }
 
+    /// The longest run of consecutive free indices: one pass over the leaf words,
+    /// O(len / 64).
+    pub fn longest_free_run(&self) -> u32 {
+        let (mut best, mut run) = (0u64, 0u64);
+        for &word in &self.leaves {
+            if word == u64::MAX {
+                run += 64;
+                continue;
+            }
+            // The run carried from the words below ends in this word's low bits.
+            best = best
+                .max(run + u64::from(word.trailing_ones()))
+                .max(u64::from(longest_run(word)));
+            run = u64::from(word.leading_ones());
+        }
+        // Bits past `len` are never free, so no run reaches beyond the table.
+        u32::try_from(best.max(run)).unwrap_or(u32::MAX)
+    }
+
+    /// The lowest index at which `n` (≥ 1) consecutive indices are free, without taking
+    /// them: one pass over the leaf words, O(len / 64).
+    pub fn first_free_run(&self, n: u32) -> Option<u32> {
+        if n == 0 {
+            return None;
+        }
+        let n64 = u64::from(n);
+        // The run of free indices that reaches the top of the words seen so far.
+        let (mut run, mut start) = (0u64, 0u64);
+        for (w, &word) in self.leaves.iter().enumerate() {
+            let base = w as u64 * 64;
+            if word == u64::MAX {
+                if run == 0 {
+                    start = base;
+                }
+                run += 64;
+            } else {
+                if run > 0 && run + u64::from(word.trailing_ones()) >= n64 {
+                    return u32::try_from(start).ok();
+                }
+                if n <= 64 {
+                    let starts = run_starts(word, n);
+                    if starts != 0 {
+                        return u32::try_from(base + u64::from(starts.trailing_zeros())).ok();
+                    }
+                }
+                run = u64::from(word.leading_ones());
+                start = base + 64 - run;
+            }
+            if run >= n64 {
+                return u32::try_from(start).ok();
+            }
+        }
+        None
+    }
+
     fn class(size: u32) -> Option<usize> {
         (size.is_power_of_two() && size <= 32).then(|| size.trailing_zeros() as usize)
     }
@@ -397,6 +480,31 @@ mod tests {
         assert_eq!(IndexBitmap::new(0).free_indices().count(), 0);
     }
 
+    #[test]
+    fn runs_inside_a_word_and_across_words() {
+        assert_eq!(run_starts(0b0111_0110, 2), 0b0011_0010);
+        assert_eq!(run_starts(u64::MAX, 64), 1);
+        assert_eq!(run_starts(u64::MAX >> 1, 64), 0);
+        assert_eq!((longest_run(0), longest_run(u64::MAX)), (0, 64));
+        assert_eq!(longest_run(0b1110_1111_0011), 4);
+        let mut b = IndexBitmap::singles(300);
+        // Used: 3, and 100..=190: free runs 0..3, 4..100, 191..300.
+        b.take(3);
+        for i in 100..=190 {
+            b.take(i);
+        }
+        assert_eq!(b.longest_free_run(), 109);
+        assert_eq!(b.first_free_run(3), Some(0));
+        assert_eq!(b.first_free_run(4), Some(4));
+        assert_eq!(b.first_free_run(96), Some(4));
+        assert_eq!(b.first_free_run(97), Some(191));
+        assert_eq!(b.first_free_run(109), Some(191));
+        assert_eq!(b.first_free_run(110), None);
+        assert_eq!(b.first_free_run(0), None);
+        assert_eq!(IndexBitmap::new(0).longest_free_run(), 0);
+        assert_eq!(IndexBitmap::new(128).first_free_run(128), Some(0));
+    }
+
     proptest! {
         /// The per-class answers of one pass agree with each class computed alone.
         #[test]
@@ -425,6 +533,19 @@ mod tests {
             prop_assert_eq!(b.free_count() as usize, model.iter().filter(|f| **f).count());
             let free: Vec<u32> = (0..len).filter(|i| model[*i as usize]).collect();
             prop_assert_eq!(b.free_indices().collect::<Vec<_>>(), free);
+            let mut longest = 0u32;
+            let mut run = 0u32;
+            for free in &model {
+                run = if *free { run + 1 } else { 0 };
+                longest = longest.max(run);
+            }
+            prop_assert_eq!(b.longest_free_run(), longest);
+            for n in [1u32, 2, 3, 7, 63, 64, 65, 130, longest.max(1), longest + 1] {
+                let linear = (0..len).find(|s| {
+                    (*s..s.saturating_add(n)).all(|i| model.get(i as usize).copied().unwrap_or(false))
+                });
+                prop_assert_eq!(b.first_free_run(n), linear, "n={}", n);
+            }
             for size in [1u32, 2, 4, 8, 16, 32] {
                 let linear = (0..len).step_by(size as usize).find(|s| {
                     (*s..s + size).all(|i| model.get(i as usize).copied().unwrap_or(false))

@@ -2,7 +2,9 @@
 //! validated once when the VM is made.
 
 use crate::error::{ConfigError, HostError};
-use pvirq_proto::{Config, Kind, Le16, Le32, MAX_BATCH_LIMIT, PROTOCOL_VERSION};
+use pvirq_proto::{
+    Config, Kind, Le16, Le32, MAX_BATCH_LIMIT, MAX_PASID, PROTOCOL_VERSION, PciIdentity,
+};
 
 /// Most IMS slots one device may declare (keeps a device's slot bitmap ≤ 128 KiB).
 pub const MAX_IMS_SLOTS: u32 = 1 << 20;
@@ -10,7 +12,11 @@ pub const MAX_IMS_SLOTS: u32 = 1 << 20;
 pub const MAX_MSIX_TABLE: u16 = 2048;
 
 /// An assigned device behind the channel, as the VMM describes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// The fields after the tables have defaults that describe the common case (the guest
+/// sees the function at its host address, no share), so a VMM that does not know them
+/// writes `..DeviceSpec::default()`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeviceSpec {
     /// PCI requester ID on the host (the source-id its interrupt writes carry).
     pub requester_id: u16,
@@ -20,6 +26,14 @@ pub struct DeviceSpec {
     pub msix_table_size: u16,
     /// IMS slots: 0 (no IMS) up to [`MAX_IMS_SLOTS`].
     pub ims_slots: u32,
+    /// Which PCI function the guest enumerates it as, and for an assignable interface of
+    /// a scalable device the PASID that tells it from its siblings (spec §4.4). `None`:
+    /// segment 0 and the bus and devfn of `requester_id`, which is also the requester ID
+    /// of the guest's view, and no PASID ([`DeviceSpec::identity`]).
+    pub guest_identity: Option<PciIdentity>,
+    /// The most vectors the device may hold at once (spec §3.7); `None`: the VM's quota,
+    /// which the spec gives a device without a share.
+    pub share: Option<u32>,
 }
 
 impl DeviceSpec {
@@ -37,7 +51,29 @@ impl DeviceSpec {
         }
     }
 
+    /// What QUERY reports as the device's identity (spec §4.4): `guest_identity`, or the
+    /// one `requester_id` implies.
+    pub fn identity(&self) -> PciIdentity {
+        self.guest_identity.unwrap_or(PciIdentity {
+            segment: 0,
+            bus: (self.requester_id >> 8) as u8,
+            devfn: self.requester_id as u8,
+            requester_id: self.requester_id,
+            pasid: None,
+        })
+    }
+
+    /// The device's share in a VM whose quota is `quota` (spec §3.7).
+    pub fn effective_share(&self, quota: u32) -> u32 {
+        self.share.unwrap_or(quota)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(pasid) = self.guest_identity.and_then(|i| i.pasid)
+            && pasid > MAX_PASID
+        {
+            return Err(ConfigError::IdentityPasid(pasid));
+        }
         if self.msi_max != 0 && (!self.msi_max.is_power_of_two() || self.msi_max > 32) {
             return Err(ConfigError::MsiMax(self.msi_max));
         }
@@ -84,6 +120,45 @@ impl ApicIds {
         match self {
             ApicIds::Identity => apic_id < num_vcpus,
             ApicIds::Table(ids) => ids.contains(&apic_id),
+        }
+    }
+}
+
+/// The VM's APIC IDs in a form a request can look up in O(log vCPUs): a guest that
+/// negotiated `APIC_ID` names up to `max_batch` targets per request, each of which must be
+/// one of them (spec §4.5).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ApicIdSet {
+    /// `Some(n)`: the IDs are `0..n` ([`ApicIds::Identity`]).
+    below: Option<u32>,
+    /// Otherwise: the table, sorted.
+    sorted: Vec<u32>,
+}
+
+impl ApicIdSet {
+    /// The APIC IDs of a VM configured by `config`.
+    pub(crate) fn of(config: &VmConfig) -> Self {
+        match &config.apic_ids {
+            ApicIds::Identity => ApicIdSet {
+                below: Some(config.num_vcpus),
+                sorted: Vec::new(),
+            },
+            ApicIds::Table(ids) => {
+                let mut sorted = ids.clone();
+                sorted.sort_unstable();
+                ApicIdSet {
+                    below: None,
+                    sorted,
+                }
+            }
+        }
+    }
+
+    /// Whether `apic_id` is one of the VM's.
+    pub(crate) fn contains(&self, apic_id: u32) -> bool {
+        match self.below {
+            Some(n) => apic_id < n,
+            None => self.sorted.binary_search(&apic_id).is_ok(),
         }
     }
 }
@@ -177,6 +252,7 @@ mod tests {
             msi_max,
             msix_table_size,
             ims_slots,
+            ..DeviceSpec::default()
         }
     }
 
@@ -232,8 +308,60 @@ mod tests {
         );
         c.apic_ids = ApicIds::Table(vec![6, 6]);
         assert_eq!(refusal(&c), Some(ConfigError::DuplicateApicId(6)));
+        let mut interface = device(0, 4, 0);
+        interface.guest_identity = Some(PciIdentity {
+            pasid: Some(MAX_PASID + 1),
+            ..interface.identity()
+        });
+        assert_eq!(
+            refusal(&vm(vec![interface])),
+            Some(ConfigError::IdentityPasid(MAX_PASID + 1))
+        );
         // Not a range error: two devices with one requester ID.
         let twice = vm(vec![device(0, 4, 0), device(0, 4, 0)]);
         assert_eq!(twice.validate(), Err(HostError::SourceIdInUse(0x100)));
+    }
+
+    #[test]
+    fn identity_defaults_to_the_requester_id_and_share_to_the_quota() {
+        let d = DeviceSpec {
+            requester_id: 0x3a19,
+            ..DeviceSpec::default()
+        };
+        let id = d.identity();
+        assert_eq!((id.segment, id.bus, id.devfn), (0, 0x3a, 0x19));
+        assert_eq!(
+            (id.device(), id.function(), id.requester_id),
+            (3, 1, 0x3a19)
+        );
+        assert_eq!(id.pasid, None);
+        let given = PciIdentity {
+            segment: 1,
+            bus: 2,
+            devfn: 0x18,
+            requester_id: 0x0200,
+            pasid: Some(7),
+        };
+        let d = DeviceSpec {
+            guest_identity: Some(given),
+            share: Some(5),
+            ..d
+        };
+        assert_eq!(d.identity(), given);
+        assert_eq!(d.effective_share(64), 5);
+        assert_eq!(DeviceSpec::default().effective_share(64), 64);
+    }
+
+    #[test]
+    fn apic_id_sets_answer_like_the_table() {
+        let mut c = vm(vec![]);
+        c.num_vcpus = 3;
+        let identity = ApicIdSet::of(&c);
+        assert!(identity.contains(2) && !identity.contains(3));
+        c.apic_ids = ApicIds::Table(vec![300, 4, 0]);
+        let table = ApicIdSet::of(&c);
+        for id in 0..400 {
+            assert_eq!(table.contains(id), c.apic_ids.contains(id, 3), "{id}");
+        }
     }
 }

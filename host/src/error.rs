@@ -53,6 +53,9 @@ pub enum ConfigError {
         /// The largest allowed.
         max: u32,
     },
+    /// A device's `guest_identity` carries a PASID of more than 20 bits.
+    #[error("interface PASID {0:#x} does not fit 20 bits")]
+    IdentityPasid(u32),
     /// `VmConfig::num_vcpus` is 0.
     #[error("a VM needs at least one vCPU")]
     NoVcpus,

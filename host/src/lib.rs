@@ -29,6 +29,7 @@
 //!         msi_max: 0,
 //!         msix_table_size: 16,
 //!         ims_slots: 0,
+//!         ..DeviceSpec::default()
 //!     }],
 //!     ..VmConfig::default()
 //! };

@@ -160,6 +160,7 @@ impl Rig {
                 msi_max: 0,
                 msix_table_size: u16::try_from(table).unwrap_or(0),
                 ims_slots: 0,
+                ..DeviceSpec::default()
             }],
             ..VmConfig::default()
         };

@@ -98,6 +98,7 @@ pub fn run(opened: &OpenedDevice, sysfs: &Path) -> Result<(PvirqPath, Cost), Pat
             msi_max: 0,
             msix_table_size: 2048,
             ims_slots: 0,
+            ..DeviceSpec::default()
         }],
         ..VmConfig::default()
     };

@@ -34,6 +34,7 @@ fn vm(host: &ModelHost, table: TableMode) -> GuestVm {
                 msi_max: 0,
                 msix_table_size: 64,
                 ims_slots: 64,
+                ..DeviceSpec::default()
             }],
             ..VmConfig::default()
         },

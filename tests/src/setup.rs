@@ -17,6 +17,7 @@ pub fn dev(requester_id: u16, msi_max: u16, msix_table_size: u16, ims_slots: u32
         msi_max,
         msix_table_size,
         ims_slots,
+        ..DeviceSpec::default()
     }
 }
 

@@ -99,6 +99,7 @@ fn device(units: u16) -> impl Strategy<Value = (DeviceSpec, u16)> {
                 msi_max,
                 msix_table_size,
                 ims_slots,
+                ..DeviceSpec::default()
             };
             (spec, unit)
         })

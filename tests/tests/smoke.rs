@@ -20,6 +20,7 @@ fn a_granted_msix_vector_delivers_where_the_guest_asked() {
             msi_max: 0,
             msix_table_size: 4,
             ims_slots: 0,
+            ..DeviceSpec::default()
         }],
         ..VmConfig::default()
     };

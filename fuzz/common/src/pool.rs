@@ -146,6 +146,7 @@ impl PoolInput {
                         msi_max: MSI_SIZES[usize::from(dev.msi) % MSI_SIZES.len()],
                         msix_table_size: u16::from(dev.msix % 33),
                         ims_slots: u32::from(dev.ims % 33),
+                        ..DeviceSpec::default()
                     })
                     .collect(),
             })

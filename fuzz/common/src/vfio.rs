@@ -339,6 +339,7 @@ pub fn run(input: &VfioInput) -> usize {
         msi_max: msi as u16,
         msix_table_size: declared_msix as u16,
         ims_slots: if input.flags & 16 != 0 { 8 } else { 0 },
+        ..DeviceSpec::default()
     };
     let backends: Vec<Box<dyn InterruptBackend>> = kernels
         .iter()

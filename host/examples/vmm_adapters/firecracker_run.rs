@@ -252,6 +252,7 @@ mod tests {
                 msi_max: 0,
                 msix_table_size: 4,
                 ims_slots: 0,
+                ..pvirq_host::DeviceSpec::default()
             }],
             ..crate::vm(&other).unwrap().config().clone()
         };

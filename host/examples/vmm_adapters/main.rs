@@ -49,6 +49,7 @@ fn vm(host: &ModelHost) -> Result<Vm, HostError> {
             msi_max: 0,
             msix_table_size: 32,
             ims_slots: 0,
+            ..DeviceSpec::default()
         }],
         ..VmConfig::default()
     };

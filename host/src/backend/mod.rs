@@ -63,7 +63,8 @@ pub struct VectorSetup {
     /// What its host interrupt signals.
     pub trigger: Trigger,
     /// Where the guest route delivers it; `None` for a parked grant (no destination yet).
-    /// A backend that posts interrupts needs it; others may ignore it.
+    /// A backend that posts interrupts points the vector's entry at this vCPU (at none
+    /// while parked, until [`InterruptBackend::retarget`]); others may ignore it.
     pub dest: Option<GuestDest>,
     /// The message the vector had before (a restored snapshot, a migrated VM): a backend
     /// gives the same one where it can, so that the guest need not reprogram it.
@@ -82,7 +83,10 @@ pub struct EnableRequest<'a> {
     pub min: usize,
     /// The PASID the IMS slots will carry, if any.
     pub pasid: Option<u32>,
-    /// Whether the driver negotiated posted grants: only then may the backend post.
+    /// Whether the driver negotiated posted grants: only then may the backend post. The
+    /// core sizes a request as posted (no host vector, [DEV-25]) when this is set and
+    /// [`InterruptBackend::can_post`] says so, parked vectors included; a backend that
+    /// would remap some of them after all may refuse for host vectors.
     pub allow_posted: bool,
 }
 

@@ -238,6 +238,7 @@ fn vm_with(host: &ModelHost, base: u16) -> crate::Vm {
         msi_max: 8,
         msix_table_size: 64,
         ims_slots: 64,
+        ..DeviceSpec::default()
     };
     host.create_vm(
         VmConfig {

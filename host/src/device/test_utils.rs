@@ -58,6 +58,7 @@ pub fn spec(requester_id: u16) -> DeviceSpec {
         msi_max: 8,
         msix_table_size: 64,
         ims_slots: 64,
+        ..DeviceSpec::default()
     }
 }
 

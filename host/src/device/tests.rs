@@ -647,6 +647,7 @@ fn offered_features_follow_the_assigned_devices() {
                         msi_max,
                         msix_table_size,
                         ims_slots,
+                        ..crate::DeviceSpec::default()
                     }],
                     ..crate::VmConfig::default()
                 },

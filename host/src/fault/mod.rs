@@ -8,9 +8,15 @@
 //! call each was ([`LayerCall`]) so a test can tell what its Nth fault hit.
 //!
 //! This module sits above both seams, so that neither seam depends on the other.
+//!
+//! [`Shortfall`] wraps a backend so that it backs fewer vectors than asked (but at least
+//! the minimum), as a host that ran short between sizing and reservation does.
 
 mod backend;
 mod routes;
+mod shortfall;
+
+pub use shortfall::{Shortfall, ShortfallCap};
 
 use pvirq_proto::Resource;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

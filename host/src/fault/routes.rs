@@ -49,6 +49,9 @@ impl<R: GuestRoutes> GuestRoutes for Faulty<R> {
     fn live(&self) -> u32 {
         self.inner.live()
     }
+    fn drops(&self, id: RouteId) -> u64 {
+        self.inner.drops(id)
+    }
     fn clear(&mut self) {
         self.inner.clear()
     }

@@ -62,6 +62,20 @@ impl KindTable {
         out
     }
 
+    /// The lowest run of `n` consecutive free indices (ANY_CONTIGUOUS, spec §4.5), or none
+    /// if no run is that long.
+    pub(crate) fn lowest_free_run(&self, n: u32) -> Vec<u32> {
+        match self.free.first_free_run(n) {
+            Some(first) => (first..first.saturating_add(n)).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The longest run of consecutive free indices (QUERY's free runs, spec §4.4).
+    pub(crate) fn longest_free_run(&self) -> u32 {
+        self.free.longest_free_run()
+    }
+
     pub(crate) fn insert(&mut self, index: u32, record: GrantRecord) {
         self.free.take(index);
         self.records.insert(index, record);
@@ -168,6 +182,10 @@ mod tests {
         assert_eq!(t.lowest_free(3), [0, 2, 3]);
         assert_eq!(t.free.free_count(), 7);
         assert_eq!(t.lowest_free(9).len(), 7);
+        assert_eq!(t.lowest_free_run(2), [2, 3]);
+        assert_eq!(t.lowest_free_run(6), [2, 3, 4, 5, 6, 7]);
+        assert!(t.lowest_free_run(7).is_empty());
+        assert_eq!(t.longest_free_run(), 6);
         assert_eq!(t.remove(1), Some(r));
         assert_eq!(t.remove(1), None);
     }

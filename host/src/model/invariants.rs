@@ -104,7 +104,9 @@ impl ModelHost {
                             Some(e) if e.source_id == rid && e.owner == Some((kind, index)) => {
                                 let expected = match v.host_vector {
                                     Some(hv) => Some(IrteDest::Remapped(hv)),
-                                    None => v.dest.map(IrteDest::Posted),
+                                    None => Some(
+                                        v.dest.map_or(IrteDest::PostedParked, IrteDest::Posted),
+                                    ),
                                 };
                                 if e.dest != expected {
                                     errors.push(ModelViolation::IrteDestination {

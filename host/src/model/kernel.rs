@@ -128,6 +128,13 @@ pub enum Placement {
     },
 }
 
+impl Default for Placement {
+    /// VT-d unit 0.
+    fn default() -> Self {
+        Placement::Vtd { unit: 0 }
+    }
+}
+
 impl Placement {
     /// The device's remapping state when it is attached.
     pub(crate) fn attach(self) -> Result<DeviceRemap, HostError> {
@@ -149,8 +156,10 @@ pub(crate) struct Kernel {
     pub(crate) can_post: bool,
     /// Devices by requester ID.
     pub(crate) devices: HashMap<u16, ModelDevice>,
-    /// Where each requester ID sits (VT-d unit 0 unless placed).
+    /// Where each requester ID sits, if placed.
     pub(crate) placements: HashMap<u16, Placement>,
+    /// Where a requester ID not placed sits.
+    pub(crate) default_placement: Placement,
     /// The largest multi-MSI block VT-d supports (ECAP.MHMV).
     pub(crate) vtd_max_block: u32,
     pub(crate) fault_count: u64,
@@ -216,8 +225,9 @@ impl Kernel {
         let msi = request.kind == Kind::Msi;
         let wanted = u32::try_from(request.vectors.len()).unwrap_or(u32::MAX);
         let min = u32::try_from(request.min).unwrap_or(u32::MAX);
-        let posted =
-            request.allow_posted && posted_ok && request.vectors.iter().all(|v| v.dest.is_some());
+        // Posted where the driver allows it, parked grants too: their entries point at no
+        // vCPU until activated, so activation needs nothing new (spec §3.4, §3.5).
+        let posted = request.allow_posted && posted_ok;
         let free_irtes = table.free_entries(unit);
         let irtes = if msi {
             table.largest_block(unit, max_block.min(32))
@@ -273,8 +283,7 @@ impl Kernel {
             let dest = match (host_vector, setup.dest) {
                 (Some(hv), _) => IrteDest::Remapped(hv),
                 (None, Some(dest)) => IrteDest::Posted(dest),
-                // Not reachable: posting needs every destination.
-                (None, None) => IrteDest::Remapped(HostVector { cpu: 0, vector: 0 }),
+                (None, None) => IrteDest::PostedParked,
             };
             table.program(unit, *irte, dest, (request.kind, setup.index));
             let message = message(format, msi, base, *irte, i as u16);
@@ -326,7 +335,8 @@ impl Kernel {
         }
     }
 
-    /// A vector's guest destination changed: a posted IRTE points at the new vCPU.
+    /// A vector's guest destination changed: a posted IRTE points at the new vCPU, or at
+    /// none when parked.
     pub(crate) fn retarget(&mut self, rid: u16, kind: Kind, index: u32, dest: Option<GuestDest>) {
         let Kernel { remap, devices, .. } = self;
         let Some(device) = devices.get_mut(&rid) else {
@@ -340,8 +350,9 @@ impl Kernel {
             return;
         };
         vector.dest = dest;
-        if let (GrantMode::Posted, Some(dest)) = (vector.mode, dest) {
-            table.program(unit, vector.irte, IrteDest::Posted(dest), (kind, index));
+        if vector.mode == GrantMode::Posted {
+            let entry = dest.map_or(IrteDest::PostedParked, IrteDest::Posted);
+            table.program(unit, vector.irte, entry, (kind, index));
         }
     }
 

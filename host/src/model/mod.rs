@@ -53,6 +53,10 @@ pub struct ModelConfig {
     /// The largest multi-MSI block the VT-d units support (ECAP.MHMV: `2^MHMV`); 0 means
     /// 32, the protocol's largest.
     pub vtd_max_msi_block: u32,
+    /// Where a device sits unless [`ModelHost::place_as`] says otherwise: behind VT-d unit
+    /// 0 (the default), or behind an AMD IOMMU with a table of its own, so that a whole
+    /// host can be modelled as AMD (message format `amd-remapped`).
+    pub placement: Placement,
 }
 
 /// Why an interrupt a device sent was not delivered.
@@ -154,9 +158,11 @@ impl std::fmt::Debug for ModelHost {
 impl ModelHost {
     /// A host shaped by `config`.
     pub fn new(config: &ModelConfig) -> Result<ModelHost, HostError> {
+        let remap = RemapUnits::new(config.remap)?;
+        check_placement(config.placement, remap.units())?;
         Ok(ModelHost {
             kernel: Arc::new(Mutex::new(Kernel {
-                remap: RemapUnits::new(config.remap)?,
+                remap,
                 vectors: VectorMatrix::new(&config.vectors)?,
                 can_post: config.posted,
                 vtd_max_block: match config.vtd_max_msi_block {
@@ -166,6 +172,7 @@ impl ModelHost {
                 },
                 devices: HashMap::new(),
                 placements: HashMap::new(),
+                default_placement: config.placement,
                 fault_count: 0,
                 faults: VecDeque::new(),
                 delivered: 0,
@@ -176,7 +183,8 @@ impl ModelHost {
     }
 
     /// Puts the device with `requester_id` behind VT-d remapping unit `unit` (a DRHD's
-    /// device scope, on real hardware). Devices not placed are behind unit 0.
+    /// device scope, on real hardware). Devices not placed sit where
+    /// [`ModelConfig::placement`] says (VT-d unit 0 by default).
     pub fn place(&self, requester_id: u16, unit: u16) -> Result<(), HostError> {
         self.place_as(requester_id, Placement::Vtd { unit })
     }
@@ -184,19 +192,7 @@ impl ModelHost {
     /// Puts the device with `requester_id` where `placement` says, before it is attached.
     pub fn place_as(&self, requester_id: u16, placement: Placement) -> Result<(), HostError> {
         let mut kernel = lock(&self.kernel);
-        match placement {
-            Placement::Vtd { unit } => {
-                let units = kernel.remap.units();
-                if unit >= units {
-                    return Err(HostError::NoSuchUnit { unit, units });
-                }
-            }
-            Placement::Amd { entries } => {
-                if !amd::AMD_TABLE_SIZES.contains(&entries) {
-                    return Err(ConfigError::AmdTableSize(entries).into());
-                }
-            }
-        }
+        check_placement(placement, kernel.remap.units())?;
         if kernel.devices.contains_key(&requester_id) {
             return Err(HostError::SourceIdInUse(requester_id));
         }
@@ -220,7 +216,7 @@ impl ModelHost {
             .placements
             .get(&requester_id)
             .copied()
-            .unwrap_or(Placement::Vtd { unit: 0 });
+            .unwrap_or(kernel.default_placement);
         let remap = placement.attach()?;
         kernel.devices.insert(
             requester_id,
@@ -352,6 +348,17 @@ impl ModelHost {
             vectors_free: kernel.vectors.available(),
             vms,
         }
+    }
+}
+
+/// Whether a device can sit where `placement` says on a host with `units` VT-d units.
+fn check_placement(placement: Placement, units: u16) -> Result<(), HostError> {
+    match placement {
+        Placement::Vtd { unit } if unit >= units => Err(HostError::NoSuchUnit { unit, units }),
+        Placement::Amd { entries } if !amd::AMD_TABLE_SIZES.contains(&entries) => {
+            Err(ConfigError::AmdTableSize(entries).into())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -19,6 +19,9 @@ pub enum IrteDest {
     /// Posted format: straight into the posted-interrupt descriptor of the vCPU with this
     /// APIC ID, at this guest vector; no host vector is involved.
     Posted(GuestDest),
+    /// Posted format with no vCPU yet (a parked grant, spec §3.5): interrupts are
+    /// dropped until it is retargeted, which needs no resource it does not hold.
+    PostedParked,
 }
 
 /// Which enabled vector an IRTE backs: its device's kind and index (the device is the

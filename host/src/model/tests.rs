@@ -15,6 +15,7 @@ fn device(requester_id: u16, msi_max: u16, msix: u16) -> DeviceSpec {
         msi_max,
         msix_table_size: msix,
         ims_slots: 0,
+        ..DeviceSpec::default()
     }
 }
 
@@ -142,4 +143,119 @@ fn the_vtd_multi_msi_bound_caps_msi_max_and_the_block_granted() {
     );
     assert_eq!(alloc(&vm, 0, Kind::Msi, 1, 32).unwrap().len(), 4);
     host.check_invariants().unwrap();
+}
+
+#[test]
+fn a_write_with_another_pasid_is_blocked_and_recorded() {
+    let host = ModelHost::new(&ModelConfig::default()).unwrap();
+    let vm = vm(
+        &host,
+        vec![DeviceSpec {
+            requester_id: 0x100,
+            ims_slots: 8,
+            ..DeviceSpec::default()
+        }],
+    );
+    let targets = [Target::new(1, 0x40), Target::new(0, 0x41)];
+    let ims = |index, pasid| {
+        let reply = vm.call(&Request {
+            device: 0,
+            tag: 3,
+            op: Operation::Alloc(Alloc {
+                kind: Kind::Ims,
+                index: IndexSpec::At(index),
+                min: 1,
+                max: 1,
+                pasid,
+                targeting: pvirq_proto::Targeting::PerVector,
+                targets: &targets[..1],
+            }),
+        });
+        match Response::decode(&reply, feature::V1).unwrap().outcome {
+            Outcome::Allocated { grants, .. } => grants.get(0).unwrap().message(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let bound = ims(0, Some(0x42));
+    let unbound = ims(1, None);
+    // The PASID the grant was made for resolves; another is blocked and recorded.
+    assert_eq!(
+        host.fire_tagged(0x100, Some(0x42), bound).unwrap().to(),
+        Some((1, 0x40))
+    );
+    let before = host.faults().count;
+    let fault = host.fire_tagged(0x100, Some(0x43), bound).unwrap_err();
+    assert_eq!(
+        fault.reason,
+        FaultReason::PasidMismatch {
+            expected: Some(0x42),
+            got: 0x43
+        }
+    );
+    assert_eq!(host.faults().count, before + 1);
+    assert_eq!(host.faults().recent.last(), Some(&fault));
+    // A grant made without a PASID takes no tagged write.
+    let fault = host.fire_tagged(0x100, Some(0x42), unbound).unwrap_err();
+    assert_eq!(
+        fault.reason,
+        FaultReason::PasidMismatch {
+            expected: None,
+            got: 0x42
+        }
+    );
+    // Another requester with the right PASID is still a source-id mismatch first.
+    assert!(matches!(
+        host.fire_tagged(0x200, Some(0x42), bound)
+            .unwrap_err()
+            .reason,
+        FaultReason::Remap(_)
+    ));
+    assert_eq!(host.faults().count, before + 3);
+    host.check_invariants().unwrap();
+}
+
+#[test]
+fn the_model_config_selects_amd_tables_and_posting_and_backends_report_them() {
+    for (placement, format) in [
+        (
+            Placement::Vtd { unit: 0 },
+            pvirq_proto::MessageFormat::VtdRemappable,
+        ),
+        (
+            Placement::Amd { entries: 2048 },
+            pvirq_proto::MessageFormat::AmdRemapped,
+        ),
+    ] {
+        for posted in [false, true] {
+            let host = ModelHost::new(&ModelConfig {
+                placement,
+                posted,
+                ..ModelConfig::default()
+            })
+            .unwrap();
+            let vm = vm(&host, vec![device(0x100, 4, 64), device(0x200, 0, 64)]);
+            for handle in 0..2 {
+                assert_eq!(vm.with_backend(handle, |b| b.format()), Some(format));
+                assert_eq!(vm.with_backend(handle, |b| b.can_post()), Some(posted));
+            }
+            // Grants carry the format's messages: an AMD device's data is its own index.
+            let g = alloc(&vm, 1, Kind::MsiX, 2, 2).unwrap();
+            if format == pvirq_proto::MessageFormat::AmdRemapped {
+                assert_eq!(g[1].message(), amd::amd_message(1));
+                assert_eq!(host.occupancy().units[0].used, 0, "VT-d untouched");
+            } else {
+                assert!(pvirq_proto::RemappableMsi::decode(g[1].message()).is_ok());
+            }
+            host.check_invariants().unwrap();
+        }
+    }
+    let bad = |placement| {
+        ModelHost::new(&ModelConfig {
+            placement,
+            ..ModelConfig::default()
+        })
+        .is_err()
+    };
+    assert!(bad(Placement::Vtd { unit: 1 }));
+    assert!(bad(Placement::Amd { entries: 100 }));
 }

@@ -23,6 +23,8 @@ const DELIVERY_LOG: usize = 1024;
 pub struct RouteBook {
     /// Live state by slot (route id − first id); `None`: no live route.
     live: Vec<Option<RouteState>>,
+    /// Drops by slot, since the slot's route was last parked.
+    drops: Vec<u64>,
     live_count: u32,
     delivered: u64,
     dropped: u64,
@@ -51,6 +53,11 @@ impl RouteBook {
         self.deliveries.iter().copied()
     }
 
+    /// Interrupts the route in `slot` dropped since it was last parked.
+    fn drops_of(&self, slot: u32) -> u64 {
+        self.drops.get(slot as usize).copied().unwrap_or(0)
+    }
+
     fn get(&self, slot: u32) -> Option<RouteState> {
         self.live.get(slot as usize).copied().flatten()
     }
@@ -61,6 +68,13 @@ impl RouteBook {
             self.live.resize(slot + 1, None);
         }
         if let Some(entry) = self.live.get_mut(slot) {
+            // A route parked now (new, or activated before) has dropped nothing yet.
+            if state == Some(RouteState::Parked)
+                && *entry != Some(RouteState::Parked)
+                && let Some(drops) = self.drops.get_mut(slot)
+            {
+                *drops = 0;
+            }
             match (entry.is_some(), state.is_some()) {
                 (false, true) => self.live_count += 1,
                 (true, false) => self.live_count -= 1,
@@ -79,7 +93,16 @@ impl RouteBook {
                 }
                 self.deliveries.push_back(dest);
             }
-            Some(RouteState::Parked) => self.dropped += 1,
+            Some(RouteState::Parked) => {
+                self.dropped += 1;
+                let at = slot as usize;
+                if self.drops.len() <= at {
+                    self.drops.resize(at + 1, 0);
+                }
+                if let Some(drops) = self.drops.get_mut(at) {
+                    *drops += 1;
+                }
+            }
             None => self.stale += 1,
         }
     }
@@ -298,6 +321,13 @@ impl GuestRoutes for MemoryRoutes {
         lock(&self.book).live_count
     }
 
+    fn drops(&self, id: RouteId) -> u64 {
+        match self.slot(id) {
+            Some(slot) => lock(&self.book).drops_of(slot),
+            None => 0,
+        }
+    }
+
     fn clear(&mut self) {
         self.abort();
         let mut book = lock(&self.book);
@@ -382,10 +412,12 @@ mod tests {
         r.commit().unwrap();
         live.trigger.raise().unwrap();
         parked.trigger.raise().unwrap();
+        parked.trigger.raise().unwrap();
+        assert_eq!((r.drops(live.id), r.drops(parked.id)), (0, 2));
         let book = r.book();
         {
             let b = book.lock().unwrap();
-            assert_eq!((b.delivered(), b.dropped(), b.stale()), (1, 1, 1));
+            assert_eq!((b.delivered(), b.dropped(), b.stale()), (1, 2, 1));
             assert_eq!(b.deliveries().collect::<Vec<_>>(), [D]);
         }
         r.clear();
@@ -395,6 +427,20 @@ mod tests {
         // The same id gets the same signal again: no allocation per route in steady state.
         let again = r.stage_add(Some(D)).unwrap();
         assert!(Arc::ptr_eq(&again.trigger, &live.trigger));
+        // A new route in a slot starts with no drops.
+        let reparked = r.stage_add(None).unwrap();
+        assert_eq!(reparked.id, parked.id);
+        r.commit().unwrap();
+        assert_eq!(r.drops(reparked.id), 0);
+        reparked.trigger.raise().unwrap();
+        assert_eq!(r.drops(reparked.id), 1);
+        // Activated, the count stays; parked again, it starts over.
+        r.stage_update(reparked.id, Some(E)).unwrap();
+        r.commit().unwrap();
+        assert_eq!(r.drops(reparked.id), 1);
+        r.stage_update(reparked.id, None).unwrap();
+        r.commit().unwrap();
+        assert_eq!(r.drops(reparked.id), 0);
         assert_eq!(MemoryRoutes::kvm_like().available(), 4072);
         assert_eq!(live.trigger.eventfd(), None);
     }

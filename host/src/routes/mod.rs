@@ -93,6 +93,13 @@ pub trait GuestRoutes: Send {
     fn route(&self, id: RouteId) -> Option<RouteState>;
     /// Number of live routes.
     fn live(&self) -> u32;
+    /// Interrupts route `id` dropped since it was last parked (spec §3.5: QUERY's
+    /// `parked_drops` sums them over the grants parked now). Advisory: 0 where the layer
+    /// cannot see drops (KVM drops an interrupt to a route with no destination inside the
+    /// hypervisor).
+    fn drops(&self, _id: RouteId) -> u64 {
+        0
+    }
     /// Drops every route, staged or live, and cannot fail: what a device reset does when a
     /// commit was refused. A layer whose hypervisor refused the removal keeps trying on
     /// its next commit; the backends no longer signal the routes' triggers meanwhile.

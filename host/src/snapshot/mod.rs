@@ -159,6 +159,16 @@ pub enum RestoreError {
         /// The destination's quota.
         quota: u32,
     },
+    /// More grants of one device than its share on the destination (spec §3.7).
+    #[error("device {handle}: {grants} grants exceed its share of {share}")]
+    OverShare {
+        /// The device handle.
+        handle: usize,
+        /// Its grants in the snapshot.
+        grants: u64,
+        /// Its share on the destination.
+        share: u32,
+    },
     /// The destination VM already holds grants: restore needs a fresh VM.
     #[error("the VM already holds {0} vectors")]
     NotFresh(u32),

@@ -48,6 +48,14 @@ impl VmSnapshot {
         let pasid_allowed = self.features & pvirq_proto::feature::PASID != 0;
         let mut out = Vec::with_capacity(self.devices.len());
         for (handle, (dev, spec)) in self.devices.iter().zip(&config.devices).enumerate() {
+            let share = spec.effective_share(config.quota);
+            if dev.grants.len() as u64 > u64::from(share) {
+                return Err(RestoreError::OverShare {
+                    handle,
+                    grants: dev.grants.len() as u64,
+                    share,
+                });
+            }
             let mut seen = BTreeSet::new();
             let mut grants = Vec::with_capacity(dev.grants.len());
             for g in &dev.grants {

@@ -11,7 +11,7 @@ mod release;
 pub(crate) use release::{release, release_all};
 
 use crate::backend::InterruptBackend;
-use crate::config::DeviceSpec;
+use crate::config::{ApicIdSet, DeviceSpec};
 use crate::grants::DeviceGrants;
 use crate::routes::GuestRoutes;
 
@@ -30,6 +30,9 @@ pub(crate) struct VmState {
     pub(crate) devices: Vec<DeviceState>,
     /// Vectors held over all devices.
     pub(crate) held: u32,
+    /// The VM's APIC IDs, for targets named by APIC ID (from the configuration, which
+    /// does not change).
+    pub(crate) apic_ids: ApicIdSet,
 }
 
 impl Drop for VmState {

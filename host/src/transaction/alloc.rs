@@ -1,42 +1,21 @@
 //! ALLOC (spec §4.5): check, size, stage the routes, have the backend back the vectors,
-//! reply, commit, record.
+//! settle the destinations on the count granted, reply, commit, record.
 
 use super::backed::Backed;
+use super::indices::{choose, slots};
 use super::reply::{Ctx, Handled};
 use super::sizing::Supply;
-use super::{backend_refusal, route_failure, route_refusal, table_size, usable};
-use crate::backend::{EnableRequest, Enabled, GuestDest, VectorSetup};
+use super::targets::{destinations, grant_dests};
+use super::{backend_refusal, route_failure, route_refusal, usable};
+use crate::backend::{EnableRequest, Enabled, VectorSetup};
 use crate::config::VmConfig;
 use crate::grants::GrantRecord;
 use crate::routes::RouteBatch;
 use crate::state::VmState;
 use pvirq_proto::{
-    Alloc, Field, Grant, GrantSlice, IndexSpec, Kind, Outcome, Refusal, Resource, Status, feature,
+    Alloc, Field, Grant, GrantInfo, GrantMode, GrantSlice, Outcome, Refusal, Resource, Status,
+    feature,
 };
-
-/// The destination of each target, or the INVALID_TARGET refusal for the first bad one.
-pub(super) fn destinations(
-    config: &VmConfig,
-    targets: &[pvirq_proto::Target],
-    out: &mut Vec<Option<GuestDest>>,
-) -> Result<(), Refusal> {
-    for (entry, t) in targets.iter().enumerate() {
-        let apic_id = config.apic_ids.of_vcpu(t.vcpu(), config.num_vcpus);
-        match apic_id {
-            Some(apic_id) => out.push(Some(GuestDest {
-                apic_id,
-                vector: t.vector(),
-            })),
-            None => {
-                return Err(Refusal::InvalidTarget {
-                    field: Field::TargetVcpu,
-                    entry: entry as u32,
-                });
-            }
-        }
-    }
-    Ok(())
-}
 
 pub(super) fn alloc(
     ctx: &mut Ctx<'_>,
@@ -50,8 +29,11 @@ pub(super) fn alloc(
         routes,
         devices,
         held,
+        apic_ids,
         ..
     } = st;
+    // Spec §5.3: the handle (6), negotiation (7), the targets' CPUs (8), the indices (9),
+    // the resources (10).
     let Some(dev) = devices.get_mut(handle as usize) else {
         return ctx.refuse(Refusal::NoDevice);
     };
@@ -64,57 +46,33 @@ pub(super) fn alloc(
         });
     }
     let mut dests = Vec::with_capacity(a.targets.len());
-    if let Err(refusal) = destinations(config, a.targets, &mut dests) {
+    if let Err(refusal) = destinations(config, apic_ids, features, a.targets, &mut dests) {
         return ctx.refuse(refusal);
     }
     let (min, max) = (u32::from(a.min), u32::from(a.max));
-    let msi = a.kind == Kind::Msi;
-    let table = dev.grants.table(a.kind);
-    let slots = match (msi, a.index) {
-        (true, _) => {
-            // One block per device: a second ALLOC while one is held is refused.
-            if table.granted() > 0 {
-                return ctx.refuse(Refusal::IndexInUse { index: 0 });
-            }
-            table_size(dev, Kind::Msi)
-        }
-        (false, IndexSpec::At(first)) => {
-            let size = table.size();
-            if u64::from(first) + u64::from(max) > u64::from(size) {
-                return ctx.refuse(Refusal::IndexOutOfRange {
-                    index: first.max(size),
-                });
-            }
-            if let Some(index) = (first..first + max).find(|i| !table.free.is_free(*i)) {
-                return ctx.refuse(Refusal::IndexInUse { index });
-            }
-            max
-        }
-        (false, IndexSpec::Any) => table.free.free_count(),
-        // An extension this device does not offer (spec §4.5): an undefined flag.
-        (false, IndexSpec::AnyContiguous) => {
-            return ctx.refuse(Refusal::BadRequest {
-                field: Field::Flags,
-                entry: 0,
-            });
-        }
+    let slots = match slots(dev, a.kind, a.index, max) {
+        Ok(slots) => slots,
+        Err(refusal) => return ctx.refuse(refusal),
     };
+    // Posted only for a driver that negotiated it, where the host can ([DEV-25]); a parked
+    // grant too, which keeps that mode when activated (spec §3.4).
+    let allow_posted = features & feature::POSTED != 0;
     let supply = Supply {
         quota: config.quota.saturating_sub(*held),
+        share: dev
+            .spec
+            .effective_share(config.quota)
+            .saturating_sub(dev.grants.granted()),
         slots,
         host: dev.backend.supply(a.kind),
-        posted: false,
+        posted: allow_posted && dev.backend.can_post(),
         routes: routes.available(),
     };
     let n = match supply.size(a.kind, min, max) {
         Ok(n) => n,
         Err(refusal) => return ctx.refuse(refusal),
     };
-    let indices: Vec<u32> = match (msi, a.index) {
-        (true, _) => (0..n).collect(),
-        (false, IndexSpec::At(first)) => (first..first + n).collect(),
-        (false, IndexSpec::Any | IndexSpec::AnyContiguous) => table.lowest_free(n),
-    };
+    let indices = choose(dev.grants.table(a.kind), a.kind, a.index, n);
     if indices.len() != n as usize {
         return ctx.refuse(Refusal::DeviceError {
             resource: Resource::DeviceSlots,
@@ -122,10 +80,11 @@ pub(super) fn alloc(
     }
 
     // The guest routes first: each gives the trigger its host interrupt will signal.
+    let staged = grant_dests(a.targeting, &dests, indices.len());
     let mut batch = RouteBatch::new(routes.as_mut());
     let mut route_ids = Vec::with_capacity(indices.len());
     let mut setups = Vec::with_capacity(indices.len());
-    for (i, (index, dest)) in indices.iter().zip(&dests).enumerate() {
+    for (i, (index, dest)) in indices.iter().zip(&staged).enumerate() {
         match batch.add(*dest) {
             Ok(route) => {
                 route_ids.push(route.id);
@@ -146,13 +105,14 @@ pub(super) fn alloc(
         vectors: &setups,
         min: usize::from(a.min),
         pasid: a.pasid,
-        allow_posted: false,
+        allow_posted,
     };
     if let Err(e) = dev.backend.enable(&request, &mut enabled) {
         return ctx.refuse(backend_refusal(&e));
     }
     let granted = enabled.len();
-    if granted < usize::from(a.min) || granted > setups.len() {
+    let posted_unasked = !allow_posted && enabled.iter().any(|e| e.mode == GrantMode::Posted);
+    if granted < usize::from(a.min) || granted > setups.len() || posted_unasked {
         // A backend that broke its promise: give back what it reports and refuse.
         if let Some(backed) = indices.get(..granted.min(indices.len())) {
             dev.backend.disable(a.kind, backed);
@@ -164,22 +124,57 @@ pub(super) fn alloc(
     let Some(backed) = indices.get(..granted) else {
         return ctx.dropped();
     };
-    let backed = Backed::new(dev.backend.as_mut(), a.kind, backed);
+    let mut backed = Backed::new(dev.backend.as_mut(), a.kind, backed);
     // Routes staged past what the host backed are taken back.
     for route in route_ids.iter().skip(granted) {
         if let Err(e) = batch.remove(*route) {
             return ctx.refuse(route_failure(&e));
         }
     }
-    let grants: Vec<Grant> = indices
-        .iter()
-        .zip(&enabled)
-        .map(|(index, e)| Grant::new(*index, e.message))
-        .collect();
+    // A spread depends on the count granted: where the host backed fewer than were
+    // staged, the vectors kept move to their places in the spread over that count.
+    let dests = if granted < staged.len() {
+        grant_dests(a.targeting, &dests, granted)
+    } else {
+        staged
+    };
+    for (((index, route), setup), dest) in indices.iter().zip(&route_ids).zip(&setups).zip(&dests) {
+        if setup.dest != *dest {
+            if let Err(e) = batch.update(*route, *dest) {
+                return ctx.refuse(route_failure(&e));
+            }
+            backed.retarget(*index, *dest);
+        }
+    }
+
     let new_held = *held + granted as u32;
+    let quota_remaining = config.quota.saturating_sub(new_held);
+    let (mut basic, mut info) = (Vec::new(), Vec::new());
+    let grants = if features & feature::INFO != 0 {
+        info.extend(
+            indices
+                .iter()
+                .zip(&enabled)
+                .zip(&dests)
+                .map(|((index, e), dest)| {
+                    GrantInfo::new(*index, e.message, e.mode)
+                        .with_parked(dest.is_none())
+                        .with_pasid(a.pasid)
+                }),
+        );
+        GrantSlice::Info(&info)
+    } else {
+        basic.extend(
+            indices
+                .iter()
+                .zip(&enabled)
+                .map(|(index, e)| Grant::new(*index, e.message)),
+        );
+        GrantSlice::Basic(&basic)
+    };
     let reply = ctx.send(Outcome::Allocated {
-        grants: GrantSlice::Basic(&grants),
-        quota_remaining: config.quota.saturating_sub(new_held),
+        grants,
+        quota_remaining,
     });
     let Ok(used) = reply else {
         return ctx.dropped(); // the batch aborts and the host disables as they drop
@@ -192,12 +187,12 @@ pub(super) fn alloc(
 
     // Acknowledged and live: the reservations become grants.
     let table = dev.grants.table_mut(a.kind);
-    for (((index, route), setup), e) in indices.iter().zip(&route_ids).zip(&setups).zip(&enabled) {
+    for (((index, route), dest), e) in indices.iter().zip(&route_ids).zip(&dests).zip(&enabled) {
         table.insert(
             *index,
             GrantRecord {
                 route: *route,
-                dest: setup.dest,
+                dest: *dest,
                 message: e.message,
                 mode: e.mode,
                 pasid: a.pasid,

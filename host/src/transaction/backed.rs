@@ -1,6 +1,6 @@
 //! Vectors a backend backs for one request, held by a value: disabled on drop unless kept.
 
-use crate::backend::InterruptBackend;
+use crate::backend::{GuestDest, InterruptBackend};
 use pvirq_proto::Kind;
 
 /// The vectors one request had the backend enable. Dropping it unkept disables them, so a
@@ -24,6 +24,13 @@ impl<'a> Backed<'a> {
             indices,
             kept: false,
         }
+    }
+
+    /// Points one of the vectors at another destination before it is granted (a spread
+    /// settled on the count the host backed). Undone with the rest if the request fails:
+    /// the vector is disabled.
+    pub(crate) fn retarget(&mut self, index: u32, dest: Option<GuestDest>) {
+        self.backend.retarget(self.kind, index, dest);
     }
 
     /// The request succeeded: the vectors are grants now.

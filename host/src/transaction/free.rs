@@ -1,45 +1,33 @@
 //! FREE and RESET (spec §4.6, §4.8): stage the route removals, reply, commit, then the
 //! grants are released ([`crate::state::release`]: the backend stops backing them).
 
+use super::named::{named_grants, whole_msi_block};
 use super::reply::{Ctx, Handled};
 use super::{route_failure, usable};
 use crate::config::VmConfig;
 use crate::grants::GrantRecord;
 use crate::routes::RouteBatch;
 use crate::state::{DeviceState, VmState, release};
-use pvirq_proto::{Field, IndexRange, Kind, Outcome, Refusal, Status};
+use pvirq_proto::{Field, Indices, Kind, Outcome, Refusal, Status};
 
 /// The grants a FREE names (all of them, or the refusal), or every grant of the device for
-/// RESET (`range` = `None`).
+/// RESET (`indices` = `None`).
 fn select(
     dev: &DeviceState,
-    range: Option<&IndexRange>,
+    indices: Option<&Indices<'_>>,
 ) -> Result<Vec<(Kind, u32, GrantRecord)>, Refusal> {
-    let Some(range) = range else {
+    let Some(indices) = indices else {
         return Ok(dev.grants.all());
     };
-    let table = dev.grants.table(range.kind);
-    if range.kind == Kind::Msi {
-        // The block is freed whole or not at all.
-        let size = table.granted();
-        let count = u32::from(range.count);
-        if size == 0 || range.first != 0 || count < size {
-            return Err(Refusal::NotGranted { index: range.first });
-        }
-        if count > size {
-            return Err(Refusal::NotGranted { index: size });
-        }
+    let kind = indices.kind();
+    let table = dev.grants.table(kind);
+    if kind == Kind::Msi {
+        whole_msi_block(table, indices)?;
     }
-    range
-        .indices()
-        .map(|i| {
-            table
-                .records
-                .get(&i)
-                .map(|r| (range.kind, i, *r))
-                .ok_or(Refusal::NotGranted { index: i })
-        })
-        .collect()
+    Ok(named_grants(table, indices)?
+        .into_iter()
+        .map(|(i, r)| (kind, i, r))
+        .collect())
 }
 
 pub(super) fn free(
@@ -47,7 +35,7 @@ pub(super) fn free(
     config: &VmConfig,
     st: &mut VmState,
     handle: u32,
-    range: Option<&IndexRange>,
+    indices: Option<&Indices<'_>>,
 ) -> Handled {
     let features = st.features;
     let VmState {
@@ -59,12 +47,12 @@ pub(super) fn free(
     let Some(dev) = devices.get_mut(handle as usize) else {
         return ctx.refuse(Refusal::NoDevice);
     };
-    if let Some(range) = range
-        && !usable(&dev.spec, features, range.kind)
+    if let Some(indices) = indices
+        && !usable(&dev.spec, features, indices.kind())
     {
         return ctx.refuse(Refusal::Unsupported { field: Field::Kind });
     }
-    let grants = match select(dev, range) {
+    let grants = match select(dev, indices) {
         Ok(g) => g,
         Err(r) => return ctx.refuse(r),
     };
@@ -77,7 +65,7 @@ pub(super) fn free(
     }
     let new_held = held.saturating_sub(count);
     let quota_remaining = config.quota.saturating_sub(new_held);
-    let outcome = if range.is_some() {
+    let outcome = if indices.is_some() {
         Outcome::Freed {
             count,
             quota_remaining,

@@ -15,6 +15,15 @@
 //! FREE, RESET and RETARGET stage their route changes the same way and release host
 //! resources only after the commit, so they are all-or-nothing too.
 //!
+//! Requests are decoded against the features the driver negotiated, and every shape the
+//! decoder gives is handled: APIC-ID targets, SPREAD and PARKED targeting, ANY_CONTIGUOUS,
+//! index lists, PARK (spec §4.5–§4.7). Beside the file per operation: `targets` (where
+//! vectors go), `indices` (which indices an ALLOC takes), `named` (which grants a FREE or
+//! RETARGET names), `sizing` (how many, or which resource is short). A reply says only
+//! what the driver negotiated: 24-byte records and the extended QUERY body with `INFO`,
+//! and a code it did not negotiate as version 1 says it (`reply`), so a version-1 driver
+//! gets version 1's bytes ([DEV-24]).
+//!
 //! The module is a set of free functions over a VM's state (`state::VmState`), called by
 //! the [`crate::Vm`] handle with the VM's lock held: `handle` for a request, `restore`
 //! for a snapshot. It never names the handle, so `vm` depends on it and not
@@ -23,11 +32,14 @@
 mod alloc;
 mod backed;
 mod free;
+mod indices;
+mod named;
 mod query;
 mod reply;
 mod restore;
 mod retarget;
 mod sizing;
+mod targets;
 
 pub use reply::{BufferSink, Handled, ReplySink};
 pub(crate) use restore::restore;
@@ -38,8 +50,7 @@ use crate::config::{DeviceSpec, VmConfig};
 use crate::routes::RouteError;
 use crate::state::{DeviceState, VmState};
 use pvirq_proto::{
-    Field, Indices, Kind, Negotiated, Operation, RESPONSE_HEADER_LEN, Refusal, Request, Resource,
-    Retarget, RetargetTo, feature,
+    Field, Kind, Negotiated, Operation, RESPONSE_HEADER_LEN, Refusal, Request, Resource, feature,
 };
 use reply::{Ctx, Echo};
 
@@ -74,8 +85,9 @@ fn backend_refusal(e: &BackendError) -> Refusal {
             resource,
             available: supplied,
         },
+        // Told as `irte` to a driver without `INFO` (spec §3.3).
         BackendError::Fragmented { largest } => Refusal::NoSpace {
-            resource: Resource::Irte,
+            resource: Resource::IrteFragmented,
             available: largest,
         },
         // The table cannot grow now: as far as this VM can tell, no slot is free until it
@@ -130,7 +142,11 @@ pub(crate) fn handle(
             tag: h.tag.get(),
         })
         .unwrap_or_default();
-    let mut ctx = Ctx { echo, sink };
+    let mut ctx = Ctx {
+        echo,
+        sink,
+        features: st.features,
+    };
     if ctx.sink.capacity() < RESPONSE_HEADER_LEN {
         // Not even a refusal fits: say nothing, change nothing.
         return ctx.dropped();
@@ -140,15 +156,6 @@ pub(crate) fn handle(
         Ok(r) => r,
         Err(e) => return ctx.refuse(e.refusal()),
     };
-    if request.required_features() & feature::EXTENSIONS != 0 {
-        // This device implements version 1 and offers no extension bit (spec §2.2), so
-        // the decoder gives such a shape only where a caller set an extension feature
-        // anyway: answer as for a flag that is not defined.
-        return ctx.refuse(Refusal::BadRequest {
-            field: Field::Flags,
-            entry: 0,
-        });
-    }
     let needed = request.max_response_len(st.features);
     if ctx.sink.capacity() < needed {
         return ctx.refuse(Refusal::ResponseTooSmall {
@@ -158,19 +165,9 @@ pub(crate) fn handle(
     match &request.op {
         Operation::Query => query::query(&mut ctx, config, st, request.device),
         Operation::Alloc(a) => alloc::alloc(&mut ctx, config, st, request.device, a),
-        Operation::Free(Indices::Run(r)) => {
-            free::free(&mut ctx, config, st, request.device, Some(r))
-        }
+        Operation::Free(indices) => free::free(&mut ctx, config, st, request.device, Some(indices)),
         Operation::Reset => free::free(&mut ctx, config, st, request.device, None),
-        Operation::Retarget(Retarget {
-            indices: Indices::Run(range),
-            to: RetargetTo::Targets(targets),
-        }) => retarget::retarget(&mut ctx, config, st, request.device, range, targets),
-        // Index lists and parking: refused above (extensions).
-        Operation::Free(_) | Operation::Retarget(_) => ctx.refuse(Refusal::BadRequest {
-            field: Field::Flags,
-            entry: 0,
-        }),
+        Operation::Retarget(r) => retarget::retarget(&mut ctx, config, st, request.device, r),
     }
 }
 
@@ -179,3 +176,6 @@ mod tests;
 
 #[cfg(test)]
 mod restore_tests;
+
+#[cfg(test)]
+mod ext_tests;

@@ -1,18 +1,25 @@
-//! QUERY (spec §4.4): a device's limits and what an ALLOC could be granted now.
+//! QUERY (spec §4.4): a device's limits, what an ALLOC could be granted now and, with
+//! `INFO`, the extended body (identity, format, share, free runs, parked drops).
 
 use super::reply::{Ctx, Handled};
-use super::sizing::Supply;
+use super::sizing::{Slots, Supply};
 use super::{table_size, usable};
 use crate::config::VmConfig;
-use crate::state::VmState;
-use pvirq_proto::{DeviceInfo, Kind, KindSet, Outcome, Refusal, Status};
+use crate::routes::GuestRoutes;
+use crate::state::{DeviceState, VmState};
+use pvirq_proto::{DeviceInfo, DeviceInfoExt, Kind, KindSet, Outcome, Refusal, Status, feature};
 
 pub(super) fn query(ctx: &mut Ctx<'_>, config: &VmConfig, st: &VmState, handle: u32) -> Handled {
     let Some(dev) = st.devices.get(handle as usize) else {
         return ctx.refuse(Refusal::NoDevice);
     };
     let quota = config.quota.saturating_sub(st.held);
+    let share = dev
+        .spec
+        .effective_share(config.quota)
+        .saturating_sub(dev.grants.granted());
     let routes = st.routes.available();
+    let posted = st.features & feature::POSTED != 0 && dev.backend.can_post();
     let mut kinds = KindSet::EMPTY;
     let mut available = 0;
     for kind in Kind::ALL.iter().copied() {
@@ -28,9 +35,10 @@ pub(super) fn query(ctx: &mut Ctx<'_>, config: &VmConfig, st: &VmState, handle: 
         };
         let supply = Supply {
             quota,
-            slots,
+            share,
+            slots: Slots::exactly(slots),
             host: dev.backend.supply(kind),
-            posted: false,
+            posted,
             routes,
         };
         available = available.max(supply.grantable(kind, u32::from(config.max_batch)));
@@ -50,8 +58,9 @@ pub(super) fn query(ctx: &mut Ctx<'_>, config: &VmConfig, st: &VmState, handle: 
         granted: dev.grants.granted(),
         vm_quota: config.quota,
         available,
-        // Version 1's body: this device offers no `INFO` (spec §4.4).
-        ext: None,
+        // Version 1's 24-byte body unless the driver negotiated the extended one.
+        ext: (st.features & feature::INFO != 0)
+            .then(|| extended(config, dev, st.routes.as_ref(), kinds)),
     };
     match ctx.send(Outcome::Queried {
         info,
@@ -59,5 +68,39 @@ pub(super) fn query(ctx: &mut Ctx<'_>, config: &VmConfig, st: &VmState, handle: 
     }) {
         Ok(len) => ctx.handled(len, Status::Ok),
         Err(_) => ctx.dropped(),
+    }
+}
+
+/// The extended body (spec §4.4, offsets 24–63) of device `dev`, whose usable kinds are
+/// `kinds`.
+fn extended(
+    config: &VmConfig,
+    dev: &DeviceState,
+    routes: &dyn GuestRoutes,
+    kinds: KindSet,
+) -> DeviceInfoExt {
+    let free_run = |kind: Kind| {
+        if kinds.contains(kind) {
+            dev.grants.table(kind).longest_free_run()
+        } else {
+            0
+        }
+    };
+    // Advisory (spec §3.5): only what the route layer sees, summed over the grants that
+    // are parked now.
+    let parked_drops: u64 = Kind::ALL
+        .iter()
+        .flat_map(|kind| dev.grants.table(*kind).records.iter())
+        .filter(|(_, record)| record.dest.is_none())
+        .map(|(_, record)| routes.drops(record.route))
+        .fold(0, u64::saturating_add);
+    DeviceInfoExt {
+        identity: dev.spec.identity(),
+        format: dev.backend.format(),
+        can_post: dev.backend.can_post(),
+        share: dev.spec.effective_share(config.quota),
+        msix_free_run: u16::try_from(free_run(Kind::MsiX)).unwrap_or(u16::MAX),
+        ims_free_run: free_run(Kind::Ims),
+        parked_drops: u32::try_from(parked_drops).unwrap_or(u32::MAX),
     }
 }

@@ -93,6 +93,8 @@ const STACK_REPLY: usize = 320;
 pub(crate) struct Ctx<'a> {
     pub(crate) echo: Echo,
     pub(crate) sink: &'a mut dyn ReplySink,
+    /// The features the driver negotiated: which codes it may be told.
+    pub(crate) features: u64,
 }
 
 impl Ctx<'_> {
@@ -120,8 +122,11 @@ impl Ctx<'_> {
         u32::try_from(len).map_err(|_| ReplyError::Encode)
     }
 
-    /// Writes `refusal`, or says nothing if it cannot be written.
+    /// Writes `refusal`, or says nothing if it cannot be written. A code the driver did
+    /// not negotiate is told as version 1 tells it (spec §3.3: `device-share` as
+    /// `vm-quota`, the fragmented causes as the resource they fragment).
     pub(crate) fn refuse(&mut self, refusal: Refusal) -> Handled {
+        let refusal = refusal.for_features(self.features);
         match self.send(Outcome::Refused(refusal)) {
             Ok(len) => self.handled(len, refusal.status()),
             Err(_) => self.dropped(),

@@ -22,12 +22,14 @@ fn config(rid: u16) -> VmConfig {
                 msi_max: 8,
                 msix_table_size: 32,
                 ims_slots: 16,
+                ..DeviceSpec::default()
             },
             DeviceSpec {
                 requester_id: rid + 1,
                 msi_max: 0,
                 msix_table_size: 8,
                 ims_slots: 0,
+                ..DeviceSpec::default()
             },
         ],
         ..VmConfig::default()
@@ -328,6 +330,37 @@ fn hostile_snapshots_are_refused_with_a_typed_error_and_nothing_held() {
         b.restore(&good, feature::V1),
         Err(RestoreError::NotFresh(15))
     ));
+}
+
+#[test]
+fn a_snapshot_past_a_device_share_is_refused() {
+    let host = host(256);
+    let a = vm(&host, 0x100);
+    workload(&a);
+    let snapshot = a.snapshot();
+    drop(a);
+    // Device 0 holds 13 vectors; its share on the destination is 12.
+    let mut config = config(0x100);
+    config.devices[0].share = Some(12);
+    let b = host
+        .create_vm(config.clone(), Box::new(MemoryRoutes::kvm_like()))
+        .unwrap();
+    assert_eq!(
+        b.restore(&snapshot, feature::V1),
+        Err(RestoreError::OverShare {
+            handle: 0,
+            grants: 13,
+            share: 12
+        })
+    );
+    assert_eq!(b.occupancy().held, 0);
+    drop(b);
+    config.devices[0].share = Some(13);
+    let c = host
+        .create_vm(config, Box::new(MemoryRoutes::kvm_like()))
+        .unwrap();
+    c.restore(&snapshot, feature::V1).unwrap();
+    c.check_invariants().unwrap();
 }
 
 #[test]

@@ -22,6 +22,7 @@ pub(crate) fn dev(requester_id: u16, msi: u16, msix: u16, ims: u32) -> DeviceSpe
         msi_max: msi,
         msix_table_size: msix,
         ims_slots: ims,
+        ..DeviceSpec::default()
     }
 }
 

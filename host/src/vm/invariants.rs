@@ -1,7 +1,8 @@
 //! What must hold in the VM core between requests, whatever the backends:
 //!
 //! - a device's tables agree with its records; an MSI block is `0..n`, n a power of two;
-//! - the VM's held count equals its grants and never exceeds its quota;
+//! - the VM's held count equals its grants and never exceeds its quota; no device holds
+//!   more than its share (spec §3.7, [DEV-16]);
 //! - every grant has its own live route, in the state its record says (parked or to its
 //!   destination), and there are no other live routes;
 //! - every destination is one of the VM's APIC IDs, at a vector ≥ 0x20.
@@ -85,6 +86,16 @@ pub enum VmViolation {
         /// Its quota.
         quota: u32,
     },
+    /// A device holds more than its share.
+    #[error("dev {handle}: {granted} granted over its share of {share}")]
+    OverShare {
+        /// The device handle.
+        handle: usize,
+        /// Vectors it holds.
+        granted: u32,
+        /// Its share.
+        share: u32,
+    },
     /// The route layer has a different number of live routes than there are grants.
     #[error("{live} live routes for {grants} grants")]
     LiveRoutes {
@@ -102,6 +113,14 @@ pub(crate) fn violations(config: &VmConfig, st: &VmState) -> Vec<VmViolation> {
     let mut routes = check_set(st.held as usize);
     let mut total: u64 = 0;
     for (handle, dev) in st.devices.iter().enumerate() {
+        let share = dev.spec.effective_share(config.quota);
+        if dev.grants.granted() > share {
+            errors.push(VmViolation::OverShare {
+                handle,
+                granted: dev.grants.granted(),
+                share,
+            });
+        }
         for kind in Kind::ALL.iter().copied() {
             let table = dev.grants.table(kind);
             let granted = table.granted();

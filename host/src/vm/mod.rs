@@ -15,7 +15,7 @@ pub use invariants::VmViolation;
 pub(crate) use invariants::violations;
 
 use crate::backend::{GuestDest, InterruptBackend};
-use crate::config::VmConfig;
+use crate::config::{ApicIdSet, VmConfig};
 use crate::error::HostError;
 use crate::grants::{DeviceGrants, GrantRecord};
 use crate::routes::{GuestRoutes, RouteId, RouteState};
@@ -95,6 +95,7 @@ impl Vm {
                     routes,
                     devices,
                     held: 0,
+                    apic_ids: ApicIdSet::of(&config),
                 }),
                 config,
             }),

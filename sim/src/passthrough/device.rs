@@ -64,6 +64,7 @@ impl PassthroughDevice {
             msi_max: 0,
             msix_table_size: u16::try_from(self.tables.msix_entries()).unwrap_or(u16::MAX),
             ims_slots: self.tables.ims_slots(),
+            ..DeviceSpec::default()
         }
     }
 

@@ -109,6 +109,7 @@ impl DeviceDecl {
             msi_max: self.msi,
             msix_table_size: self.msix,
             ims_slots: self.ims,
+            ..DeviceSpec::default()
         }
     }
 }

@@ -49,6 +49,7 @@ pub fn bench_vm(host: &ModelHost) -> Result<GuestVm, VmmError> {
         msi_max: 0,
         msix_table_size: BENCH_ENTRIES as u16,
         ims_slots: BENCH_IMS,
+        ..DeviceSpec::default()
     };
     let bar = |requester_id, table, flow| BarConfig {
         requester_id,

@@ -45,6 +45,7 @@ pub fn vm_config(quota: u32, ims_slots: u32, source: u16) -> VmConfig {
             msi_max: 32,
             msix_table_size: 2048,
             ims_slots,
+            ..DeviceSpec::default()
         }],
         ..VmConfig::default()
     }

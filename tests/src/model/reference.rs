@@ -189,8 +189,10 @@ impl Model {
                 max_batch: u32::from(max_batch),
             });
         }
-        // The host implements version 1 only: an extension's shape (the scenarios never
-        // make one) is refused as an undefined flag.
+        // The model is version 1's: its scenarios negotiate version-1 feature sets only,
+        // under which the decoder never gives an extension's shape. Should one arrive, it
+        // is outside the model (the extensions are tested in the host's
+        // `transaction/ext_tests`, `tests/fault_walk_ext.rs` and `tests/e2e_extensions.rs`).
         if request.required_features() & feature::EXTENSIONS != 0 {
             return Answer::Refused(Refusal::BadRequest {
                 field: Field::Flags,
