@@ -37,7 +37,7 @@ impl DeviceSpec {
         }
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.msi_max != 0 && (!self.msi_max.is_power_of_two() || self.msi_max > 32) {
             return Err(ConfigError::MsiMax(self.msi_max));
         }

@@ -21,6 +21,7 @@
 //! the other way round.
 
 mod alloc;
+mod available;
 mod backed;
 mod free;
 mod query;
@@ -29,6 +30,7 @@ mod restore;
 mod retarget;
 mod sizing;
 
+pub(crate) use available::recheck_available;
 pub use reply::{BufferSink, Handled, ReplySink};
 pub(crate) use restore::restore;
 
@@ -39,7 +41,7 @@ use crate::routes::RouteError;
 use crate::state::{DeviceState, VmState};
 use pvirq_proto::{
     Field, Indices, Kind, Negotiated, Operation, RESPONSE_HEADER_LEN, Refusal, Request, Resource,
-    Retarget, RetargetTo, feature,
+    Retarget, RetargetTo, Status, feature,
 };
 use reply::{Ctx, Echo};
 
@@ -155,7 +157,7 @@ pub(crate) fn handle(
             needed: needed as u32,
         });
     }
-    match &request.op {
+    let handled = match &request.op {
         Operation::Query => query::query(&mut ctx, config, st, request.device),
         Operation::Alloc(a) => alloc::alloc(&mut ctx, config, st, request.device, a),
         Operation::Free(Indices::Run(r)) => {
@@ -171,6 +173,19 @@ pub(crate) fn handle(
             field: Field::Flags,
             entry: 0,
         }),
+    };
+    after_request(config, st, &request, &handled);
+    handled
+}
+
+/// The AVAILABLE event's hooks (spec §12): a NO_SPACE refusal of an ALLOC arms it for the
+/// device, and vectors this VM freed may fire the armed ones. Both do nothing unless the
+/// driver negotiated the event queue.
+fn after_request(config: &VmConfig, st: &mut VmState, request: &Request<'_>, handled: &Handled) {
+    match (&request.op, handled.status) {
+        (Operation::Alloc(a), Some(Status::NoSpace)) => st.events.arm(request.device, a.min),
+        (Operation::Free(_) | Operation::Reset, Some(Status::Ok)) => recheck_available(config, st),
+        _ => {}
     }
 }
 

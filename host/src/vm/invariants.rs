@@ -1,7 +1,8 @@
 //! What must hold in the VM core between requests, whatever the backends:
 //!
 //! - a device's tables agree with its records; an MSI block is `0..n`, n a power of two;
-//! - the VM's held count equals its grants and never exceeds its quota;
+//! - the VM's held count equals its grants and never exceeds its quota (a quota lowered
+//!   below it revokes nothing: it may stay above until it frees, never grow);
 //! - every grant has its own live route, in the state its record says (parked or to its
 //!   destination), and there are no other live routes;
 //! - every destination is one of the VM's APIC IDs, at a vector ≥ 0x20.
@@ -158,7 +159,9 @@ pub(crate) fn violations(config: &VmConfig, st: &VmState) -> Vec<VmViolation> {
             grants: total,
         });
     }
-    if st.held > config.quota {
+    // A quota lowered below what the VM held revokes nothing: the VM may stay over it,
+    // never grow while over it.
+    if st.held > config.quota && st.held > st.held_over_quota {
         errors.push(VmViolation::OverQuota {
             held: st.held,
             quota: config.quota,
