@@ -31,6 +31,8 @@ mod mmio_tests;
 mod negotiation_tests;
 pub mod persist;
 #[cfg(test)]
+mod persist_events_tests;
+#[cfg(test)]
 mod persist_tests;
 mod process;
 pub mod request;

@@ -18,7 +18,7 @@ use crate::snapshot::{RestoreError, Restored, RestoredGrant, VmSnapshot};
 use crate::vm::Vm;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use virtio_queue::{Queue, QueueState};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -201,9 +201,23 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
         let queues = match &state.queues {
             None => None,
             Some(snapshots) => {
-                let mut queues = Vec::with_capacity(snapshots.len());
-                for (i, (snap, max)) in snapshots.iter().zip(device.queue_max_sizes()).enumerate() {
+                let max_sizes = device.queue_max_sizes();
+                if snapshots.len() > max_sizes.len() {
+                    return Err(PersistError::Queue(max_sizes.len()));
+                }
+                let mut queues = Vec::with_capacity(max_sizes.len());
+                for (i, (snap, max)) in snapshots.iter().zip(max_sizes).enumerate() {
                     queues.push(snap.queue(*max).ok_or(PersistError::Queue(i))?);
+                }
+                // A version-1 state has the request queue alone: the event queue the
+                // transport has an eventfd for is there, not ready, as a version-1 driver
+                // leaves it.
+                for max in max_sizes
+                    .iter()
+                    .take(parts.queue_evts.len())
+                    .skip(queues.len())
+                {
+                    queues.push(Queue::new(*max).map_err(|_| PersistError::Queue(queues.len()))?);
                 }
                 device.check_activation(&parts.mem, &queues)?;
                 Some(queues)
