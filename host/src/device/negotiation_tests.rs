@@ -280,3 +280,40 @@ fn a_version_1_driver_sets_up_the_request_queue_alone_and_gets_version_1_bytes()
     assert_eq!(d.vm().pending_events(), 0);
     assert_eq!(d.metrics().snapshot().events, 0);
 }
+
+/// With an event loop (NotifyMode::EventFd), the event queue's notification is handled by
+/// the device's subscriber, as the request queue's is.
+#[test]
+fn the_event_loop_writes_events_when_the_event_queue_is_notified() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use std::sync::{Arc, Mutex};
+    let host = host();
+    let mem = guest_memory();
+    let req = Driver::new(&mem, 16);
+    let mut evt = EventDriver::new(&mem, 8);
+    let (mut regs, _irq) = mmio(&mem, &host, NotifyMode::EventFd);
+    let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().unwrap();
+    em.add_subscriber(regs.0.device().clone());
+    assert!(bring_up_events(&mut regs, &req, &evt, WITH_EVENTS, Some(8)));
+    em.run_with_timeout(0).unwrap();
+    regs.0.device().lock().unwrap().set_quota(2);
+    evt.give(1);
+    regs.w(VIRTIO_MMIO_QUEUE_NOTIFY, 1);
+    assert_eq!(
+        evt.drv.used_idx(),
+        0,
+        "nothing is done inside the notification"
+    );
+    em.run_with_timeout(0).unwrap();
+    assert_eq!(
+        evt.events(),
+        [Event {
+            sequence: 1,
+            body: EventBody::Limits {
+                device: None,
+                limit: 2
+            }
+        }]
+    );
+}
