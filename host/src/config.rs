@@ -68,7 +68,7 @@ impl DeviceSpec {
         self.share.unwrap_or(quota)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if let Some(pasid) = self.guest_identity.and_then(|i| i.pasid)
             && pasid > MAX_PASID
         {

@@ -29,6 +29,12 @@ pub enum HostError {
     /// An eventfd could not be created or used.
     #[error("eventfd: errno {0}")]
     EventFd(i32),
+    /// No assigned device has that handle (never had, or was removed).
+    #[error("no assigned device has handle {0}")]
+    NoSuchDevice(u32),
+    /// The route layer refused to commit a change the VMM asked for; nothing changed.
+    #[error("the guest routes could not be committed")]
+    RouteCommit,
 }
 
 /// Which configuration value is out of range, and what it was.
@@ -107,6 +113,9 @@ pub enum ConfigError {
     /// Virtio device ID 0, which means "no device" to a virtio-mmio driver.
     #[error("virtio device ID 0 means no device")]
     DeviceIdZero,
+    /// A VM has at most 0xFFFF_FFFF device handles (0xFFFF_FFFF itself means the VM).
+    #[error("no device handle left")]
+    DeviceHandles,
     /// Route ids `first..first + count` do not fit in 32 bits.
     #[error("route ids {first}..{first}+{count} overflow")]
     RouteIdRange {

@@ -11,7 +11,8 @@
 //!   VMM's own routing table ([`kvm::RouteOwner`]), or [`routes::MemoryRoutes`].
 //! - [`model`]: the modelled host kernel ([`model::ModelHost`]) for the simulator, tests,
 //!   fuzzing and benchmarks: VT-d remapping, the vector matrix, posted interrupts, faults.
-//! - [`device`]: the virtio device, its event handler and its virtio-mmio front.
+//! - [`device`]: the virtio device (request queue and event queue), its event handler and
+//!   its virtio-mmio front.
 //!
 //! ```
 //! use pvirq_host::model::{ModelConfig, ModelHost};

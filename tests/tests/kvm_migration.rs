@@ -7,22 +7,32 @@
 //! vCPUs any more — not the devices' messages (the source host's remapping drops them), not
 //! an eventfd signalled on one of its old GSIs.
 //!
+//! A second test migrates a driver that negotiated the event queue to a destination with
+//! other occupancy: the grants the destination gives new messages are reprogrammed and land
+//! on the destination VM's vCPUs, the ones it cannot back are revoked.
+//!
 //! Skipped (with a SKIPPED line) without `/dev/kvm`; failing instead with
 //! `PVIRQ_REQUIRE_KVM=1`.
+
+mod events_guest;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use events_guest::EventsGuest;
 use pvirq_guest::Options;
 use pvirq_host::Vm;
 use pvirq_host::kvm::{Gsi, KvmRouteTable, KvmRoutes};
-use pvirq_host::model::{ModelConfig, ModelHost};
+use pvirq_host::model::{ModelConfig, ModelHost, RemapConfig};
+use pvirq_host::routes::MemoryRoutes;
 use pvirq_host::snapshot::Restored;
-use pvirq_proto::{IndexSpec, Kind, Target};
+use pvirq_proto::{
+    Alloc, EventBody, IndexSpec, Kind, Operation, Request, Resource, Status, Target, feature,
+};
 use pvirq_sim::Channel;
 use pvirq_sim::kvm::{InterruptCounts, KvmGuest, require_kvm_or_skip};
-use pvirq_tests::workload::{self, Assigned, DEV_A, Devices, Programmed};
+use pvirq_tests::workload::{self, Assigned, DEV_A, DEV_B, Devices, Programmed};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// Guard against hangs only; delivery takes microseconds.
@@ -44,9 +54,14 @@ struct Side {
 
 impl Side {
     fn new() -> Side {
+        Side::on(ModelHost::new(&ModelConfig::default()).unwrap())
+    }
+
+    /// A side whose kernel is `host`.
+    fn on(host: ModelHost) -> Side {
         let guest = KvmGuest::new(VCPUS as usize, GUEST_MEM).unwrap();
         Side {
-            host: ModelHost::new(&ModelConfig::default()).unwrap(),
+            host,
             table: Arc::new(Mutex::new(guest.route_table())),
             guest,
             expected: BTreeMap::new(),
@@ -181,5 +196,141 @@ fn a_migration_between_two_kvm_vms_delivers_on_the_destinations_vcpus_and_the_re
     dest_side.check_exact();
     source_side.check_exact();
     drop(source);
+    dest_side.host.check_invariants().unwrap();
+}
+
+/// A driver with the event queue migrates between two KVM VMs whose hosts differ: the
+/// destination has 12 remapping entries and another VM holds 3 of them. A's MSI block
+/// keeps its entries; A's MSI-X vectors get others (REPROGRAM), B's cannot be backed
+/// (REVOKE). Reprogrammed, every grant left lands on the destination VM's vCPUs.
+#[test]
+fn a_migration_with_the_event_queue_reprograms_and_revokes_between_two_kvm_vms() {
+    if !require_kvm_or_skip() {
+        return;
+    }
+    let mut source_side = Side::new();
+    let dest_host = ModelHost::new(&ModelConfig {
+        remap: RemapConfig {
+            units: 1,
+            entries_per_unit: 12,
+        },
+        ..ModelConfig::default()
+    })
+    .unwrap();
+    let squatter = dest_host
+        .create_vm(
+            pvirq_tests::setup::vm_config(8, vec![pvirq_tests::setup::dev(0x200, 0, 8, 0)]),
+            Box::new(MemoryRoutes::kvm_like()),
+        )
+        .unwrap();
+    let three = [Target::new(0, 0x30); 3];
+    let taken = squatter.call(&Request {
+        device: 0,
+        tag: 0,
+        op: Operation::Alloc(Alloc::any(Kind::MsiX, 3, &three)),
+    });
+    assert_eq!(taken[1], Status::Ok.to_wire());
+    let mut dest_side = Side::on(dest_host);
+    let devices = Devices::new();
+    let on_source = devices.on(0x0100, 0x0101);
+    let on_dest = devices.on(0x0300, 0x0301);
+    let vm0 = source_side.vm(&on_source);
+    let features = feature::V1 | feature::INFO | feature::EVENTS;
+    let mut guest = EventsGuest::new(vm0.clone(), features, 12);
+    let t: Vec<Target> = (0..5)
+        .map(|i| Target::new(i % VCPUS, 0x40 + i as u8))
+        .collect();
+    for (device, alloc) in [
+        (DEV_A, Alloc::any(Kind::MsiX, 5, &t)),
+        (DEV_B, Alloc::any(Kind::MsiX, 3, &t[..3])),
+        (DEV_A, Alloc::any(Kind::Msi, 4, &t[..4])),
+    ] {
+        let request = Request {
+            device,
+            tag: 1,
+            op: Operation::Alloc(alloc),
+        };
+        assert_eq!(guest.call(&request).0, Status::Ok);
+    }
+    let mut granted: Vec<Programmed> = [DEV_A, DEV_B]
+        .into_iter()
+        .flat_map(|d| {
+            vm0.grants(d).into_iter().map(move |(kind, index, r)| {
+                let dest = r.dest.expect("active");
+                Programmed {
+                    device: d,
+                    kind,
+                    index,
+                    message: r.message,
+                    target: Target::new(dest.apic_id, dest.vector),
+                }
+            })
+        })
+        .collect();
+    for p in &granted {
+        devices.program(p);
+        source_side.fire(&on_source, p);
+    }
+    source_side.check_exact();
+
+    let state = guest.pause_and_save();
+    let vm1 = dest_side.vm(&on_dest);
+    let (front, report) = guest.restore_on(vm1.clone(), &state).unwrap();
+    assert_eq!(
+        report
+            .iter()
+            .filter(|r| r.outcome == Restored::Kept)
+            .count(),
+        4
+    );
+    // The source holds everything until confirmed: its routes still deliver.
+    source_side.fire(&on_source, &granted[0]);
+    let source = guest.attach(front);
+    let mut revoked = Vec::new();
+    for event in guest.events() {
+        match event.body {
+            EventBody::Reprogram {
+                device,
+                kind,
+                index,
+                message,
+                ..
+            } => {
+                let p = granted
+                    .iter_mut()
+                    .find(|p| (p.device, p.kind, p.index) == (device, kind, index))
+                    .expect("held");
+                p.message = message;
+                devices.program(p);
+            }
+            EventBody::Revoke {
+                device,
+                kind,
+                index,
+                reason,
+            } => {
+                assert_eq!((device, reason), (DEV_B, Resource::Irte));
+                let at = granted
+                    .iter()
+                    .position(|p| (p.device, p.kind, p.index) == (device, kind, index))
+                    .expect("held");
+                revoked.push(granted.remove(at));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((granted.len(), revoked.len()), (9, 3));
+    for p in &granted {
+        dest_side.fire(&on_dest, p);
+    }
+    for r in &revoked {
+        assert!(on_dest.fire(&dest_side.host, r).is_err(), "{r:?}");
+    }
+    dest_side.check_exact();
+    assert_eq!(source.device().lock().unwrap().finish_migration(), 12);
+    for p in &granted {
+        assert!(on_source.fire(&source_side.host, p).is_err(), "{p:?}");
+    }
+    source_side.check_exact();
     dest_side.host.check_invariants().unwrap();
 }

@@ -215,7 +215,7 @@ mod tests {
         // One irqfd per GSI the quota can use, registered once now.
         let kvm_routes = KvmRoutes::new(owner, vm, 4).unwrap();
         let host = crate::host().unwrap();
-        let config = crate::vm(&host).unwrap().config().clone();
+        let config = (*crate::vm(&host).unwrap().config()).clone();
         let pvirq_vm = host.create_vm(config, Box::new(kvm_routes)).unwrap();
         let targets = [
             pvirq_proto::Target::new(1, 0x41),

@@ -71,9 +71,11 @@ impl Transport {
         })?)
     }
 
-    /// DRIVER_OK: acknowledges what is offered (the driver did) and activates.
+    /// DRIVER_OK: acknowledges what a version-1 driver accepts of the offer (the ring here
+    /// is the request queue alone; the event queue comes with PVIRQ_F_EVENTS) and
+    /// activates.
     fn activate(&self, dev: &mut Pvirq, mem: &ch::GuestMemoryMmap) -> ch::ActivateResult {
-        dev.ack_features(dev.features());
+        dev.ack_features(dev.features() & !pvirq_proto::feature::EXTENSIONS);
         let queue = Queue::try_from(self.queue).map_err(|_| ch::ActivateError::BadActivate)?;
         let evt = self
             .ioeventfd
@@ -152,7 +154,7 @@ mod tests {
         let mut ring = GuestRing::new(&mem);
         let mut dev = Pvirq::new("_pvirq0", crate::vm(&host).unwrap(), None).unwrap();
         assert_eq!(dev.device_type(), pvirq_proto::VIRTIO_ID_PVIRQ);
-        assert_eq!(dev.queue_max_sizes(), &[256]);
+        assert_eq!(dev.queue_max_sizes(), &[256, 64]);
         let quota = |dev: &Pvirq| {
             let mut b = [0u8; 4];
             dev.read_config(8, &mut b);

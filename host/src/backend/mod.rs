@@ -13,6 +13,10 @@
 //! benchmarks. [`crate::fault::Faulty`] (feature `test-utils`) wraps either and fails on
 //! command.
 
+mod unplugged;
+
+pub use unplugged::Unplugged;
+
 use pvirq_proto::{GrantMode, Kind, MessageFormat, MsiMessage, Resource};
 use std::fmt;
 use std::io;

@@ -12,7 +12,7 @@ use super::metrics::PvirqMetrics;
 use super::request::ChainBuffers;
 use crate::error::{ConfigError, HostError};
 use crate::vm::{Vm, VmOccupancy};
-use pvirq_proto::{Config, Kind, VIRTIO_ID_PVIRQ, feature};
+use pvirq_proto::{Config, EVENT_QUEUE, Kind, REQUEST_QUEUE, VIRTIO_ID_PVIRQ, feature};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use virtio_queue::{Queue, QueueT};
@@ -21,6 +21,10 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// Size of the request queue (its `QueueNumMax`).
 pub const QUEUE_SIZE: u16 = 256;
+/// Size of the event queue (its `QueueNumMax`, spec §2.3).
+pub const EVENT_QUEUE_SIZE: u16 = 64;
+/// The largest size of each queue, in index order: the request queue, the event queue.
+const QUEUE_MAX_SIZES: [u16; 2] = [QUEUE_SIZE, EVENT_QUEUE_SIZE];
 /// Chains handled per queue notification before yielding to other event sources.
 pub const DEFAULT_BUDGET: usize = 64;
 
@@ -66,7 +70,8 @@ pub struct ActiveParts<M: GuestAddressSpace> {
 pub struct PvirqDevice<M: GuestAddressSpace = GuestMemoryAtomic<GuestMemoryMmap>> {
     pub(super) vm: Vm,
     device_type: u32,
-    config: Config,
+    /// Whether the VMM offers `VIRTIO_F_ACCESS_PLATFORM` (a confidential VM, a vIOMMU).
+    access_platform: bool,
     avail_features: u64,
     acked_features: u64,
     pub(super) active: Option<ActiveParts<M>>,
@@ -85,27 +90,15 @@ pub struct PvirqDevice<M: GuestAddressSpace = GuestMemoryAtomic<GuestMemoryMmap>
 }
 
 impl<M: GuestAddressSpace> PvirqDevice<M> {
-    /// A device serving `vm`. It offers VERSION_1, RETARGET, and the kinds (PASID with IMS)
-    /// some assigned device of the VM has.
+    /// A device serving `vm`. It offers what [`PvirqDevice::offered_features`] lists.
     pub fn new(vm: Vm) -> Result<Self, HostError> {
         let activate_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| HostError::eventfd(&e))?;
-        let devices = &vm.config().devices;
-        let has = |k: Kind| devices.iter().any(|d| d.supports(k));
-        let mut avail = feature::VERSION_1 | feature::RETARGET;
-        if has(Kind::Msi) {
-            avail |= feature::MSI;
-        }
-        if has(Kind::MsiX) {
-            avail |= feature::MSIX;
-        }
-        if has(Kind::Ims) {
-            avail |= feature::IMS | feature::PASID;
-        }
+        let avail_features = Self::offered(&vm, false);
         Ok(PvirqDevice {
             device_type: VIRTIO_ID_PVIRQ,
-            config: vm.config().virtio_config(),
             vm,
-            avail_features: avail,
+            access_platform: false,
+            avail_features,
             acked_features: 0,
             active: None,
             stopped: Vec::new(),
@@ -117,6 +110,42 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
             metrics: Arc::new(PvirqMetrics::default()),
             chain: ChainBuffers::default(),
         })
+    }
+
+    /// What the device offers (spec §2.2): VERSION_1, RETARGET, the kinds (PASID with IMS)
+    /// some assigned device of the VM has, the extensions (bits 5–12, POSTED only where some
+    /// device's backend can post), and ACCESS_PLATFORM when the VMM says the VM needs it.
+    fn offered(vm: &Vm, access_platform: bool) -> u64 {
+        let config = vm.config();
+        let has = |k: Kind| config.devices.iter().any(|d| d.supports(k));
+        let mut avail = feature::VERSION_1
+            | feature::RETARGET
+            | (feature::EXTENSIONS & !feature::POSTED & !feature::ACCESS_PLATFORM);
+        if has(Kind::Msi) {
+            avail |= feature::MSI;
+        }
+        if has(Kind::MsiX) {
+            avail |= feature::MSIX;
+        }
+        if has(Kind::Ims) {
+            avail |= feature::IMS | feature::PASID;
+        }
+        if vm.can_post() {
+            avail |= feature::POSTED;
+        }
+        if access_platform {
+            avail |= feature::ACCESS_PLATFORM;
+        }
+        avail
+    }
+
+    /// Offers `VIRTIO_F_ACCESS_PLATFORM` (or stops offering it): the VMM says so for a
+    /// confidential VM or one behind a vIOMMU, where the driver treats the device as
+    /// untrusted (spec §8). Set it before the driver reads the features; kept across
+    /// device resets.
+    pub fn set_access_platform(&mut self, offered: bool) {
+        self.access_platform = offered;
+        self.avail_features = Self::offered(&self.vm, offered);
     }
 
     /// Sets the number of chains handled per notification (at least 1).
@@ -145,9 +174,11 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
         Ok(())
     }
 
-    /// The largest size of each queue (virtio-mmio `QueueNumMax`), in index order.
+    /// The largest size of each queue (virtio-mmio `QueueNumMax`), in index order: the
+    /// request queue and the event queue (spec §2.3). Every device has both; a driver that
+    /// did not negotiate `PVIRQ_F_EVENTS` leaves the event queue unused.
     pub fn queue_max_sizes(&self) -> &'static [u16] {
-        &[QUEUE_SIZE]
+        &QUEUE_MAX_SIZES
     }
 
     /// Features offered.
@@ -160,14 +191,33 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
         self.acked_features
     }
 
-    /// Records the driver's features (bits not offered are dropped).
+    /// Records the driver's features (bits not offered are dropped). A transport checks
+    /// them first with [`PvirqDevice::check_features`], which FEATURES_OK needs.
     pub fn ack_features(&mut self, features: u64) {
         self.acked_features = features & self.avail_features;
     }
 
-    /// Reads the configuration space at `offset` (bytes beyond it read as 0).
+    /// Whether the device accepts `features` at FEATURES_OK: only offered bits, VERSION_1,
+    /// and no bit without the bit it needs ([DEV-23]). A transport that gets an error
+    /// leaves FEATURES_OK clear.
+    pub fn check_features(&self, features: u64) -> Result<(), ActivateError> {
+        let extra = features & !self.avail_features;
+        if extra != 0 {
+            return Err(ActivateError::NotOffered(extra));
+        }
+        if features & feature::VERSION_1 == 0 {
+            return Err(ActivateError::Version1);
+        }
+        match feature::missing_dependency(features) {
+            Some(bit) => Err(ActivateError::Dependency(bit)),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the configuration space at `offset` (bytes beyond it read as 0): the VM's
+    /// configuration as it is now (spec §2.4).
     pub fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = &self.config;
+        let c: Config = self.vm.config().virtio_config();
         let mut bytes = [0u8; Config::SIZE];
         let fields = [
             &c.version.get().to_le_bytes()[..],
@@ -183,6 +233,11 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
             let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
             *b = at.and_then(|o| bytes.get(o).copied()).unwrap_or(0);
         }
+    }
+
+    /// The virtio `config_generation`: moves each time the configuration does.
+    pub fn config_generation(&self) -> u32 {
+        self.vm.config_generation()
     }
 
     /// The counters.
@@ -227,9 +282,10 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
     }
 
     /// Makes the device live with the transport's guest memory, interrupt and queues (with
-    /// their notification eventfds), as virtio's DRIVER_OK does: VERSION_1 must have been
-    /// negotiated, and every queue must be ready, of a usable size, with its rings in guest
-    /// memory.
+    /// their notification eventfds), as virtio's DRIVER_OK does: the features must be
+    /// acceptable ([`PvirqDevice::check_features`]), and every queue the driver uses must be
+    /// ready, of a usable size, with its rings in guest memory. The transport gives both
+    /// queues; without `PVIRQ_F_EVENTS` it may give the request queue alone.
     pub fn activate(
         &mut self,
         mem: M,
@@ -248,7 +304,7 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
             });
         }
         let expected = queues.len();
-        self.vm.set_features(self.acked_features);
+        self.vm.go_live(self.acked_features);
         self.stopped = vec![false; expected];
         self.active = Some(ActiveParts {
             mem,
@@ -262,21 +318,36 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
         Ok(())
     }
 
+    /// Whether the driver negotiated the event queue.
+    pub(super) fn events_negotiated(&self) -> bool {
+        self.acked_features & feature::EVENTS != 0
+    }
+
     /// Whether [`PvirqDevice::activate`] would accept `queues` over `mem` (a transport asks
-    /// before it hands its queue eventfds over).
+    /// before it hands its queue eventfds over). The event queue is checked only when the
+    /// driver negotiated `PVIRQ_F_EVENTS` ([DEV-24]: a version-1 driver sets up queue 0
+    /// alone).
     pub fn check_activation(&self, mem: &M, queues: &[Queue]) -> Result<(), ActivateError> {
-        if self.acked_features & feature::VERSION_1 == 0 {
-            return Err(ActivateError::Version1);
-        }
+        self.check_features(self.acked_features)?;
+        let used = if self.events_negotiated() {
+            usize::from(EVENT_QUEUE) + 1
+        } else {
+            usize::from(REQUEST_QUEUE) + 1
+        };
         let expected = self.queue_max_sizes().len();
-        if queues.len() != expected {
+        if queues.len() < used || queues.len() > expected {
             return Err(ActivateError::QueueCount {
                 expected,
                 got: queues.len(),
             });
         }
         let guest = mem.memory();
-        for (i, (q, max)) in queues.iter().zip(self.queue_max_sizes()).enumerate() {
+        for (i, (q, max)) in queues
+            .iter()
+            .zip(self.queue_max_sizes())
+            .enumerate()
+            .take(used)
+        {
             let size = q.size();
             if size == 0 || !size.is_power_of_two() || size > *max {
                 return Err(ActivateError::QueueSize(i));
@@ -298,17 +369,21 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
         }
     }
 
-    /// Whether queue `index` is live and not stopped.
+    /// Whether queue `index` is live: the device is, the driver made the queue ready, and
+    /// has not stopped it.
     pub fn queue_running(&self, index: usize) -> bool {
-        self.active.is_some() && !self.stopped.get(index).copied().unwrap_or(true)
+        self.queue(index).is_some_and(Queue::ready)
+            && !self.stopped.get(index).copied().unwrap_or(true)
     }
 
-    /// Device reset (status ← 0): frees every grant of the VM ([DEV-1]), forgets the
-    /// negotiated features, and gives the transport back what `activate` took (none if the
-    /// device was not live).
+    /// Device reset (status ← 0): frees every grant of the VM and discards its pending
+    /// events ([DEV-1]), applies the configuration changes a live driver could not be told
+    /// about, forgets the negotiated features (the offer follows the VM's devices now), and
+    /// gives the transport back what `activate` took (none if the device was not live).
     pub fn reset(&mut self) -> Option<ActiveParts<M>> {
         // Frees everything whatever the route layer says ([DEV-1]).
         self.vm.reset_all();
+        self.avail_features = Self::offered(&self.vm, self.access_platform);
         self.acked_features = 0;
         self.needs_reset = false;
         self.paused = false;
@@ -350,13 +425,16 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
         self.paused
     }
 
-    /// Continues after [`PvirqDevice::pause`], handling what arrived meanwhile.
+    /// Continues after [`PvirqDevice::pause`], handling what arrived meanwhile and writing
+    /// the events that wait (a restored device's REPROGRAM and REVOKE among them).
     pub fn resume(&mut self) -> Processed {
         self.paused = false;
-        if std::mem::take(&mut self.deferred) {
-            self.process_queue(0, self.budget)
+        let done = if std::mem::take(&mut self.deferred) {
+            self.process_queue(usize::from(REQUEST_QUEUE), self.budget)
         } else {
             Processed::default()
-        }
+        };
+        self.deliver_events();
+        done
     }
 }

@@ -92,7 +92,7 @@ fn the_event_loop_watches_the_queues_once_the_transport_makes_the_device_live() 
     assert_eq!(granted(&drv.reply(&bufs, drv.used(0).1)), 2);
     // After a reset the eventfd is the transport's again; the loop stops watching it.
     regs.w(VIRTIO_MMIO_STATUS, 0);
-    assert_eq!(regs.0.queue_evts().len(), 1);
+    assert_eq!(regs.0.queue_evts().len(), 2, "both queues' eventfds");
     regs.0.queue_evts()[0].write(1).unwrap();
     em.run_with_timeout(0).unwrap();
     assert_eq!(dev.lock().unwrap().metrics().snapshot().notifications, 1);

@@ -27,6 +27,11 @@ pub struct PvirqMetrics {
     pub interrupt_errors: AtomicU64,
     /// Queue-eventfd read/write failures.
     pub event_errors: AtomicU64,
+    /// Events written into the event queue's buffers.
+    pub events: AtomicU64,
+    /// Event buffers returned with used length 0 (too short, readable, outside guest
+    /// memory): no event was consumed by them.
+    pub unusable_event_buffers: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -46,6 +51,10 @@ pub struct MetricsSnapshot {
     pub needs_reset: u64,
     /// See [`PvirqMetrics::descriptors`].
     pub descriptors: u64,
+    /// See [`PvirqMetrics::events`].
+    pub events: u64,
+    /// See [`PvirqMetrics::unusable_event_buffers`].
+    pub unusable_event_buffers: u64,
 }
 
 impl PvirqMetrics {
@@ -100,6 +109,8 @@ impl PvirqMetrics {
             budget_yields: load(&self.budget_yields),
             needs_reset: load(&self.needs_reset),
             descriptors: load(&self.descriptors),
+            events: load(&self.events),
+            unusable_event_buffers: load(&self.unusable_event_buffers),
         }
     }
 }

@@ -273,7 +273,7 @@ impl<M: GuestAddressSpace> MmioTransport<M> {
                         0
                     }
             }
-            VIRTIO_MMIO_CONFIG_GENERATION => 0,
+            VIRTIO_MMIO_CONFIG_GENERATION => device.config_generation(),
             _ => 0,
         };
         *out = value.to_le_bytes();
@@ -430,7 +430,14 @@ impl<M: GuestAddressSpace> MmioTransport<M> {
     fn go_live(&mut self) -> bool {
         let mut device = lock(&self.device);
         let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
-        let sizes_ok = self.size_ok.iter().all(|ok| *ok);
+        // Only the sizes of the queues the driver uses count: the event queue's only with
+        // PVIRQ_F_EVENTS (a version-1 driver never touches it, [DEV-24]).
+        let used = if device.acked_features() & pvirq_proto::feature::EVENTS != 0 {
+            self.size_ok.len()
+        } else {
+            1
+        };
+        let sizes_ok = self.size_ok.iter().take(used).all(|ok| *ok);
         let checked = sizes_ok && device.check_activation(&self.mem, &self.queues).is_ok();
         if !checked || self.queue_evts.len() != self.queues.len() {
             device.enter_needs_reset(Some(interrupt.as_ref()));
@@ -464,11 +471,9 @@ impl<M: GuestAddressSpace> MmioTransport<M> {
         let added = v & !self.regs.status;
         if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
             let mut device = lock(&self.device);
-            let offered = device.avail_features();
             let wanted = self.regs.driver_features;
-            let ok = self.has(VIRTIO_CONFIG_S_DRIVER)
-                && wanted & !offered == 0
-                && wanted & pvirq_proto::feature::VERSION_1 != 0;
+            // Offered bits only, VERSION_1, and every bit with the bit it needs ([DEV-23]).
+            let ok = self.has(VIRTIO_CONFIG_S_DRIVER) && device.check_features(wanted).is_ok();
             if ok {
                 device.ack_features(wanted);
             } else {

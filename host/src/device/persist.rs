@@ -1,12 +1,15 @@
 //! Snapshot and restore of the device, in Firecracker's `persist.rs` shape: a versioned,
-//! serde-serialisable state of the device (features, queues, configuration) and of the
-//! VM's grants.
+//! serde-serialisable state of the device (features, both queues, configuration) and of
+//! the VM (grants, pending events and the next sequence number: [`VmSnapshot`]).
 //!
 //! A state to restore is untrusted input (spec §8): [`PvirqDevice::restore`] validates every
 //! field and refuses the first inconsistency with a typed [`PersistError`], holding nothing
 //! afterwards. Restoring re-reserves every grant through the destination's backends before
-//! the VM runs ([`Vm::restore`]); the source keeps its grants until the VMM calls
-//! [`PvirqDevice::finish_migration`] once the destination has confirmed.
+//! the VM runs ([`Vm::restore`]); a grant the destination gives another message, or cannot
+//! back, is reported to a driver that negotiated the event queue (REPROGRAM, REVOKE), and
+//! refuses the restore for one that did not ([DEV-27]). The source keeps its grants until
+//! the VMM calls [`PvirqDevice::finish_migration`] once the destination has confirmed
+//! ([DEV-28]).
 
 use super::device::{PvirqDevice, VirtioInterrupt};
 use super::error::ActivateError;
@@ -15,12 +18,17 @@ use crate::snapshot::{RestoreError, Restored, RestoredGrant, VmSnapshot};
 use crate::vm::Vm;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use virtio_queue::{Queue, QueueState};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::eventfd::EventFd;
 
-/// The device state layout this crate writes and reads.
-pub const DEVICE_STATE_VERSION: u32 = 1;
+/// The device state layout this crate writes. Version 2 has both queues (version 1's
+/// device had the request queue only) and a version-2 [`VmSnapshot`]; this build reads
+/// versions 1 and 2.
+pub const DEVICE_STATE_VERSION: u32 = 2;
+
+/// The oldest device state layout this crate reads.
+pub const DEVICE_STATE_VERSION_MIN: u32 = 1;
 
 /// One queue, as virtio-queue's `QueueState` describes it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,7 +111,9 @@ pub struct PvirqDeviceState {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PersistError {
     /// A layout this crate does not know.
-    #[error("device state version {0}, this build reads {DEVICE_STATE_VERSION}")]
+    #[error(
+        "device state version {0}, this build reads {DEVICE_STATE_VERSION_MIN}..={DEVICE_STATE_VERSION}"
+    )]
     UnsupportedVersion(u32),
     /// Device ID 0, which no driver binds to.
     #[error("device ID 0")]
@@ -121,7 +131,8 @@ pub enum PersistError {
     #[error(transparent)]
     Grants(#[from] RestoreError),
     /// Some grants would change or disappear and the driver did not negotiate the event
-    /// queue through which it would be told: restoring here would give it dead interrupts.
+    /// queue through which it would be told: restoring here would give it dead interrupts
+    /// ([DEV-27]).
     #[error(
         "{reprogrammed} grants would change and {revoked} vanish, and the guest cannot be told"
     )]
@@ -171,9 +182,12 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
 
     /// A device over `vm` (fresh, holding nothing) in the state `state`: every field
     /// validated, every grant re-reserved through `vm`'s backends, the device live again
-    /// on `parts` if it was. Returns each grant's fate. A device whose driver did not
-    /// negotiate the event queue can only be restored where every grant keeps its message
-    /// ([`PersistError::GuestCannotBeTold`] otherwise, with nothing held).
+    /// on `parts` if it was. Returns each grant's fate. A driver that negotiated the event
+    /// queue is told of each grant that changed (REPROGRAM, REVOKE, after the events that
+    /// were pending), written once the device runs ([`PvirqDevice::resume`], a
+    /// notification, or [`PvirqDevice::process_all`]); one that did not can only be
+    /// restored where every grant keeps its message ([`PersistError::GuestCannotBeTold`]
+    /// otherwise, with nothing held).
     pub fn restore(
         vm: Vm,
         state: &PvirqDeviceState,
@@ -187,9 +201,23 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
         let queues = match &state.queues {
             None => None,
             Some(snapshots) => {
-                let mut queues = Vec::with_capacity(snapshots.len());
-                for (i, (snap, max)) in snapshots.iter().zip(device.queue_max_sizes()).enumerate() {
+                let max_sizes = device.queue_max_sizes();
+                if snapshots.len() > max_sizes.len() {
+                    return Err(PersistError::Queue(max_sizes.len()));
+                }
+                let mut queues = Vec::with_capacity(max_sizes.len());
+                for (i, (snap, max)) in snapshots.iter().zip(max_sizes).enumerate() {
                     queues.push(snap.queue(*max).ok_or(PersistError::Queue(i))?);
+                }
+                // A version-1 state has the request queue alone: the event queue the
+                // transport has an eventfd for is there, not ready, as a version-1 driver
+                // leaves it.
+                for max in max_sizes
+                    .iter()
+                    .take(parts.queue_evts.len())
+                    .skip(queues.len())
+                {
+                    queues.push(Queue::new(*max).map_err(|_| PersistError::Queue(queues.len()))?);
                 }
                 device.check_activation(&parts.mem, &queues)?;
                 Some(queues)
@@ -229,7 +257,7 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
 
     /// A device over `vm` with the state's device ID and features, holding nothing yet.
     fn unrestored(vm: Vm, state: &PvirqDeviceState) -> Result<PvirqDevice<M>, PersistError> {
-        if state.version != DEVICE_STATE_VERSION {
+        if !(DEVICE_STATE_VERSION_MIN..=DEVICE_STATE_VERSION).contains(&state.version) {
             return Err(PersistError::UnsupportedVersion(state.version));
         }
         let mut device = PvirqDevice::new(vm)?;
@@ -242,16 +270,21 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
                 state.acked_features & !offered,
             ));
         }
+        // A set FEATURES_OK would have refused ([DEV-23]); none at all is a device saved
+        // before FEATURES_OK.
+        if state.acked_features != 0 {
+            device.check_features(state.acked_features)?;
+        }
         // Features are acknowledged before DRIVER_OK: a device saved between FEATURES_OK
         // and DRIVER_OK has them without queues.
         device.ack_features(state.acked_features);
         Ok(device)
     }
 
-    /// Re-reserves the state's grants through the VM's backends. Version 1 has no way to
-    /// tell the driver that a grant changed (the event queue comes with issue 13's EVENTS
-    /// feature): where any would, everything is released and the restore refused, rather
-    /// than hand the driver dead interrupts.
+    /// Re-reserves the state's grants through the VM's backends. Where a grant changed and
+    /// the driver has no event log to be told through (it did not negotiate the event queue),
+    /// everything is released and the restore refused, rather than hand the driver dead
+    /// interrupts ([DEV-27]).
     fn restore_grants(
         &mut self,
         state: &PvirqDeviceState,
@@ -260,7 +293,7 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
         let changed = |f: fn(&Restored) -> bool| report.iter().filter(|r| f(&r.outcome)).count();
         let reprogrammed = changed(|o| matches!(o, Restored::Reprogrammed(_)));
         let revoked = changed(|o| matches!(o, Restored::Revoked(_)));
-        if reprogrammed + revoked > 0 {
+        if reprogrammed + revoked > 0 && !self.vm.records_events() {
             self.vm.reset_all();
             return Err(PersistError::GuestCannotBeTold {
                 reprogrammed,

@@ -1,9 +1,10 @@
 //! Queue processing: take each available chain, handle its request, return it, and
-//! interrupt the driver once per round unless it asked not to be.
+//! interrupt the driver once per round unless it asked not to be. The event queue's side
+//! is `eventq.rs`.
 
 use super::device::{InterruptType, Processed, PvirqDevice};
 use super::request::{ChainSink, DescriptorTable, parse_chain};
-use pvirq_proto::REQUEST_QUEUE;
+use pvirq_proto::{EVENT_QUEUE, REQUEST_QUEUE};
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
@@ -11,33 +12,46 @@ use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemory};
 
 impl<M: GuestAddressSpace> PvirqDevice<M> {
-    /// Handles up to `budget` chains from queue `index`, then signals the used ring once if
-    /// anything was returned. While paused, the notification is remembered for
-    /// [`PvirqDevice::resume`].
+    /// Handles a notification of queue `index`: up to `budget` request chains (queue 0),
+    /// or up to `budget` event buffers filled (queue 1, when the driver negotiated the event
+    /// queue); then signals the used ring once if anything was returned. While paused, the
+    /// notification is remembered for [`PvirqDevice::resume`].
     pub fn process_queue(&mut self, index: usize, budget: usize) -> Processed {
         if self.paused {
             self.deferred = true;
             return Processed::default();
         }
         // A stopped queue's memory may already be the driver's again.
-        if self.needs_reset || !self.queue_running(index) || index != usize::from(REQUEST_QUEUE) {
+        if self.needs_reset || !self.queue_running(index) {
             return Processed::default();
         }
         let Some(mem) = self.active.as_ref().map(|a| a.mem.memory()) else {
             return Processed::default();
         };
-        self.process_requests(&*mem, budget)
+        if index == usize::from(REQUEST_QUEUE) {
+            let done = self.process_requests(&*mem, budget);
+            // A request may have made an event (an AVAILABLE after a FREE).
+            self.deliver_events();
+            done
+        } else if index == usize::from(EVENT_QUEUE) && self.events_negotiated() {
+            self.write_events(&*mem, budget)
+        } else {
+            Processed::default()
+        }
     }
 
     /// Handles every pending request (the inline path: the caller is the VM's own vCPU),
     /// up to one queue's worth: no more can be pending at once in a valid ring, and the cap
     /// keeps the work bounded (spec §8) when another vCPU adds chains meanwhile, whose own
-    /// notification then handles them.
+    /// notification then handles them. Then writes the events that wait, if buffers are
+    /// there for them.
     pub fn process_all(&mut self) -> Processed {
         let size = self
             .queue(usize::from(REQUEST_QUEUE))
             .map_or(0, |q| usize::from(q.size()));
-        self.process_queue(usize::from(REQUEST_QUEUE), size)
+        let done = self.process_queue(usize::from(REQUEST_QUEUE), size);
+        self.deliver_events();
+        done
     }
 
     fn process_requests<G: GuestMemory>(&mut self, mem: &G, budget: usize) -> Processed {
@@ -46,7 +60,7 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
         let q = usize::from(REQUEST_QUEUE);
         loop {
             if done.chains >= budget {
-                done.more = self.has_pending(mem);
+                done.more = self.has_pending(mem, q);
                 if done.more {
                     self.metrics.budget_yields.fetch_add(1, Ordering::Relaxed);
                 }
@@ -96,26 +110,34 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
             }
             done.chains += 1;
         }
-        if done.chains > 0 && self.wants_interrupt(mem) {
-            let raised = self
-                .active
-                .as_ref()
-                .map(|a| a.interrupt.trigger(InterruptType::Queue(REQUEST_QUEUE)));
-            if matches!(raised, Some(Err(_))) {
-                self.metrics
-                    .interrupt_errors
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        if done.chains > 0 {
+            self.signal_used(mem, REQUEST_QUEUE);
         }
         done
     }
 
-    /// Whether the driver wants a used-buffer interrupt: without `VIRTIO_F_EVENT_IDX` (never
-    /// offered) the driver says so with the avail ring's `VRING_AVAIL_F_NO_INTERRUPT` flag,
-    /// which a polling driver sets (virtio 1.2 §2.7.7). virtio-queue's
-    /// `needs_notification` ignores that flag, so the device reads it itself.
-    fn wants_interrupt<G: GuestMemory>(&self, mem: &G) -> bool {
-        let Some(queue) = self.queue(usize::from(REQUEST_QUEUE)) else {
+    /// Raises queue `index`'s used-buffer interrupt, unless the driver asked not to be.
+    pub(super) fn signal_used<G: GuestMemory>(&self, mem: &G, index: u16) {
+        if !self.wants_interrupt(mem, index) {
+            return;
+        }
+        let raised = self
+            .active
+            .as_ref()
+            .map(|a| a.interrupt.trigger(InterruptType::Queue(index)));
+        if matches!(raised, Some(Err(_))) {
+            self.metrics
+                .interrupt_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the driver wants a used-buffer interrupt on queue `index`: without
+    /// `VIRTIO_F_EVENT_IDX` (never offered) the driver says so with the avail ring's
+    /// `VRING_AVAIL_F_NO_INTERRUPT` flag, which a polling driver sets (virtio 1.2 §2.7.7).
+    /// virtio-queue's `needs_notification` ignores that flag, so the device reads it itself.
+    fn wants_interrupt<G: GuestMemory>(&self, mem: &G, index: u16) -> bool {
+        let Some(queue) = self.queue(usize::from(index)) else {
             return false;
         };
         match mem.read_obj::<u16>(GuestAddress(queue.avail_ring())) {
@@ -125,8 +147,9 @@ impl<M: GuestAddressSpace> PvirqDevice<M> {
         }
     }
 
-    fn has_pending<G: GuestMemory>(&self, mem: &G) -> bool {
-        self.queue(usize::from(REQUEST_QUEUE)).is_some_and(|queue| {
+    /// Whether queue `index` has chains the device has not taken.
+    pub(super) fn has_pending<G: GuestMemory>(&self, mem: &G, index: usize) -> bool {
+        self.queue(index).is_some_and(|queue| {
             queue
                 .avail_idx(mem, Ordering::Acquire)
                 .is_ok_and(|idx| idx != Wrapping(queue.next_avail()))

@@ -53,7 +53,7 @@ pub(crate) struct ChainBuffers {
     /// outside guest memory, or readable after writable), which decodes to BAD_REQUEST.
     pub(crate) request: Vec<u8>,
     /// Readable buffers, in order.
-    readable: Vec<(GuestAddress, u32)>,
+    pub(crate) readable: Vec<(GuestAddress, u32)>,
     /// Writable buffers, in order.
     pub(crate) writable: Vec<(GuestAddress, u32)>,
 }
@@ -71,6 +71,23 @@ pub(crate) fn parse_chain<M: GuestMemory>(
     out: &mut ChainBuffers,
     visited: &mut u64,
 ) -> Result<(), MalformedChain> {
+    let misordered = walk_chain(mem, table, head, out, visited)?;
+    if !misordered && read_request(mem, &out.readable, &mut out.request).is_none() {
+        out.request.clear();
+    }
+    Ok(())
+}
+
+/// Walks the chain headed at `head` as [`parse_chain`] does, collecting its readable and
+/// writable buffers into `out` without reading any of them (`out.request` is left empty).
+/// Returns whether a readable descriptor followed a writable one.
+pub(crate) fn walk_chain<M: GuestMemory>(
+    mem: &M,
+    table: DescriptorTable,
+    head: u16,
+    out: &mut ChainBuffers,
+    visited: &mut u64,
+) -> Result<bool, MalformedChain> {
     out.request.clear();
     out.readable.clear();
     out.writable.clear();
@@ -110,10 +127,7 @@ pub(crate) fn parse_chain<M: GuestMemory>(
     if !ended {
         return Err(MalformedChain::TooManyDescriptors);
     }
-    if !misordered && read_request(mem, &out.readable, &mut out.request).is_none() {
-        out.request.clear();
-    }
-    Ok(())
+    Ok(misordered)
 }
 
 fn read_request<M: GuestMemory>(

@@ -16,13 +16,13 @@
     clippy::indexing_slicing
 )]
 
-use super::device::PvirqDevice;
+use super::device::{InterruptType, PvirqDevice, VirtioInterrupt};
 use super::mmio::{MmioInterrupt, MmioTransport, NotifyMode};
 use crate::config::{DeviceSpec, VmConfig};
 use crate::model::{ModelConfig, ModelHost};
 use crate::routes::MemoryRoutes;
 use crate::vm::Vm;
-use pvirq_proto::{Request, feature};
+use pvirq_proto::{EVENT_LEN, Event, Request, Status, feature};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_config::*;
@@ -139,9 +139,14 @@ impl<'a, M: GuestMemory> Driver<'a, M> {
 
     /// A queue of `size` at 0, buffers within `data`.
     pub fn with_data(mem: &'a M, size: u16, data: Range<u64>) -> Self {
+        Self::at(mem, 0, size, data)
+    }
+
+    /// A queue of `size` whose rings start at `ring`, its buffers taken within `data`.
+    pub fn at(mem: &'a M, ring: u64, size: u16, data: Range<u64>) -> Self {
         Driver {
             mem,
-            q: MockSplitQueue::new(mem, size),
+            q: MockSplitQueue::create(mem, GuestAddress(ring), size),
             size,
             next_desc: 0,
             next_data: data.start,
@@ -356,6 +361,15 @@ pub fn bring_up_with(regs: &mut Regs, drv: &Driver<'_>, features: u64, queue_num
     }
     regs.w(VIRTIO_MMIO_QUEUE_SEL, 0);
     assert_eq!(regs.r(VIRTIO_MMIO_QUEUE_NUM_MAX), 256);
+    set_up_queue(regs, drv, queue_num);
+    regs.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
+    let status = regs.r(VIRTIO_MMIO_STATUS);
+    status & VIRTIO_CONFIG_S_DRIVER_OK != 0 && status & VIRTIO_CONFIG_S_NEEDS_RESET == 0
+}
+
+/// Writes the selected queue's registers for `drv`'s rings, with `queue_num` as its size,
+/// and makes it ready.
+pub fn set_up_queue(regs: &mut Regs, drv: &Driver<'_>, queue_num: u32) {
     regs.w(VIRTIO_MMIO_QUEUE_NUM, queue_num);
     let addr = |a: GuestAddress| (a.0 as u32, (a.0 >> 32) as u32);
     let (lo, hi) = addr(drv.q.desc_table_addr());
@@ -368,7 +382,183 @@ pub fn bring_up_with(regs: &mut Regs, drv: &Driver<'_>, features: u64, queue_num
     regs.w(VIRTIO_MMIO_QUEUE_USED_LOW, lo);
     regs.w(VIRTIO_MMIO_QUEUE_USED_HIGH, hi);
     regs.w(VIRTIO_MMIO_QUEUE_READY, 1);
+}
+
+/// Brings the device up as a driver that uses the event queue does: `features`, the request
+/// queue of 16 and, if `evt_num` is given, the event queue with that size. True if DRIVER_OK
+/// reads back set and NEEDS_RESET clear.
+pub fn bring_up_events(
+    regs: &mut Regs,
+    req: &Driver<'_>,
+    evt: &EventDriver<'_>,
+    features: u64,
+    evt_num: Option<u32>,
+) -> bool {
+    regs.w(VIRTIO_MMIO_STATUS, 0);
+    regs.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE);
+    regs.set_status(VIRTIO_CONFIG_S_DRIVER);
+    regs.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+    regs.w(VIRTIO_MMIO_DRIVER_FEATURES, features as u32);
+    regs.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+    regs.w(VIRTIO_MMIO_DRIVER_FEATURES, (features >> 32) as u32);
+    regs.set_status(VIRTIO_CONFIG_S_FEATURES_OK);
+    if regs.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
+        return false;
+    }
+    regs.w(VIRTIO_MMIO_QUEUE_SEL, 0);
+    set_up_queue(regs, req, 16);
+    if let Some(num) = evt_num {
+        regs.w(VIRTIO_MMIO_QUEUE_SEL, 1);
+        set_up_queue(regs, &evt.drv, num);
+    }
     regs.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
     let status = regs.r(VIRTIO_MMIO_STATUS);
     status & VIRTIO_CONFIG_S_DRIVER_OK != 0 && status & VIRTIO_CONFIG_S_NEEDS_RESET == 0
+}
+
+/// Where the event queue's rings lie in the device tests' guest memory (the request
+/// queue's are at 0).
+pub const EVENT_RING: u64 = 0x8_0000;
+/// Where the event queue's buffers start (the request queue's start at [`DATA`]).
+pub const EVENT_DATA: u64 = 3 << 20;
+
+/// What a driver that uses the event queue negotiates (EVENTS needs INFO, spec §2.2).
+pub const WITH_EVENTS: u64 = feature::V1 | feature::INFO | feature::EVENTS;
+
+/// An interrupt that records what it was raised for.
+#[derive(Debug, Default)]
+pub struct Recorder(Mutex<Vec<InterruptType>>);
+
+impl VirtioInterrupt for Recorder {
+    fn trigger(&self, kind: InterruptType) -> std::io::Result<()> {
+        self.0.lock().unwrap().push(kind);
+        Ok(())
+    }
+}
+
+impl Recorder {
+    /// The interrupts raised since the last call.
+    pub fn take(&self) -> Vec<InterruptType> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+/// The driver's side of the event queue: it makes writable buffers available and reads
+/// back the records the device wrote, in used-ring order.
+pub struct EventDriver<'a> {
+    pub(crate) drv: Driver<'a>,
+    /// Each buffer offered: its head and its descriptors.
+    offered: Vec<(u16, Vec<Buf>)>,
+    /// Used entries read so far.
+    seen: u16,
+}
+
+impl<'a> EventDriver<'a> {
+    /// An event queue of `size` at [`EVENT_RING`], its buffers from [`EVENT_DATA`].
+    pub fn new(mem: &'a GuestMemoryMmap, size: u16) -> Self {
+        EventDriver {
+            drv: Driver::at(mem, EVENT_RING, size, EVENT_DATA..MEM_SIZE),
+            offered: Vec::new(),
+            seen: 0,
+        }
+    }
+
+    /// Offers a buffer made of `bufs` (each `(len, writable)`).
+    pub fn give_chain(&mut self, bufs: &[(u32, bool)]) -> u16 {
+        let bufs: Vec<Buf> = bufs
+            .iter()
+            .map(|(len, write)| Buf {
+                addr: self.drv.alloc(*len),
+                len: *len,
+                write: *write,
+            })
+            .collect();
+        let head = self.drv.offer(&bufs);
+        self.offered.push((head, bufs));
+        head
+    }
+
+    /// Offers a buffer of `bufs` as given (addresses included).
+    pub fn give_raw(&mut self, bufs: &[Buf]) -> u16 {
+        let head = self.drv.offer(bufs);
+        self.offered.push((head, bufs.to_vec()));
+        head
+    }
+
+    /// Offers `n` buffers of one 32-byte writable descriptor each.
+    pub fn give(&mut self, n: usize) {
+        for _ in 0..n {
+            self.give_chain(&[(EVENT_LEN as u32, true)]);
+        }
+    }
+
+    /// Makes the buffer headed at `head` available again: the driver handled its event.
+    pub fn give_back(&self, head: u16) {
+        self.drv.publish(head);
+    }
+
+    /// The used entries since the last call: the head, the used length, and the event the
+    /// buffer holds if the length is a record's.
+    pub fn used(&mut self) -> Vec<(u16, u32, Option<Event>)> {
+        let mut out = Vec::new();
+        while self.seen != self.drv.used_idx() {
+            let size = (self.drv.q.desc_table().total_size() / 16) as u16;
+            let (head, len) = self.drv.used(self.seen % size);
+            self.seen += 1;
+            let bufs = &self
+                .offered
+                .iter()
+                .find(|(h, _)| u32::from(*h) == head)
+                .expect("a head the driver offered")
+                .1;
+            let event = (len as usize == EVENT_LEN)
+                .then(|| Event::decode(&self.drv.reply(bufs, len)).expect("a valid record"));
+            out.push((head as u16, len, event));
+        }
+        out
+    }
+
+    /// The events written since the last call; every buffer returned must hold one.
+    pub fn events(&mut self) -> Vec<Event> {
+        self.used()
+            .into_iter()
+            .map(|(head, len, e)| e.unwrap_or_else(|| panic!("buffer {head}: used length {len}")))
+            .collect()
+    }
+}
+
+/// A device over `vm`, live with the request queue `req` and the event queue `evt`, its
+/// driver having negotiated [`WITH_EVENTS`].
+pub fn events_device(
+    vm: Vm,
+    mem: &GuestMemoryMmap,
+    req: &Driver<'_>,
+    evt: &EventDriver<'_>,
+) -> (PvirqDevice<Mem>, Arc<Recorder>) {
+    let irq = Arc::new(Recorder::default());
+    let mut dev = PvirqDevice::new(vm).unwrap();
+    dev.ack_features(WITH_EVENTS);
+    let queues = vec![
+        req.q.create_queue().unwrap(),
+        evt.drv.q.create_queue().unwrap(),
+    ];
+    let evts = vec![
+        EventFd::new(EFD_NONBLOCK).unwrap(),
+        EventFd::new(EFD_NONBLOCK).unwrap(),
+    ];
+    dev.activate(atomic(mem), irq.clone(), queues, evts)
+        .unwrap();
+    (dev, irq)
+}
+
+/// A reply's header: status, detail, count, info (the same bytes with or without the
+/// extensions, so a test reads them whatever the records after it look like).
+pub fn header(reply: &[u8]) -> (Status, u8, u32, u32) {
+    let word = |at: usize| u32::from_le_bytes(reply[at..at + 4].try_into().unwrap());
+    (
+        Status::from_wire(reply[1]).expect("a status"),
+        reply[2],
+        word(16),
+        word(20),
+    )
 }

@@ -61,7 +61,12 @@ fn config_space_and_offered_features() {
     let mut tail = [0xFFu8; 4];
     dev.read_config(14, &mut tail);
     assert_eq!(tail, [0, 0, 0, 0]);
-    assert_eq!(dev.avail_features(), feature::V1);
+    // Version 1's bits, and the extensions but POSTED (the model host here cannot post) and
+    // ACCESS_PLATFORM (the VMM did not ask for it).
+    assert_eq!(
+        dev.avail_features(),
+        feature::V1 | feature::EXTENSIONS & !feature::POSTED & !feature::ACCESS_PLATFORM
+    );
     // Provisional, outside virtio's list and crosvm's IDs counting down from 63 (spec §2.1).
     assert_eq!(dev.device_type(), 56);
     assert_eq!(dev.device_type(), pvirq_proto::VIRTIO_ID_PVIRQ);
@@ -94,7 +99,7 @@ fn activation_needs_version_1_and_a_valid_queue() {
     assert_eq!(
         dev.activate(atomic(&mem), irq.clone(), vec![], vec![]),
         Err(crate::device::ActivateError::QueueCount {
-            expected: 1,
+            expected: 2,
             got: 0
         })
     );
@@ -362,7 +367,8 @@ fn mmio_identity_negotiation_and_inline_notify() {
     regs.w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
     assert_eq!(regs.r(VIRTIO_MMIO_DEVICE_FEATURES), 1);
     regs.w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
-    assert_eq!(regs.r(VIRTIO_MMIO_DEVICE_FEATURES), 0x1F);
+    // Version 1's bits 0-4, and bits 5-12 but POSTED (7).
+    assert_eq!(regs.r(VIRTIO_MMIO_DEVICE_FEATURES), 0x1F7F);
     let mut cfg = [0u8; 4];
     regs.0.read(u64::from(VIRTIO_MMIO_CONFIG) + 8, &mut cfg);
     assert_eq!(u32::from_le_bytes(cfg), 16, "vm_quota");
@@ -656,7 +662,9 @@ fn offered_features_follow_the_assigned_devices() {
             .unwrap();
         PvirqDevice::<Mem>::new(vm).unwrap().avail_features()
     };
-    let base = feature::VERSION_1 | feature::RETARGET;
+    let base = feature::VERSION_1
+        | feature::RETARGET
+        | feature::EXTENSIONS & !feature::POSTED & !feature::ACCESS_PLATFORM;
     assert_eq!(only(0, 16, 0, 0x300), base | feature::MSIX);
     assert_eq!(only(4, 0, 0, 0x301), base | feature::MSI);
     assert_eq!(only(0, 0, 8, 0x302), base | feature::IMS | feature::PASID);

@@ -39,12 +39,16 @@ impl ModelHost {
         for (id, vm) in &vms {
             let st = vm.state();
             errors.extend(
-                violations(vm.config(), &st)
+                violations(&st.config, &st)
                     .into_iter()
                     .map(|violation| ModelViolation::Vm { vm: *id, violation }),
             );
             let kernel = lock(&self.kernel);
             for (handle, dev) in st.devices.iter().enumerate() {
+                if dev.removed {
+                    // Gone from the VM and from the kernel: it holds nothing.
+                    continue;
+                }
                 let rid = dev.spec.requester_id;
                 let Some(kdev) = kernel.devices.get(&rid) else {
                     errors.push(ModelViolation::UnknownDevice {

@@ -1,6 +1,7 @@
-//! A VM's grants as a versioned, serde-serialisable state ([`VmSnapshot`], taken by
-//! [`crate::Vm::snapshot`]), why one cannot be restored ([`RestoreError`]), and what
-//! became of each grant of one that was ([`RestoredGrant`], from [`crate::Vm::restore`]).
+//! A VM's grants and pending events as a versioned, serde-serialisable state
+//! ([`VmSnapshot`], taken by [`crate::Vm::snapshot`]), why one cannot be restored
+//! ([`RestoreError`]), and what became of each grant of one that was ([`RestoredGrant`],
+//! from [`crate::Vm::restore`]).
 //!
 //! A snapshot to restore is untrusted input (it may come from another host, or from a
 //! file anyone could edit): it is validated (`validate.rs`) against the destination VM's
@@ -14,11 +15,15 @@ pub(crate) use validate::CheckedGrant;
 
 use crate::backend::GuestDest;
 use crate::state::VmState;
-use pvirq_proto::{Kind, MsiMessage, Resource};
+use pvirq_proto::{EVENT_LEN, Event, Kind, MsiMessage, Resource};
 use serde::{Deserialize, Serialize};
 
-/// The snapshot layout this crate writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// The snapshot layout this crate writes. Version 2 added the event log, removed devices,
+/// `config_generation` and the quota the driver saw; this build reads versions 1 and 2.
+pub const SNAPSHOT_VERSION: u32 = 2;
+
+/// The oldest snapshot layout this crate reads.
+pub const SNAPSHOT_VERSION_MIN: u32 = 1;
 
 /// One grant as a snapshot holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,22 +70,58 @@ pub struct DeviceSnapshot {
     pub grants: Vec<GrantSnapshot>,
 }
 
-/// A VM's negotiated features and grants.
+/// A device with an AVAILABLE event armed (spec §12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArmedSnapshot {
+    /// The device handle.
+    pub device: u32,
+    /// The count an ALLOC must be able to get before the event is sent.
+    pub min_count: u16,
+}
+
+/// The pending-event log of a driver that negotiated the event queue (spec §12, §13).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventLogSnapshot {
+    /// The sequence number the next event written carries.
+    pub next_sequence: u32,
+    /// The events not yet written, in order, each as its 32-byte record with `sequence`
+    /// 0: a number is given when the event is written.
+    pub pending: Vec<[u8; EVENT_LEN]>,
+    /// The devices with an AVAILABLE armed.
+    pub armed: Vec<ArmedSnapshot>,
+}
+
+/// A VM's negotiated features, grants and pending events.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSnapshot {
     /// [`SNAPSHOT_VERSION`] when written by this crate.
     pub version: u32,
     /// The features the driver negotiated.
     pub features: u64,
-    /// The devices, in handle order.
+    /// The devices, in handle order: the handles the driver can see.
     pub devices: Vec<DeviceSnapshot>,
+    /// The event log, when the driver negotiated `PVIRQ_F_EVENTS` and went live
+    /// (version 2).
+    #[serde(default)]
+    pub events: Option<EventLogSnapshot>,
+    /// Handles whose device the host removed: they hold nothing and answer NO_DEVICE
+    /// (version 2).
+    #[serde(default)]
+    pub removed: Vec<u32>,
+    /// The virtio `config_generation` (version 2).
+    #[serde(default)]
+    pub config_generation: u32,
+    /// The quota in the driver's configuration (version 2): a destination with another
+    /// quota moves `config_generation` and reports the change (LIMITS).
+    #[serde(default)]
+    pub vm_quota: Option<u32>,
 }
 
 /// Why a snapshot cannot be restored. Nothing is reserved when restore refuses.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {
     /// A layout this crate does not know.
-    #[error("snapshot version {0}, this build reads {SNAPSHOT_VERSION}")]
+    #[error("snapshot version {0}, this build reads {SNAPSHOT_VERSION_MIN}..={SNAPSHOT_VERSION}")]
     UnsupportedVersion(u32),
     /// The snapshot names feature bits this device does not offer.
     #[error("features {0:#x} are not offered here")]
@@ -175,6 +216,48 @@ pub enum RestoreError {
     /// The route layer refused to commit the restored routes; nothing is held.
     #[error("the guest routes could not be committed")]
     Routes,
+    /// An event log, although the driver did not negotiate `PVIRQ_F_EVENTS`.
+    #[error("an event log without the event queue negotiated")]
+    EventsNotNegotiated,
+    /// A pending event record the protocol rejects.
+    #[error("pending event {position}: {error}")]
+    EventRecord {
+        /// Its position in the log.
+        position: usize,
+        /// Why the record is not an event.
+        error: pvirq_proto::Error,
+    },
+    /// A pending event carrying a sequence number (one is given only when it is written).
+    #[error("pending event {position} carries a sequence number")]
+    EventSequence {
+        /// Its position in the log.
+        position: usize,
+    },
+    /// A pending event about a device, kind or index the destination does not have.
+    #[error("pending event {position} names what the VM does not have")]
+    EventSubject {
+        /// Its position in the log.
+        position: usize,
+    },
+    /// Two pending events about the same thing: a device keeps only the later one (§12).
+    #[error("pending event {position} is about the same thing as an earlier one")]
+    EventSuperseded {
+        /// Its position in the log.
+        position: usize,
+    },
+    /// An AVAILABLE armed for a device the VM does not have, twice, or for a count no
+    /// ALLOC asks (0 or above `max_batch`).
+    #[error("AVAILABLE armed for device {device} is inconsistent")]
+    Armed {
+        /// The device handle.
+        device: u32,
+    },
+    /// A removed device the VM does not have, named twice, or holding grants.
+    #[error("removed device {handle} is inconsistent")]
+    Removed {
+        /// The device handle.
+        handle: u32,
+    },
 }
 
 /// What became of one grant of a restored snapshot.
@@ -201,14 +284,15 @@ pub struct RestoredGrant {
     pub outcome: Restored,
 }
 
-/// The snapshot of a VM's state: its negotiated features and every grant.
+/// The snapshot of a VM's state: its negotiated features, every grant of the devices the
+/// driver sees, and the pending events.
 pub(crate) fn capture(st: &VmState) -> VmSnapshot {
+    let visible = st.devices.iter().take(st.devices.visible());
     VmSnapshot {
         version: SNAPSHOT_VERSION,
         features: st.features,
-        devices: st
-            .devices
-            .iter()
+        devices: visible
+            .clone()
             .map(|d| DeviceSnapshot {
                 requester_id: d.spec.requester_id,
                 grants: d
@@ -227,5 +311,34 @@ pub(crate) fn capture(st: &VmState) -> VmSnapshot {
                     .collect(),
             })
             .collect(),
+        events: st.events.is_enabled().then(|| EventLogSnapshot {
+            next_sequence: st.events.next_sequence(),
+            pending: st
+                .events
+                .pending()
+                .filter_map(|body| {
+                    let mut record = [0u8; EVENT_LEN];
+                    // Fails only for handle 0xFFFF_FFFF, which is never assigned.
+                    let event = Event {
+                        sequence: 0,
+                        body: *body,
+                    };
+                    event.encode(&mut record).ok().map(|_| record)
+                })
+                .collect(),
+            armed: st
+                .events
+                .armed()
+                .into_iter()
+                .map(|(device, min_count)| ArmedSnapshot { device, min_count })
+                .collect(),
+        }),
+        removed: visible
+            .enumerate()
+            .filter(|(_, d)| d.removed)
+            .map(|(h, _)| h as u32)
+            .collect(),
+        config_generation: st.config_generation,
+        vm_quota: Some(st.config.quota),
     }
 }

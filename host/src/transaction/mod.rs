@@ -30,6 +30,7 @@
 //! the other way round.
 
 mod alloc;
+mod available;
 mod backed;
 mod free;
 mod indices;
@@ -41,6 +42,7 @@ mod retarget;
 mod sizing;
 mod targets;
 
+pub(crate) use available::recheck_available;
 pub use reply::{BufferSink, Handled, ReplySink};
 pub(crate) use restore::restore;
 
@@ -50,7 +52,8 @@ use crate::config::{DeviceSpec, VmConfig};
 use crate::routes::RouteError;
 use crate::state::{DeviceState, VmState};
 use pvirq_proto::{
-    Field, Kind, Negotiated, Operation, RESPONSE_HEADER_LEN, Refusal, Request, Resource, feature,
+    Field, Kind, Negotiated, Operation, RESPONSE_HEADER_LEN, Refusal, Request, Resource, Status,
+    feature,
 };
 use reply::{Ctx, Echo};
 
@@ -162,12 +165,25 @@ pub(crate) fn handle(
             needed: needed as u32,
         });
     }
-    match &request.op {
+    let handled = match &request.op {
         Operation::Query => query::query(&mut ctx, config, st, request.device),
         Operation::Alloc(a) => alloc::alloc(&mut ctx, config, st, request.device, a),
         Operation::Free(indices) => free::free(&mut ctx, config, st, request.device, Some(indices)),
         Operation::Reset => free::free(&mut ctx, config, st, request.device, None),
         Operation::Retarget(r) => retarget::retarget(&mut ctx, config, st, request.device, r),
+    };
+    after_request(config, st, &request, &handled);
+    handled
+}
+
+/// The AVAILABLE event's hooks (spec §12): a NO_SPACE refusal of an ALLOC arms it for the
+/// device, and vectors this VM freed may fire the armed ones. Both do nothing unless the
+/// driver negotiated the event queue.
+fn after_request(config: &VmConfig, st: &mut VmState, request: &Request<'_>, handled: &Handled) {
+    match (&request.op, handled.status) {
+        (Operation::Alloc(a), Some(Status::NoSpace)) => st.events.arm(request.device, a.min),
+        (Operation::Free(_) | Operation::Reset, Some(Status::Ok)) => recheck_available(config, st),
+        _ => {}
     }
 }
 

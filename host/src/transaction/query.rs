@@ -1,8 +1,8 @@
 //! QUERY (spec §4.4): a device's limits, what an ALLOC could be granted now and, with
 //! `INFO`, the extended body (identity, format, share, free runs, parked drops).
 
+use super::available::available;
 use super::reply::{Ctx, Handled};
-use super::sizing::{Slots, Supply};
 use super::{table_size, usable};
 use crate::config::VmConfig;
 use crate::routes::GuestRoutes;
@@ -14,35 +14,13 @@ pub(super) fn query(ctx: &mut Ctx<'_>, config: &VmConfig, st: &VmState, handle: 
         return ctx.refuse(Refusal::NoDevice);
     };
     let quota = config.quota.saturating_sub(st.held);
-    let share = dev
-        .spec
-        .effective_share(config.quota)
-        .saturating_sub(dev.grants.granted());
-    let routes = st.routes.available();
-    let posted = st.features & feature::POSTED != 0 && dev.backend.can_post();
     let mut kinds = KindSet::EMPTY;
-    let mut available = 0;
     for kind in Kind::ALL.iter().copied() {
-        if !usable(&dev.spec, st.features, kind) {
-            continue;
+        if usable(&dev.spec, st.features, kind) {
+            kinds = kinds.with(kind);
         }
-        kinds = kinds.with(kind);
-        let table = dev.grants.table(kind);
-        let slots = match kind {
-            Kind::Msi if table.granted() > 0 => 0,
-            Kind::Msi => table_size(dev, kind),
-            _ => table.free.free_count(),
-        };
-        let supply = Supply {
-            quota,
-            share,
-            slots: Slots::exactly(slots),
-            host: dev.backend.supply(kind),
-            posted,
-            routes,
-        };
-        available = available.max(supply.grantable(kind, u32::from(config.max_batch)));
     }
+    let available = available(config, st, dev);
     let size = |kind: Kind| {
         if kinds.contains(kind) {
             table_size(dev, kind)

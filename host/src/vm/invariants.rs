@@ -1,8 +1,9 @@
 //! What must hold in the VM core between requests, whatever the backends:
 //!
 //! - a device's tables agree with its records; an MSI block is `0..n`, n a power of two;
-//! - the VM's held count equals its grants and never exceeds its quota; no device holds
-//!   more than its share (spec §3.7, [DEV-16]);
+//! - the VM's held count equals its grants and never exceeds its quota, and no device holds
+//!   more than its share (spec §3.7, [DEV-16]) — except that a limit lowered below what is
+//!   held revokes nothing: the VM or device may stay above it until it frees, never grow;
 //! - every grant has its own live route, in the state its record says (parked or to its
 //!   destination), and there are no other live routes;
 //! - every destination is one of the VM's APIC IDs, at a vector ≥ 0x20.
@@ -113,8 +114,9 @@ pub(crate) fn violations(config: &VmConfig, st: &VmState) -> Vec<VmViolation> {
     let mut routes = check_set(st.held as usize);
     let mut total: u64 = 0;
     for (handle, dev) in st.devices.iter().enumerate() {
+        // A share lowered below what the device held revokes nothing (as for the quota).
         let share = dev.spec.effective_share(config.quota);
-        if dev.grants.granted() > share {
+        if dev.grants.granted() > share && dev.grants.granted() > dev.granted_over_share {
             errors.push(VmViolation::OverShare {
                 handle,
                 granted: dev.grants.granted(),
@@ -177,7 +179,9 @@ pub(crate) fn violations(config: &VmConfig, st: &VmState) -> Vec<VmViolation> {
             grants: total,
         });
     }
-    if st.held > config.quota {
+    // A quota lowered below what the VM held revokes nothing: the VM may stay over it,
+    // never grow while over it.
+    if st.held > config.quota && st.held > st.held_over_quota {
         errors.push(VmViolation::OverQuota {
             held: st.held,
             quota: config.quota,

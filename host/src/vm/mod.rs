@@ -6,8 +6,10 @@
 //! it ([`crate::transaction`]), and `state::release_all` is the one path by which
 //! everything goes back (a virtio reset, and the last clone of the handle going away).
 
+mod changes;
 #[cfg(any(test, feature = "test-utils"))]
 mod invariants;
+mod restore;
 
 #[cfg(any(test, feature = "test-utils"))]
 pub use invariants::VmViolation;
@@ -17,18 +19,17 @@ pub(crate) use invariants::violations;
 use crate::backend::{GuestDest, InterruptBackend};
 use crate::config::{ApicIdSet, VmConfig};
 use crate::error::HostError;
-use crate::grants::{DeviceGrants, GrantRecord};
+use crate::grants::GrantRecord;
 use crate::routes::{GuestRoutes, RouteId, RouteState};
-use crate::snapshot::{RestoreError, RestoredGrant, VmSnapshot};
-use crate::state::{DeviceState, VmState, release_all};
+use crate::snapshot::VmSnapshot;
+use crate::state::{DeviceState, Devices, EventLog, VmState, release_all};
 use crate::sync::lock;
 use crate::transaction::{self, Handled, ReplySink};
-use pvirq_proto::{Kind, feature};
+use pvirq_proto::{Event, Kind, feature};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What a [`Vm`] handle shares between its clones.
 pub(crate) struct VmShared {
-    pub(crate) config: VmConfig,
     pub(crate) state: Mutex<VmState>,
 }
 
@@ -42,7 +43,7 @@ pub struct Vm {
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vm")
-            .field("config", &self.shared.config)
+            .field("config", &self.config())
             .finish_non_exhaustive()
     }
 }
@@ -78,26 +79,24 @@ impl Vm {
             .devices
             .iter()
             .zip(backends)
-            .map(|(spec, backend)| DeviceState {
-                spec: *spec,
-                backend,
-                grants: DeviceGrants::new([
-                    spec.table_size(Kind::Msi),
-                    spec.table_size(Kind::MsiX),
-                    spec.table_size(Kind::Ims),
-                ]),
-            })
+            .map(|(spec, backend)| DeviceState::new(*spec, backend))
             .collect();
+        let apic_ids = ApicIdSet::of(&config);
         Ok(Vm {
             shared: Arc::new(VmShared {
                 state: Mutex::new(VmState {
+                    config: Arc::new(config),
+                    config_generation: 0,
+                    staged_quota: None,
+                    held_over_quota: 0,
                     features: feature::V1,
+                    live: false,
                     routes,
-                    devices,
+                    devices: Devices::new(devices),
                     held: 0,
-                    apic_ids: ApicIdSet::of(&config),
+                    apic_ids,
+                    events: EventLog::default(),
                 }),
-                config,
             }),
         })
     }
@@ -105,7 +104,9 @@ impl Vm {
     /// Handles one request (`request` = the readable bytes) and writes the reply to `sink`:
     /// one transaction ([`crate::transaction`]), all or nothing.
     pub fn handle(&self, request: &[u8], sink: &mut dyn ReplySink) -> Handled {
-        transaction::handle(&self.shared.config, &mut self.state(), request, sink)
+        let mut st = self.state();
+        let config = Arc::clone(&st.config);
+        transaction::handle(&config, &mut st, request, sink)
     }
 
     /// Encodes `request`, handles it with a buffer as large as its largest reply, and
@@ -125,16 +126,36 @@ impl Vm {
         }
     }
 
-    /// Frees every grant of every device (virtio device reset, [DEV-1]); returns how many.
-    /// It cannot fail: if the route layer refuses to commit the removals, the backends stop
-    /// backing the vectors anyway and the routes are cleared.
+    /// Device reset ([DEV-1]): frees every grant of every device and returns how many,
+    /// discards every pending event, and applies the configuration changes the driver
+    /// could not be told about while live (a quota, devices added: spec §2.4). It cannot
+    /// fail: if the route layer refuses to commit the removals, the backends stop backing
+    /// the vectors anyway and the routes are cleared.
     pub fn reset_all(&self) -> u32 {
-        release_all(&mut self.state())
+        let mut st = self.state();
+        let count = release_all(&mut st);
+        st.live = false;
+        st.held_over_quota = 0;
+        st.events.discard();
+        let quota = st.staged_quota.take();
+        let added: Vec<_> = st.devices.show_all().iter().map(|d| d.spec).collect();
+        if quota.is_some_and(|q| q != st.config.quota) || !added.is_empty() {
+            let mut config = (*st.config).clone();
+            config.quota = quota.unwrap_or(config.quota);
+            config.devices.extend(added);
+            st.set_config(config);
+        }
+        count
     }
 
-    /// Its settings.
-    pub fn config(&self) -> &VmConfig {
-        &self.shared.config
+    /// The configuration the driver sees now (the VMM's, with the changes made since).
+    pub fn config(&self) -> Arc<VmConfig> {
+        Arc::clone(&self.state().config)
+    }
+
+    /// The virtio `config_generation`: moves each time the configuration does.
+    pub fn config_generation(&self) -> u32 {
+        self.state().config_generation
     }
 
     /// Sets the feature bits the driver negotiated.
@@ -142,9 +163,47 @@ impl Vm {
         self.state().features = features;
     }
 
+    /// The driver set DRIVER_OK with `features`: they take effect, and with
+    /// `PVIRQ_F_EVENTS` the VM starts recording events (numbered from 1), unless a restored
+    /// snapshot already gave it its pending events.
+    pub fn go_live(&self, features: u64) {
+        let mut st = self.state();
+        st.features = features;
+        st.live = true;
+        if features & feature::EVENTS != 0 {
+            st.events.enable();
+        }
+    }
+
     /// The negotiated feature bits.
     pub fn features(&self) -> u64 {
         self.state().features
+    }
+
+    /// Events queued for the driver and not yet written (spec §12).
+    pub fn pending_events(&self) -> usize {
+        self.state().events.len()
+    }
+
+    /// Hands the next event to write, with its sequence number, to `write`, and takes it
+    /// off the log if `write` says it was written; `None` if no event waits. One lock for
+    /// both, so no change made meanwhile can supersede the event being written.
+    pub(crate) fn write_front_event(&self, write: impl FnOnce(&Event) -> bool) -> Option<bool> {
+        let mut st = self.state();
+        let event = st.events.front()?;
+        let written = write(&event);
+        if written {
+            st.events.pop();
+        }
+        Some(written)
+    }
+
+    /// Whether any assigned device's backend can post interrupts.
+    pub fn can_post(&self) -> bool {
+        let st = self.state();
+        st.devices
+            .iter()
+            .any(|d| !d.removed && d.backend.can_post())
     }
 
     /// What the VM holds now.
@@ -152,7 +211,7 @@ impl Vm {
         let state = self.state();
         VmOccupancy {
             held: state.held,
-            quota: self.shared.config.quota,
+            quota: state.config.quota,
             routes: state.routes.live(),
             per_device: state.devices.iter().map(|d| d.grants.granted()).collect(),
         }
@@ -191,7 +250,7 @@ impl Vm {
 
     /// The destination a version-1 target (a vCPU index) names, if the VM has that vCPU.
     pub fn dest_of_vcpu(&self, vcpu: u32, vector: u8) -> Option<GuestDest> {
-        let c = &self.shared.config;
+        let c = self.config();
         c.apic_ids
             .of_vcpu(vcpu, c.num_vcpus)
             .map(|apic_id| GuestDest { apic_id, vector })
@@ -202,26 +261,13 @@ impl Vm {
         crate::snapshot::capture(&self.state())
     }
 
-    /// Restores `snapshot` on this VM, which must hold nothing yet: validates every field
-    /// ([`RestoreError`] on the first inconsistency, with nothing reserved), re-reserves
-    /// every grant through the devices' backends, commits the routes once, and sets the
-    /// negotiated features. `offered` is what the device offers (features a snapshot may
-    /// carry). Returns each grant's fate, in snapshot order per device.
-    pub fn restore(
-        &self,
-        snapshot: &VmSnapshot,
-        offered: u64,
-    ) -> Result<Vec<RestoredGrant>, RestoreError> {
-        let grants = snapshot.validate(&self.shared.config, offered)?;
-        transaction::restore(&mut self.state(), &grants, snapshot.features)
-    }
-
     /// Checks the core's invariants (records, quota, routes, destinations: see
     /// [`VmViolation`]); every violation found, if any. Call it when no request is in
     /// flight. For tests, the simulator and the fuzzer (feature `test-utils`).
     #[cfg(any(test, feature = "test-utils"))]
     pub fn check_invariants(&self) -> Result<(), Vec<VmViolation>> {
-        let violations = invariants::violations(&self.shared.config, &self.state());
+        let st = self.state();
+        let violations = invariants::violations(&st.config, &st);
         if violations.is_empty() {
             Ok(())
         } else {
