@@ -499,7 +499,9 @@ pub fn seeds() -> Vec<DeviceInput> {
     raw.avail = vec![13, 12, 0x7FFF];
     let mut again = base.clone();
     again.republish = 2;
-    again.features_off = 0b10110;
+    // MSI-X and RETARGET off (IMS too would leave PASID without the bit it needs, which
+    // the device refuses at activation, spec [DEV-23]: no chain would be handled).
+    again.features_off = 0b10010;
     again.quota = 3;
     let mut poked = base.clone();
     poked.pokes = vec![Poke {

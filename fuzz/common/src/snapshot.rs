@@ -287,7 +287,8 @@ pub fn seeds() -> Vec<SnapshotInput> {
     // Hostile snapshots: each breaks one rule the validation enforces.
     let mut hostile = Vec::new();
     let mut s = snapshot.clone();
-    s.version = 2;
+    // A version this host does not know (it reads versions 1 and 2).
+    s.version = pvirq_host::snapshot::SNAPSHOT_VERSION + 1;
     hostile.push(s);
     let mut s = snapshot.clone();
     if let Some(d) = s.devices.first_mut()

@@ -115,8 +115,11 @@ pub(crate) fn violations(config: &VmConfig, st: &VmState) -> Vec<VmViolation> {
     let mut total: u64 = 0;
     for (handle, dev) in st.devices.iter().enumerate() {
         // A share lowered below what the device held revokes nothing (as for the quota).
-        let share = dev.spec.effective_share(config.quota);
-        if dev.grants.granted() > share && dev.grants.granted() > dev.granted_over_share {
+        // A device without a share of its own is bounded by the quota, checked below.
+        if let Some(share) = dev.spec.share
+            && dev.grants.granted() > share
+            && dev.grants.granted() > dev.granted_over_share
+        {
             errors.push(VmViolation::OverShare {
                 handle,
                 granted: dev.grants.granted(),
