@@ -64,13 +64,20 @@
 extern crate std;
 
 mod api;
+mod config;
+mod domain;
 mod driver;
 mod error;
+mod events;
+mod grants;
 mod hal;
 mod init;
+mod requests;
 mod ring;
 mod slot;
+mod tables;
 pub mod transport;
+mod validate;
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
@@ -83,10 +90,16 @@ mod tests;
 pub use pvirq_proto as proto;
 
 pub use api::{Allocation, Done, Queried, into_result};
-pub use driver::{Driver, InterruptStatus};
-pub use error::{EchoField, Error};
+pub use domain::index_list;
+pub use driver::Driver;
+pub use error::{ConfigField, EchoField, Error, GrantField, QueryField};
+pub use events::fallback::Shortfall;
+pub use events::program::{Applied, ProgramMessages, VectorId, apply_event};
+pub use events::queue::EVENT_BUFFERS;
+pub use grants::GrantRecord;
 pub use hal::{Hal, PAGE_SIZE, PhysAddr};
 pub use init::{DeviceConfig, Options};
+pub use requests::InterruptStatus;
 pub use ring::QueueAddrs;
 pub use slot::Token;
 pub use transport::{MmioRegs, MmioTransport, Transport, VolatileMmio};
