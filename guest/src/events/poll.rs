@@ -52,8 +52,15 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
     /// grants it holds, so whether a REPROGRAM or REVOKE names one of them is the caller's
     /// to check (see the crate documentation).
     pub fn next_event(&mut self) -> Result<Option<Event>, Error> {
+        // Popped before the previous buffer goes back, so that a buffer the device returns
+        // twice is one it does not hold; if nothing is there, the returned buffer may be
+        // what the device was waiting for, so look once more.
+        let mut next = self.pop_event();
         self.release_event_in_hand();
-        let Some((id, event)) = self.pop_event()? else {
+        if matches!(next, Ok(None)) {
+            next = self.pop_event();
+        }
+        let Some((id, event)) = next? else {
             return Ok(None);
         };
         if let Some(events) = &mut self.events {

@@ -19,6 +19,9 @@ pub(crate) enum EventFault {
     Raw([u8; EVENT_LEN]),
     /// Return the buffer twice: a second used element with the same id.
     Twice,
+    /// Return the buffer empty (used length 0), as a device does with a buffer it cannot
+    /// use; the event waits for the next buffer.
+    Unused,
 }
 
 /// Whether pending event `old` is superseded by `new` (spec §12, *Bounds: coalescing*).
@@ -69,8 +72,13 @@ impl State {
             let head = chain.head_index();
             let desc = chain.into_iter().next().expect("one descriptor");
             assert!(desc.is_write_only() && desc.len() as usize >= EVENT_LEN);
-            let body = self.pending_events.pop_front().expect("pending");
             let fault = self.event_faults.pop_front();
+            if fault == Some(EventFault::Unused) {
+                // A buffer the device cannot use: returned empty, no event consumed.
+                State::push_used(&mem, &mut self.event_queue, u32::from(head), 0, 0);
+                continue;
+            }
+            let body = self.pending_events.pop_front().expect("pending");
             let sequence = match fault {
                 Some(EventFault::Sequence(s)) => s,
                 _ => self.next_sequence,
