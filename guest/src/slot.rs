@@ -3,10 +3,9 @@
 use crate::Error;
 use crate::error::EchoField;
 use crate::tables::TableCache;
-use crate::validate;
+use crate::validate::{self, AllocExpect, Context, Expect};
 use pvirq_proto::{
-    IndexSpec, Indices, Kind, Opcode, Operation, RESPONSE_HEADER_LEN, Request, Response,
-    RetargetTo, Targeting,
+    Indices, Opcode, Operation, RESPONSE_HEADER_LEN, Request, Response, RetargetTo, Targeting,
 };
 
 /// Names one submitted request: its slot and its tag (unique per driver, so a token of a
@@ -27,35 +26,6 @@ impl Token {
     pub fn slot(&self) -> u16 {
         self.slot
     }
-}
-
-/// What an ALLOC asked for: what its grants must fit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct AllocExpect {
-    pub(crate) kind: Kind,
-    pub(crate) index: IndexSpec,
-    pub(crate) min: u16,
-    pub(crate) max: u16,
-    pub(crate) pasid: Option<u32>,
-    /// Whether the grants must come back parked.
-    pub(crate) parked: bool,
-    /// Targets the request carried (the bound of an INVALID_TARGET's entry).
-    pub(crate) targets: usize,
-}
-
-/// What a correct answer must look like, beyond the echo.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Expect {
-    Query,
-    Alloc(AllocExpect),
-    /// FREE or RETARGET of `count` indices: the run from `first`, or a list (`None`).
-    Indices {
-        count: u16,
-        first: Option<u32>,
-        /// Targets the request carried.
-        targets: usize,
-    },
-    Reset,
 }
 
 /// A request the device holds.
@@ -162,7 +132,15 @@ impl Pending {
                 });
             }
         }
-        validate::outcome(self, &response, tables, max_batch)?;
+        let context = Context {
+            opcode: self.opcode,
+            device: self.device,
+            capacity: self.capacity,
+            features: self.features,
+            tables,
+            max_batch,
+        };
+        validate::outcome(&self.expect, &context, &response)?;
         Ok(response)
     }
 }

@@ -9,26 +9,71 @@
 
 use crate::Error;
 use crate::error::{GrantField, QueryField};
-use crate::slot::{AllocExpect, Expect, Pending};
 use crate::tables::TableCache;
 use pvirq_proto::{
     DeviceInfo, Field, GrantSlice, IndexSpec, Kind, Opcode, Outcome, Refusal, Response, feature,
 };
 
-/// Checks the outcome of a decoded reply whose echo matched `pending`.
+/// What an ALLOC asked for: what its grants must fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AllocExpect {
+    pub(crate) kind: Kind,
+    pub(crate) index: IndexSpec,
+    pub(crate) min: u16,
+    pub(crate) max: u16,
+    pub(crate) pasid: Option<u32>,
+    /// Whether the grants must come back parked.
+    pub(crate) parked: bool,
+    /// Targets the request carried (the bound of an INVALID_TARGET's entry).
+    pub(crate) targets: usize,
+}
+
+/// What a correct answer must look like, beyond the echo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expect {
+    Query,
+    Alloc(AllocExpect),
+    /// FREE or RETARGET of `count` indices: the run from `first`, or a list (`None`).
+    Indices {
+        count: u16,
+        first: Option<u32>,
+        /// Targets the request carried.
+        targets: usize,
+    },
+    Reset,
+}
+
+/// What the checks need to know besides what the request asked for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Context<'t> {
+    /// The request's operation.
+    pub(crate) opcode: Opcode,
+    /// The device handle it named.
+    pub(crate) device: u32,
+    /// Writable bytes it offered.
+    pub(crate) capacity: u32,
+    /// The negotiated features.
+    pub(crate) features: u64,
+    /// Table sizes QUERY reported.
+    pub(crate) tables: &'t TableCache,
+    /// The device's `max_batch`.
+    pub(crate) max_batch: u16,
+}
+
+/// Checks the outcome of a decoded reply whose echo matched the request that `expect`
+/// describes.
 pub(crate) fn outcome(
-    pending: &Pending,
+    expect: &Expect,
+    context: &Context<'_>,
     response: &Response<'_>,
-    tables: &TableCache,
-    max_batch: u16,
 ) -> Result<(), Error> {
-    match (pending.expect, &response.outcome) {
-        (_, Outcome::Refused(refusal)) => refusal_fits(pending, *refusal),
+    match (*expect, &response.outcome) {
+        (_, Outcome::Refused(refusal)) => refusal_fits(expect, context, *refusal),
         (Expect::Query, Outcome::Queried { info, .. }) => {
-            query_fits(info, pending.features, max_batch)
+            query_fits(info, context.features, context.max_batch)
         }
         (Expect::Alloc(alloc), Outcome::Allocated { grants, .. }) => {
-            let table = tables.size(pending.device, alloc.kind);
+            let table = context.tables.size(context.device, alloc.kind);
             grants_fit(&alloc, grants, table)
         }
         (Expect::Indices { count, .. }, Outcome::Freed { count: got, .. })
@@ -184,9 +229,9 @@ fn in_run(index: u32, first: u32, count: u16) -> bool {
 /// A refusal is one the request can get (spec §5.1, §5.4): `detail` and `info` already fit
 /// the status (decoding checked that); here the status must fit the operation, and an index,
 /// entry or count must be one the request named.
-fn refusal_fits(pending: &Pending, refusal: Refusal) -> Result<(), Error> {
-    let opcode = pending.opcode;
-    let (targets, count) = match pending.expect {
+fn refusal_fits(expect: &Expect, context: &Context<'_>, refusal: Refusal) -> Result<(), Error> {
+    let opcode = context.opcode;
+    let (targets, count) = match *expect {
         Expect::Alloc(a) => (a.targets, a.max),
         Expect::Indices { count, targets, .. } => (targets, count),
         Expect::Query | Expect::Reset => (0, 0),
@@ -196,7 +241,7 @@ fn refusal_fits(pending: &Pending, refusal: Refusal) -> Result<(), Error> {
         Refusal::NoSpace { .. } => opcode == Opcode::Alloc,
         Refusal::IndexInUse { index } | Refusal::IndexOutOfRange { index } => {
             let in_use = matches!(refusal, Refusal::IndexInUse { .. });
-            match pending.expect {
+            match *expect {
                 Expect::Alloc(a) => match a.index {
                     IndexSpec::At(first) => in_run(index, first, a.max),
                     // The device chose the indices: only a second MSI block is in use, at 0.
@@ -209,7 +254,7 @@ fn refusal_fits(pending: &Pending, refusal: Refusal) -> Result<(), Error> {
                 _ => false,
             }
         }
-        Refusal::NotGranted { index } => match pending.expect {
+        Refusal::NotGranted { index } => match *expect {
             Expect::Indices { first, count, .. } => {
                 first.is_none_or(|first| in_run(index, first, count))
             }
@@ -229,7 +274,7 @@ fn refusal_fits(pending: &Pending, refusal: Refusal) -> Result<(), Error> {
             matches!(field, Field::Opcode | Field::Kind | Field::Pasid)
         }
         Refusal::BatchTooLarge { max_batch } => max_batch < u32::from(count),
-        Refusal::ResponseTooSmall { needed } => needed > pending.capacity,
+        Refusal::ResponseTooSmall { needed } => needed > context.capacity,
         Refusal::NoDevice | Refusal::DeviceError { .. } => true,
     };
     if plausible {
