@@ -7,6 +7,7 @@
 
 pub mod device;
 pub mod driver;
+pub mod events;
 pub mod pool;
 pub mod wire;
 
@@ -14,7 +15,13 @@ use std::path::Path;
 use wire::Wire;
 
 /// Names of the fuzz targets, as `cargo fuzz run` takes them.
-pub const TARGETS: [&str; 4] = ["proto_decode", "device_queue", "pool_model", "guest_driver"];
+pub const TARGETS: [&str; 5] = [
+    "proto_decode",
+    "device_queue",
+    "pool_model",
+    "guest_driver",
+    "guest_events",
+];
 
 /// The `proto_decode` selector of version 1's features: bits 0–4 and `VERSION_1` (bit 15).
 pub const PROTO_V1_SELECTOR: u16 = 0x801F;
@@ -114,6 +121,10 @@ pub fn all_seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             "guest_driver",
             driver::seeds().iter().map(Wire::to_bytes).collect(),
         ),
+        (
+            "guest_events",
+            events::seeds().iter().map(Wire::to_bytes).collect(),
+        ),
     ]
 }
 
@@ -146,6 +157,7 @@ mod tests {
         roundtrip(&pool::seeds());
         roundtrip(&device::seeds());
         roundtrip(&driver::seeds());
+        roundtrip(&events::seeds());
     }
 
     #[test]
@@ -168,6 +180,14 @@ mod tests {
             let ok = driver::run(seed);
             assert!(i == 1 || ok > 0, "driver seed {i}: no call succeeded");
         }
+        // The extended seeds reach every extended call.
+        let extended = &driver::seeds()[4];
+        assert_eq!(driver::run(extended), extended.ops.len(), "every extended call succeeds");
+        let handed: Vec<usize> = events::seeds().iter().map(events::run).collect();
+        // The first seed's six events all arrive (a device added after the configuration
+        // grew); the hostile seed's first; the one-buffer seed's in turn.
+        assert_eq!(handed[0], 6, "{handed:?}");
+        assert!(handed.iter().all(|n| *n > 0), "{handed:?}");
     }
 
     #[test]
@@ -220,6 +240,7 @@ mod tests {
             let _ = pool::PoolInput::from_bytes(data);
             let _ = device::DeviceInput::from_bytes(data);
             let _ = driver::DriverInput::from_bytes(data);
+            let _ = events::EventsInput::from_bytes(data);
         }
     }
 
