@@ -7,8 +7,8 @@
 //! table (`apply_event`) takes the steps in order.
 
 use crate::driver::{
-    Fake, FakeTransport, FuzzDriver, OpIn, ReplyIn, call, config_bytes, extension_features,
-    kind, memory, options,
+    Fake, FakeTransport, FuzzDriver, OpIn, ReplyIn, call, config_bytes, extension_features, kind,
+    memory, options,
 };
 use crate::wire::Blob;
 use crate::wire_struct;

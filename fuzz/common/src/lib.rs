@@ -182,7 +182,11 @@ mod tests {
         }
         // The extended seeds reach every extended call.
         let extended = &driver::seeds()[4];
-        assert_eq!(driver::run(extended), extended.ops.len(), "every extended call succeeds");
+        assert_eq!(
+            driver::run(extended),
+            extended.ops.len(),
+            "every extended call succeeds"
+        );
         let handed: Vec<usize> = events::seeds().iter().map(events::run).collect();
         // The first seed's six events all arrive (a device added after the configuration
         // grew); the hostile seed's first; the one-buffer seed's in turn.

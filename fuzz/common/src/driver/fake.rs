@@ -26,6 +26,9 @@ struct Ring {
     used_idx: u16,
 }
 
+/// A chain the device took: its head, its readable bytes, its writable buffers.
+type Chain = (u16, Vec<u8>, Vec<(u64, u32)>);
+
 /// A fuzzer-driven device.
 pub struct Fake {
     pub(crate) mem: GuestMemoryMmap,
@@ -43,7 +46,12 @@ pub struct Fake {
 
 impl Fake {
     /// A device offering `offered`, with `config`, answering with `replies` in order.
-    pub fn new(mem: GuestMemoryMmap, offered: u64, config: [u8; 16], replies: VecDeque<ReplyIn>) -> Self {
+    pub fn new(
+        mem: GuestMemoryMmap,
+        offered: u64,
+        config: [u8; 16],
+        replies: VecDeque<ReplyIn>,
+    ) -> Self {
         Fake {
             mem,
             status: 0,
@@ -65,7 +73,7 @@ impl Fake {
 
     /// The next chain made available on `queue`: its head, readable bytes and writable
     /// buffers.
-    fn pop(&mut self, queue: usize) -> Option<(u16, Vec<u8>, Vec<(u64, u32)>)> {
+    fn pop(&mut self, queue: usize) -> Option<Chain> {
         let ring = self.rings.get(queue).copied().flatten()?;
         let avail_idx = self.read::<u16>(ring.addrs.driver + 2)?;
         if ring.last_avail == avail_idx {

@@ -104,7 +104,12 @@ wire_struct! {
 
 /// The extension feature bits `bits` selects (see [`DriverInput::extensions`]).
 pub fn extension_features(bits: u16) -> u64 {
-    (u64::from(bits & 0xFF) << 5) | if bits & 0x100 != 0 { feature::ACCESS_PLATFORM } else { 0 }
+    (u64::from(bits & 0xFF) << 5)
+        | if bits & 0x100 != 0 {
+            feature::ACCESS_PLATFORM
+        } else {
+            0
+        }
 }
 
 pub(crate) type FuzzDriver = Driver<GuestMemoryHal, FakeTransport>;
@@ -123,7 +128,11 @@ fn check_grants(driver: &FuzzDriver, alloc: &Alloc<'_>, grants: &[GrantInfo], in
     }
     if alloc.index == IndexSpec::AnyContiguous {
         let lowest = indices.iter().min().copied().unwrap_or(0);
-        assert!(indices.iter().all(|i| u64::from(*i) < u64::from(lowest) + n as u64));
+        assert!(
+            indices
+                .iter()
+                .all(|i| u64::from(*i) < u64::from(lowest) + n as u64)
+        );
     }
     if info {
         for g in grants {
@@ -140,7 +149,9 @@ fn alloc_into(driver: &mut FuzzDriver, device: u32, alloc: Alloc<'_>, flags: u8)
     let short = usize::from(flags & 4 == 4);
     let info = driver.has(feature::INFO);
     if flags & 8 != 0 {
-        let n = driver.grant_entries::<Grant>(alloc.max).saturating_sub(short);
+        let n = driver
+            .grant_entries::<Grant>(alloc.max)
+            .saturating_sub(short);
         let mut grants = vec![Grant::new(0, Default::default()); n];
         let Ok(a) = driver.alloc(device, alloc, &mut grants) else {
             return false;
@@ -342,7 +353,12 @@ pub fn run(input: &DriverInput) -> usize {
         offered &= !feature::VERSION_1;
     }
     let config = config_bytes(input.max_batch, input.version);
-    let mut fake = Fake::new(mem, offered, config, input.replies.iter().cloned().collect());
+    let mut fake = Fake::new(
+        mem,
+        offered,
+        config,
+        input.replies.iter().cloned().collect(),
+    );
     fake.queue_max = input.queue_max;
     let options = options(feature::V1 | extensions, input.option_batch);
     let Ok(mut driver) = FuzzDriver::new(hal, FakeTransport::new(fake), options) else {
