@@ -3,20 +3,23 @@
 //! says, with an AVAILABLE event, that an allocation could now succeed.
 //!
 //! The pattern:
-//! 1. Ask for everything: `min = max = wanted` (or the real minimum). A NO_SPACE arms one
-//!    AVAILABLE for the device, remembering the refused `min_count` (spec §12: the device
-//!    sends AVAILABLE only after a NO_SPACE, so a driver that never asks for its minimum
-//!    is never told).
+//! 1. Ask for everything: `min = max = wanted`. A NO_SPACE arms one AVAILABLE for the
+//!    device, remembering the refused `min_count` (spec §12). A driver that asks
+//!    `1..=wanted` and is granted fewer gets no NO_SPACE and arms nothing: it is never told.
 //! 2. Fall back: ask again with `min` lowered to [`crate::Error::fallback_count`] (or
 //!    share what it holds), and record the [`Shortfall`].
 //! 3. On an event, [`Shortfall::retry`] says whether and how many to ask for: allocate
 //!    `1..=n` (parked or spread, so no per-vector targets are needed before the count is
-//!    known), then [`Shortfall::granted`]. A NO_SPACE again (another VM was faster) arms
-//!    the next AVAILABLE: keep the shortfall and wait.
+//!    known), then [`Shortfall::granted`]. The AVAILABLE armed in step 1 waits for room for
+//!    all `wanted`, more than is missing; a driver that wants to hear sooner asks once for
+//!    `min = max = missing` after the fallback, which a NO_SPACE re-arms for that count.
+//!    A NO_SPACE on the retry (another VM was faster) arms the next AVAILABLE the same way:
+//!    keep the shortfall and wait.
 //!
-//! AVAILABLE is advisory and sent once per NO_SPACE; LIMITS and DEVICE_REMOVED are the
-//! other events a shortfall cares about ([`Shortfall::retry`] ignores LIMITS, whose
-//! AVAILABLE follows if the raised limit makes room, and drops nothing on its own).
+//! AVAILABLE is advisory and sent once per NO_SPACE. A LIMITS that raises the quota or the
+//! device's share may make room too, without an AVAILABLE (spec §12 re-checks when vectors
+//! are freed and when the host releases shared resources): a driver may retry on it as
+//! well. A DEVICE_REMOVED ends the shortfall ([`Shortfall::is_gone`]).
 
 use pvirq_proto::{Event, EventBody, Kind};
 
