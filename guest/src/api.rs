@@ -1,19 +1,22 @@
 //! The calls a guest kernel makes, shaped after Linux's `pci_alloc_irq_vectors` and
 //! `pci_msix_alloc_irq_at`: each submits one request, waits for it, and returns either the
 //! result or an [`Error`] — a refusal carries the device's reason ([`Error::Refused`]).
+//! The irq-domain shaped calls of the extensions are in `domain.rs`.
 
-use crate::driver::QUERY_BODY_LEN;
+use crate::driver::{QUERY_BODY_INFO_LEN, QUERY_BODY_LEN, grant_len};
+use crate::grants::{GrantRecord, convert_in_place, entries_for};
 use crate::transport::Transport;
 use crate::{Driver, Error, Hal};
 use pvirq_proto::{
-    Alloc, DeviceInfo, Grant, GrantSlice, IndexRange, IndexSpec, Kind, Opcode, Operation, Outcome,
-    RESPONSE_HEADER_LEN, Response, Retarget, Target, Targeting,
+    Alloc, DeviceInfo, Grant, GrantInfo, IndexRange, IndexSpec, Indices, Kind, Opcode, Operation,
+    Outcome, RESPONSE_HEADER_LEN, Response, Retarget, Target, Targeting, feature,
 };
 
 /// A QUERY result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Queried {
-    /// The device's limits and state.
+    /// The device's limits and state; with `INFO`, `info.ext` holds its identity, message
+    /// format, share and free runs.
     pub info: DeviceInfo,
     /// The VM's remaining quota.
     pub quota_remaining: u32,
@@ -21,10 +24,11 @@ pub struct Queried {
 
 /// An ALLOC result: the granted vectors, copied into the caller's buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Allocation<'g> {
-    /// One grant per vector, in target order: grant `i` goes to `targets[i]`. Program
-    /// `message()` at `index()` and unmask.
-    pub grants: &'g [Grant],
+pub struct Allocation<'g, G = Grant> {
+    /// One grant per vector, in grant order (grant `i` goes to `targets[i]`, or to the
+    /// spread position of `i`, or nowhere yet if parked). Program `message()` at `index()`
+    /// and unmask.
+    pub grants: &'g [G],
     /// The VM's remaining quota.
     pub quota_remaining: u32,
 }
@@ -49,7 +53,7 @@ pub fn into_result(response: Response<'_>) -> Result<Response<'_>, Error> {
     }
 }
 
-fn unexpected(response: &Response<'_>) -> Error {
+pub(crate) fn unexpected(response: &Response<'_>) -> Error {
     Error::Malformed(pvirq_proto::Error::OutcomeMismatch(response.opcode))
 }
 
@@ -76,16 +80,24 @@ fn done(response: Response<'_>) -> Result<Done, Error> {
 
 impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
     /// Runs a FREE, RETARGET or RESET: their replies are a header alone.
-    fn call_done(&mut self, device: u32, op: Operation<'_>) -> Result<Done, Error> {
+    pub(crate) fn call_done(&mut self, device: u32, op: Operation<'_>) -> Result<Done, Error> {
         let mut header = [0; RESPONSE_HEADER_LEN];
         done(self.call_into(device, op, &mut header, &mut [])?)
     }
 
-    /// Asks for `device`'s limits (kinds, table sizes, vectors granted and available now).
+    /// Asks for `device`'s limits (kinds, table sizes, vectors granted and available now;
+    /// with `INFO` also its identity, message format, share and free runs in `info.ext`).
+    /// The driver remembers the table sizes to check later grants and events against.
     pub fn query(&mut self, device: u32) -> Result<Queried, Error> {
         let mut header = [0; RESPONSE_HEADER_LEN];
-        let mut body = [0; QUERY_BODY_LEN];
-        let response = self.call_into(device, Operation::Query, &mut header, &mut body)?;
+        let mut body = [0; QUERY_BODY_INFO_LEN];
+        let len = if self.has(feature::INFO) {
+            QUERY_BODY_INFO_LEN
+        } else {
+            QUERY_BODY_LEN
+        };
+        let body = body.get_mut(..len).unwrap_or_default();
+        let response = self.call_into(device, Operation::Query, &mut header, body)?;
         let response = into_result(response)?;
         match response.outcome {
             Outcome::Queried {
@@ -100,7 +112,14 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
     }
 
     /// Allocates between `alloc.min` and `alloc.max` vectors and copies the grants into
-    /// `grants` (at least `alloc.max` long).
+    /// `grants`: version 1's [`Grant`] (index and message) or [`GrantInfo`] (with the
+    /// delivery mode, parked flag and PASID), whatever the channel's layout
+    /// ([`crate::GrantRecord`]). `grants` needs [`Driver::grant_entries`] entries: `max`,
+    /// except a `Grant` buffer on a channel with `INFO`.
+    ///
+    /// Every shape of ALLOC goes through here: [`Targeting::Spread`],
+    /// [`Targeting::Parked`] and [`IndexSpec::AnyContiguous`] need their feature bits
+    /// ([`Error::NotNegotiated`] otherwise).
     ///
     /// The grants are copied out of the memory the device can write once, straight into
     /// `grants`, and validated there: what is returned is what was checked. After an error
@@ -108,51 +127,56 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
     ///
     /// On [`Error::Refused`] nothing was granted; for NO_SPACE,
     /// [`Error::fallback_count`] says how many vectors the device could grant now.
-    pub fn alloc<'g>(
+    pub fn alloc<'g, G: GrantRecord>(
         &mut self,
         device: u32,
         alloc: Alloc<'_>,
-        grants: &'g mut [Grant],
-    ) -> Result<Allocation<'g>, Error> {
-        let needed = usize::from(alloc.max);
+        grants: &'g mut [G],
+    ) -> Result<Allocation<'g, G>, Error> {
+        let wire_len = grant_len(self.features);
+        let max = usize::from(alloc.max);
+        let needed = entries_for::<G>(max, wire_len);
         let got = grants.len();
         let room = grants
             .get_mut(..needed)
             .ok_or(Error::GrantBufferTooSmall { needed, got })?;
-        // The reply's body is its grants: the caller's array, seen as bytes, receives them.
-        let body: &'g mut [u8] = bytemuck::cast_slice_mut(room);
         let mut header = [0; RESPONSE_HEADER_LEN];
-        let op = Operation::Alloc(alloc);
-        let response = into_result(self.call_into(device, op, &mut header, body)?)?;
-        match response.outcome {
-            // `granted` is the validated prefix of the caller's array.
-            Outcome::Allocated {
-                grants: granted,
-                quota_remaining,
-            } => match granted {
-                GrantSlice::Basic(granted) => Ok(Allocation {
+        let count = {
+            // The reply's body is its grants: the caller's array, seen as bytes, receives
+            // them, and is validated there.
+            let body: &mut [u8] = bytemuck::cast_slice_mut(&mut *room);
+            let body = body.get_mut(..max * wire_len).unwrap_or_default();
+            let op = Operation::Alloc(alloc);
+            let response = into_result(self.call_into(device, op, &mut header, body)?)?;
+            match response.outcome {
+                Outcome::Allocated {
                     grants: granted,
                     quota_remaining,
-                }),
-                // 24-byte records need a buffer of their own layout; a driver that did not
-                // negotiate INFO never gets them (the decoder refuses them).
-                GrantSlice::Info(_) => Err(unexpected(&response)),
-            },
-            _ => Err(unexpected(&response)),
-        }
+                } => (granted.len(), quota_remaining),
+                _ => return Err(unexpected(&response)),
+            }
+        };
+        let (n, quota_remaining) = count;
+        // The validated records become the caller's type, in the caller's memory.
+        let grants = convert_in_place(room, n, wire_len)
+            .ok_or(Error::GrantBufferTooSmall { needed, got })?;
+        Ok(Allocation {
+            grants,
+            quota_remaining,
+        })
     }
 
     /// Linux's `pci_alloc_irq_vectors(dev, min, max, kind)`: between `min` and
     /// `targets.len()` vectors of `kind` at indices the device chooses, vector `i` to
     /// `targets[i]`.
-    pub fn alloc_irq_vectors<'g>(
+    pub fn alloc_irq_vectors<'g, G: GrantRecord>(
         &mut self,
         device: u32,
         kind: Kind,
         min: u16,
         targets: &[Target],
-        grants: &'g mut [Grant],
-    ) -> Result<Allocation<'g>, Error> {
+        grants: &'g mut [G],
+    ) -> Result<Allocation<'g, G>, Error> {
         let alloc = Alloc::any(kind, min, targets);
         self.alloc(device, alloc, grants)
     }
@@ -177,10 +201,11 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
             targeting: Targeting::PerVector,
             targets: &targets,
         };
-        let mut grant = [Grant::new(0, Default::default())];
+        // A `GrantInfo` holds one record of either layout.
+        let mut grant = [GrantInfo::from_grant(Grant::new(0, Default::default()))];
         self.alloc(device, alloc, &mut grant)?;
         let [grant] = grant;
-        Ok(grant)
+        Ok(grant.grant())
     }
 
     /// Frees a run of granted vectors. Mask them and quiesce the device first (spec DRV-7).
@@ -197,6 +222,13 @@ impl<H: Hal, T: Transport, const SLOTS: usize> Driver<H, T, SLOTS> {
         targets: &[Target],
     ) -> Result<Done, Error> {
         self.call_done(device, Operation::Retarget(Retarget::run(range, targets)))
+    }
+
+    /// Frees the named vectors: a run, or with `INDEX_LIST` a list ([`crate::index_list`]),
+    /// so that everything one ALLOC gave, however scattered, goes in one request. Mask them
+    /// and quiesce the device first (spec DRV-7). Linux's irq-domain `free`.
+    pub fn free_indices(&mut self, device: u32, indices: Indices<'_>) -> Result<Done, Error> {
+        self.call_done(device, Operation::Free(indices))
     }
 
     /// Frees every vector of `device` (the RESET operation; the virtio device and other

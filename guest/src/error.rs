@@ -1,6 +1,6 @@
 //! The one error type of this crate.
 
-use pvirq_proto::{Opcode, Refusal, Resource};
+use pvirq_proto::{Kind, Opcode, Refusal, Resource};
 
 /// Which echoed response field disagreed with the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -11,6 +11,50 @@ pub enum EchoField {
     Device,
     /// The tag.
     Tag,
+}
+
+/// Which field of a grant record disagreed with the request (spec §4.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GrantField {
+    /// The `PARKED` flag: set on a grant the request did not park, or clear on one it did.
+    Parked,
+    /// The PASID: another one than the request's, or one the request did not carry.
+    Pasid,
+}
+
+/// Which QUERY field disagreed with the rest of the reply or with the negotiation
+/// (spec §4.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QueryField {
+    /// `kinds` names a kind the driver did not negotiate.
+    Kinds,
+    /// `msi_max` is not 0 although `kinds` lacks MSI.
+    MsiMax,
+    /// `msix_table_size` is not 0 although `kinds` lacks MSI-X.
+    MsixTableSize,
+    /// `ims_slots` is not 0 although `kinds` lacks IMS.
+    ImsSlots,
+    /// `available` exceeds `max_batch`.
+    Available,
+    /// `msix_free_run` exceeds `msix_table_size`.
+    MsixFreeRun,
+    /// `ims_free_run` exceeds `ims_slots`.
+    ImsFreeRun,
+}
+
+/// Which configuration field changed in a way the device may not change it (spec §2.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConfigField {
+    /// The configuration changed although `PVIRQ_F_EVENTS` was not negotiated.
+    Generation,
+    /// `version`.
+    Version,
+    /// `max_batch`.
+    MaxBatch,
+    /// `num_devices` shrank (handles are never reused, so it only grows).
+    NumDevices,
+    /// `num_vcpus`.
+    NumVcpus,
 }
 
 /// Everything that can go wrong talking to a pvirq device.
@@ -66,6 +110,9 @@ pub enum Error {
     /// The request queue was already live before the driver set it up.
     #[error("request queue is already in use")]
     QueueInUse,
+    /// `PVIRQ_F_EVENTS` was negotiated but the event queue is unavailable (maximum size 0).
+    #[error("event queue unusable: maximum size {0}")]
+    EventQueueUnavailable(u16),
     /// The device did not complete a reset.
     #[error("device reset did not complete")]
     ResetTimeout,
@@ -83,6 +130,13 @@ pub enum Error {
     /// The request could not be encoded (invalid counts, target count, PASID, ...).
     #[error("request cannot be encoded: {0}")]
     Encode(pvirq_proto::Error),
+    /// The request uses a shape whose feature bits were not negotiated (an extension a
+    /// version-1 driver may not send, spec §2.2); nothing was sent.
+    #[error("the request needs feature bits {needed:#x}, which were not negotiated")]
+    NotNegotiated {
+        /// The missing bits ([`pvirq_proto::feature`]).
+        needed: u64,
+    },
     /// The request asks for more vectors than the device's (or driver's) `max_batch`.
     #[error("count {count} exceeds max_batch {max_batch}")]
     BatchTooLarge {
@@ -91,7 +145,8 @@ pub enum Error {
         /// The effective `max_batch`.
         max_batch: u16,
     },
-    /// The caller's grant buffer is shorter than the request's `max`.
+    /// The caller's grant buffer cannot hold the request's `max` records in the layout the
+    /// channel uses ([`crate::Driver::grant_entries`]).
     #[error("grant buffer holds {got} entries, the request may be granted {needed}")]
     GrantBufferTooSmall {
         /// Entries needed (`max`).
@@ -167,12 +222,87 @@ pub enum Error {
         /// The request's `max`.
         max: u16,
     },
-    /// An ALLOC reply grants an index the request did not ask for.
+    /// An ALLOC reply grants an index the request did not ask for: not the next of the run
+    /// asked for, outside the table QUERY reported (or outside the MSI block), or outside
+    /// the one run an `ANY_CONTIGUOUS` grant must form.
     #[error("grant {position} is at index {index}, which the request did not ask for")]
     GrantIndex {
         /// Position of the grant in the reply.
         position: usize,
         /// The index granted.
+        index: u32,
+    },
+    /// An ALLOC reply grants one index twice.
+    #[error("grant {position} repeats index {index}")]
+    DuplicateGrant {
+        /// Position of the second grant of the index.
+        position: usize,
+        /// The index granted twice.
+        index: u32,
+    },
+    /// An ALLOC reply's grant record disagrees with the request (parked or not, PASID).
+    #[error("grant {position}: {field:?} disagrees with the request")]
+    GrantMismatch {
+        /// Position of the grant in the reply.
+        position: usize,
+        /// The field that disagrees.
+        field: GrantField,
+    },
+    /// A refusal that cannot answer the request it came back for (spec §5.1, §5.4): a
+    /// status the operation never gets, or an index, entry or count the request did not
+    /// name.
+    #[error("{opcode} cannot be refused with {refusal}")]
+    ImplausibleRefusal {
+        /// The request's operation.
+        opcode: Opcode,
+        /// The refusal received.
+        refusal: Refusal,
+    },
+    /// A QUERY reply contradicts itself or the negotiation.
+    #[error("QUERY reply: {0:?} is inconsistent")]
+    QueryMismatch(QueryField),
+    /// The device set DEVICE_NEEDS_RESET: it stopped using its queues (spec §8).
+    #[error("the device needs a reset")]
+    DeviceNeedsReset,
+    /// The configuration changed in a way spec §2.4 does not allow.
+    #[error("the device configuration changed: {0:?}")]
+    ConfigChanged(ConfigField),
+    /// An event buffer came back with a used length other than 0 or one record.
+    #[error("event buffer returned with used length {0}, not one 32-byte record")]
+    EventLength(u32),
+    /// The event queue's used ring names a buffer the device does not hold.
+    #[error("event queue returned buffer {0}, which the device does not hold")]
+    UnknownEventBuffer(u32),
+    /// An event's sequence number is not one above the last (an event lost, repeated or
+    /// reordered, spec §12).
+    #[error("event sequence {got}, expected {expected}")]
+    EventSequence {
+        /// One above the last sequence handled.
+        expected: u32,
+        /// The sequence received.
+        got: u32,
+    },
+    /// An event names a device handle at or above `num_devices`, even after the
+    /// configuration was re-read.
+    #[error("event names device {device}, but num_devices is {num_devices}")]
+    EventDevice {
+        /// The handle named.
+        device: u32,
+        /// `num_devices` from the configuration.
+        num_devices: u32,
+    },
+    /// An event names a kind, or a delivery mode, the driver did not negotiate (the
+    /// feature bits given).
+    #[error("event needs feature bits {0:#x}, which were not negotiated")]
+    EventNotNegotiated(u64),
+    /// A REPROGRAM or REVOKE names an index outside the table QUERY reported.
+    #[error("event names {kind} index {index} of device {device}, outside its table")]
+    EventIndex {
+        /// The device handle.
+        device: u32,
+        /// The grant's kind.
+        kind: Kind,
+        /// The index named.
         index: u32,
     },
     /// A FREE or RETARGET reply reports another count than the run's length.
@@ -230,6 +360,18 @@ impl Error {
                 | Error::GrantCount { .. }
                 | Error::GrantIndex { .. }
                 | Error::CountMismatch { .. }
+                | Error::DuplicateGrant { .. }
+                | Error::GrantMismatch { .. }
+                | Error::ImplausibleRefusal { .. }
+                | Error::QueryMismatch(_)
+                | Error::DeviceNeedsReset
+                | Error::ConfigChanged(_)
+                | Error::EventLength(_)
+                | Error::UnknownEventBuffer(_)
+                | Error::EventSequence { .. }
+                | Error::EventDevice { .. }
+                | Error::EventNotNegotiated(_)
+                | Error::EventIndex { .. }
         )
     }
 }

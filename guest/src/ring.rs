@@ -200,6 +200,11 @@ impl SplitRing {
         fence(Ordering::SeqCst);
     }
 
+    /// Whether the device returned chains not yet popped (the used index moved).
+    pub(crate) fn has_used(&self) -> bool {
+        u16::from_le(self.read(self.layout.used + 2)) != self.last_used
+    }
+
     /// The next chain the device returned, if any.
     ///
     /// Fails, consuming nothing, if the device's used index claims more returned chains

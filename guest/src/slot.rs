@@ -2,8 +2,10 @@
 
 use crate::Error;
 use crate::error::EchoField;
+use crate::tables::TableCache;
+use crate::validate::{self, AllocExpect, Context, Expect};
 use pvirq_proto::{
-    IndexSpec, Kind, Opcode, Operation, Outcome, RESPONSE_HEADER_LEN, Request, Response,
+    Indices, Opcode, Operation, RESPONSE_HEADER_LEN, Request, Response, RetargetTo, Targeting,
 };
 
 /// Names one submitted request: its slot and its tag (unique per driver, so a token of a
@@ -26,33 +28,17 @@ impl Token {
     }
 }
 
-/// What a correct answer must look like, beyond the echo.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Expect {
-    Query,
-    Alloc {
-        kind: Kind,
-        index: IndexSpec,
-        min: u16,
-        max: u16,
-    },
-    Run {
-        count: u16,
-    },
-    Reset,
-}
-
 /// A request the device holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Pending {
     pub(crate) tag: u64,
-    device: u32,
-    opcode: Opcode,
-    expect: Expect,
+    pub(crate) device: u32,
+    pub(crate) opcode: Opcode,
+    pub(crate) expect: Expect,
     /// Writable bytes offered: the largest valid used length.
     pub(crate) capacity: u32,
     /// The negotiated features: the layouts and codes the response may use.
-    features: u64,
+    pub(crate) features: u64,
 }
 
 /// The state of one in-flight slot.
@@ -66,22 +52,38 @@ pub(crate) enum Slot {
     Done(Pending, u32),
 }
 
+fn indices_expect(indices: &Indices<'_>, targets: usize) -> Expect {
+    Expect::Indices {
+        count: indices.count(),
+        first: match indices {
+            Indices::Run(r) => Some(r.first),
+            Indices::List { .. } => None,
+        },
+        targets,
+    }
+}
+
 impl Pending {
     pub(crate) fn new(request: &Request<'_>, capacity: u32, features: u64) -> Self {
         let expect = match &request.op {
             Operation::Query => Expect::Query,
-            Operation::Alloc(a) => Expect::Alloc {
+            Operation::Alloc(a) => Expect::Alloc(AllocExpect {
                 kind: a.kind,
                 index: a.index,
                 min: a.min,
                 max: a.max,
-            },
-            Operation::Free(indices) => Expect::Run {
-                count: indices.count(),
-            },
-            Operation::Retarget(r) => Expect::Run {
-                count: r.indices.count(),
-            },
+                pasid: a.pasid,
+                parked: a.targeting == Targeting::Parked,
+                targets: a.targets.len(),
+            }),
+            Operation::Free(indices) => indices_expect(indices, 0),
+            Operation::Retarget(r) => {
+                let targets = match r.to {
+                    RetargetTo::Targets(t) => t.len(),
+                    RetargetTo::Park => 0,
+                };
+                indices_expect(&r.indices, targets)
+            }
             Operation::Reset => Expect::Reset,
         };
         Pending {
@@ -96,11 +98,15 @@ impl Pending {
 
     /// Decodes a reply (`header`, then `body`: exactly the used length, both already
     /// copied out of memory the device can write) and checks that it answers this request
-    /// (spec [DRV-8]): echoed opcode, device and tag, and a result the request allows.
+    /// (spec [DRV-8], §8 [DRV-9]): echoed opcode, device and tag, then a result the request
+    /// allows ([`validate`]). `tables` holds the table sizes QUERY reported; `max_batch` is
+    /// the device's.
     pub(crate) fn validate<'a>(
         &self,
         header: &[u8; RESPONSE_HEADER_LEN],
         body: &'a [u8],
+        tables: &TableCache,
+        max_batch: u16,
     ) -> Result<Response<'a>, Error> {
         let response =
             Response::decode_parts(header, body, self.features).map_err(Error::Malformed)?;
@@ -126,50 +132,15 @@ impl Pending {
                 });
             }
         }
-        match (self.expect, &response.outcome) {
-            (_, Outcome::Refused(_)) | (Expect::Query, _) | (Expect::Reset, _) => {}
-            (
-                Expect::Alloc {
-                    kind,
-                    index,
-                    min,
-                    max,
-                },
-                Outcome::Allocated { grants, .. },
-            ) => {
-                let count = grants.len();
-                let in_range = (usize::from(min)..=usize::from(max)).contains(&count);
-                if !in_range || (kind == Kind::Msi && !count.is_power_of_two()) {
-                    return Err(Error::GrantCount { count, min, max });
-                }
-                if let IndexSpec::At(first) = index {
-                    for (position, grant) in grants.iter().enumerate() {
-                        if u64::from(grant.index()) != u64::from(first) + position as u64 {
-                            return Err(Error::GrantIndex {
-                                position,
-                                index: grant.index(),
-                            });
-                        }
-                    }
-                }
-            }
-            (Expect::Run { count }, Outcome::Freed { count: got, .. })
-            | (Expect::Run { count }, Outcome::Retargeted { count: got, .. }) => {
-                if u32::from(count) != *got {
-                    return Err(Error::CountMismatch {
-                        expected: u32::from(count),
-                        got: *got,
-                    });
-                }
-            }
-            // With the opcode echoed correctly, `Response::decode` picks the outcome that
-            // belongs to it; anything else is a malformed reply.
-            _ => {
-                return Err(Error::Malformed(pvirq_proto::Error::OutcomeMismatch(
-                    response.opcode,
-                )));
-            }
-        }
+        let context = Context {
+            opcode: self.opcode,
+            device: self.device,
+            capacity: self.capacity,
+            features: self.features,
+            tables,
+            max_batch,
+        };
+        validate::outcome(&self.expect, &context, &response)?;
         Ok(response)
     }
 }

@@ -24,6 +24,9 @@ pub fn run_target(target: &str, data: &[u8]) -> bool {
         "vfio_errno" => {
             crate::vfio::run(&crate::vfio::VfioInput::from_bytes(data));
         }
+        "guest_events" => {
+            crate::events::run(&crate::events::EventsInput::from_bytes(data));
+        }
         "snapshot_restore" => {
             crate::snapshot::run(&crate::snapshot::SnapshotInput::from_bytes(data));
         }

@@ -110,3 +110,58 @@ fn a_device_racing_its_own_reply_never_gets_an_unchecked_grant_through() {
     assert_eq!(returned + refused, ROUNDS);
     std::println!("{returned} grants returned, {refused} swapped replies refused");
 }
+
+/// The same race on the 24-byte records of `INFO`: the device flips a parked grant's
+/// `PARKED` flag (record byte 17) while the driver copies the reply. The driver returns a
+/// parked grant or refuses the reply; it never returns the unparked record it did not
+/// check, whatever layout the caller's buffer has.
+#[test]
+fn a_device_racing_an_info_record_never_gets_an_unchecked_flag_through() {
+    use crate::GrantField;
+    use pvirq_proto::{Grant, GrantInfo};
+    const ROUNDS: usize = 20_000;
+    let dev = FakeDevice::full(memory());
+    dev.with(|s| {
+        s.track = false;
+        s.available = u32::MAX;
+    });
+    let mut d = super::extensions::full_driver(&dev);
+    let mut grants = [GrantInfo::from_grant(Grant::new(0, Default::default()))];
+    d.alloc_parked(0, Kind::MsiX, IndexSpec::At(ASKED), 1, 1, None, &mut grants)
+        .unwrap();
+    let flags_at = GuestAddress(grant_index_at(&dev).0 + 17);
+    let mem = dev.with(|s| s.mem.clone());
+    let stop = AtomicBool::new(false);
+    let (mut returned, mut refused) = (0, 0);
+    let mut wrong = None;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for value in [1u8, 0].into_iter().cycle() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                mem.write_obj(value, flags_at).unwrap();
+            }
+        });
+        for _ in 0..ROUNDS {
+            match d.alloc_parked(0, Kind::MsiX, IndexSpec::At(ASKED), 1, 1, None, &mut grants) {
+                Ok(a) if a.grants.len() == 1 && a.grants[0].parked() => returned += 1,
+                Err(Error::GrantMismatch {
+                    position: 0,
+                    field: GrantField::Parked,
+                }) => refused += 1,
+                other => {
+                    wrong = Some(other.map(|a| a.grants.to_vec()));
+                    break;
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(
+        wrong, None,
+        "after {returned} grants and {refused} refusals"
+    );
+    assert_eq!(returned + refused, ROUNDS);
+    std::println!("{returned} parked grants returned, {refused} flipped replies refused");
+}

@@ -2,6 +2,11 @@
 
 mod double_fetch;
 mod driver;
+mod events;
+mod extensions;
 mod fake;
 mod faults;
+mod hostile;
 mod ring;
+mod v1_bytes;
+mod vectors;
