@@ -40,11 +40,14 @@ report="$out/report.md"
 # Fresh seeds (the tests of fuzz/common write them into fuzz/corpus/<target>/), then the
 # targets, once.
 cargo test --manifest-path Cargo.toml -p pvirq-fuzz-common --release generate_corpus >/dev/null
-cargo +nightly fuzz build
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <(cargo +nightly fuzz list)
 fi
+# Each target with its sanitizer (fuzz/sanitizer.sh says which and why).
+for t in "${targets[@]}"; do
+    cargo +nightly fuzz build -s "$(./sanitizer.sh "$t")" "$t"
+done
 
 files() { find "$1" -maxdepth 1 -type f 2>/dev/null | wc -l; }
 bytes() { du -sb "$1" 2>/dev/null | cut -f1; }
@@ -60,8 +63,8 @@ final_stat() { grep -E "^stat::$1:" "$2" | awk '{print $2}'; }
     echo "- toolchain: $(rustc +nightly --version), $(cargo fuzz --version 2>/dev/null || echo cargo-fuzz)"
     echo "- commit: $(git -C "$fuzz_dir" rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo
-    echo "| target | executions | exec/s | cov | ft | corpus before | after fuzzing | after merge | crashes |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    echo "| target | sanitizer | executions | exec/s | cov | ft | corpus before | after fuzzing | after merge | crashes |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
 } >"$report"
 
 crashed=0
@@ -77,10 +80,11 @@ for t in "${targets[@]}"; do
         -artifact_prefix="$dir/artifacts/")
     [ "$seconds" -gt 0 ] && limits+=(-max_total_time="$seconds")
     status=0
-    cargo +nightly fuzz run "$t" "$corpus" -- "${limits[@]}" >"$dir/fuzz.log" 2>&1 || status=$?
+    san=$(./sanitizer.sh "$t")
+    cargo +nightly fuzz run -s "$san" "$t" "$corpus" -- "${limits[@]}" >"$dir/fuzz.log" 2>&1 || status=$?
     grown="$(files "$corpus") files, $(bytes "$corpus") B"
     # Merge into a fresh folder: the smallest set of inputs with the same coverage.
-    cargo +nightly fuzz run "$t" "$dir/merged" "$corpus" -- -merge=1 -timeout=10 \
+    cargo +nightly fuzz run -s "$san" "$t" "$dir/merged" "$corpus" -- -merge=1 -timeout=10 \
         -rss_limit_mb=2048 -artifact_prefix="$dir/artifacts/" >"$dir/merge.log" 2>&1 || true
     after="$(files "$dir/merged") files, $(bytes "$dir/merged") B"
     if [ "$keep" -eq 0 ] && [ "$(files "$dir/merged")" -gt 0 ]; then
@@ -102,7 +106,7 @@ for t in "${targets[@]}"; do
     else
         crashes="0"
     fi
-    echo "| \`$t\` | ${execs:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | $before | $grown | $after | $crashes |" >>"$report"
+    echo "| \`$t\` | $san | ${execs:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | $before | $grown | $after | $crashes |" >>"$report"
 done
 
 {

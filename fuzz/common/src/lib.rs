@@ -314,6 +314,31 @@ mod tests {
         }
     }
 
+    /// `fuzz/sanitizer.sh`, which CI and the campaign build each target with, names a
+    /// sanitizer for every target and for nothing else.
+    #[test]
+    fn every_fuzz_target_has_a_sanitizer() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sanitizer.sh");
+        let sanitizer = |target: &str| {
+            let out = std::process::Command::new("bash")
+                .arg(&script)
+                .arg(target)
+                .output()
+                .unwrap();
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        for target in TARGETS {
+            let chosen = sanitizer(target);
+            assert!(
+                matches!(chosen.as_deref(), Some("address" | "none")),
+                "{target}: {chosen:?}"
+            );
+        }
+        assert_eq!(sanitizer("no_such_target"), None);
+    }
+
     /// Generates the seed corpora into `fuzz/corpus/` (what `.ci/run` fuzzes from).
     #[test]
     fn generate_corpus() {
