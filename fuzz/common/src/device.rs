@@ -3,6 +3,11 @@
 //! invariants hold; another VM on the same host is untouched; a device reset releases
 //! everything the VM held.
 //!
+//! The input also chooses which extension bits the driver negotiates (spec §2.2), so the
+//! host's extended transactions are fuzzed as well as version 1's; with the event queue,
+//! event buffers are laid out on queue 1 and the VMM changes the VM's limits and devices
+//! between rounds (spec §12).
+//!
 //! The host, the bystander VM and the guest memory are built once per process ([`Rig`]);
 //! each input gets its own VM (its quota is part of the input) and device, and must leave
 //! the host holding exactly what the bystander holds, and the memory zero.
@@ -94,11 +99,37 @@ wire_struct! {
         pub pokes: Vec<Poke>,
         /// Times the same available entries are published again (modulo 4).
         pub republish: u8,
+        /// Extension bits the driver also negotiates: bits 0–7 are feature bits 5–12; bit
+        /// 15 keeps a set whose dependencies are broken (the device must refuse it).
+        pub extensions: u16,
+        /// With the event queue: the lengths of the writable buffers offered on it.
+        pub event_buffers: Vec<u16>,
+        /// VMM changes made after each round of requests (see [`vmm_change`]).
+        pub vmm: Vec<VmmIn>,
     }
 }
 
-/// Guest memory: rings from 0, buffers from [`DATA`].
-const DATA_AREA: std::ops::Range<u64> = DATA..MEM_SIZE;
+wire_struct! {
+    /// A change the VMM makes while the VM runs.
+    pub struct VmmIn {
+        /// 0: quota, 1: a device's share, 2: shared resources released elsewhere,
+        /// 3: remove a device (modulo 4).
+        pub op: u8,
+        /// The device handle.
+        pub device: u8,
+        /// The new quota or share (a share of 0 means none).
+        pub value: u8,
+    }
+}
+
+/// Guest memory: the request queue's rings from 0, its buffers from [`DATA`].
+const DATA_AREA: std::ops::Range<u64> = DATA..EVENT_DATA;
+/// The event queue's rings (at most 64 entries: they end below [`DATA`]).
+const EVENT_RING: u64 = 0x3000;
+/// The event queue's buffers.
+const EVENT_DATA: u64 = 0xC_0000;
+/// The event queue's size (its `QueueNumMax`).
+const EVENT_QUEUE_SIZE: u16 = 64;
 
 /// The host's IRTEs per unit: the fuzzed VM's quota is at most 255 and the bystander holds
 /// 2, so no input can tell this table from VT-d's 65,536 entries (allocation is lowest
@@ -280,22 +311,31 @@ fn drain(dev: &mut FuzzDevice, host: &ModelHost) -> usize {
     panic!("the device kept processing for {MAX_CALLS} calls");
 }
 
-/// Runs one input; how many chains the device returned.
-pub fn run(input: &DeviceInput) -> usize {
+/// What one input came to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handled {
+    /// Request chains the device returned.
+    pub chains: usize,
+    /// Event buffers it filled.
+    pub events: usize,
+}
+
+/// Runs one input; how many chains the device returned and event buffers it filled.
+pub fn run(input: &DeviceInput) -> Handled {
     RIG.with_borrow_mut(|rig| {
-        let chains = run_on(rig, input);
+        let handled = run_on(rig, input);
         rig.memory.reset(None);
         rig.check_returned();
-        chains
+        handled
     })
 }
 
-fn run_on(rig: &mut Rig, input: &DeviceInput) -> usize {
+fn run_on(rig: &mut Rig, input: &DeviceInput) -> Handled {
     // A VM per input (its quota is part of the input): building one costs little next to
     // the host, and everything it allocated is freed with it, which keeps libFuzzer's
     // malloc/free balance (its leak check reruns any input that ends with more mallocs).
     let mut dev = PvirqDevice::new(vm(&rig.host, 0x100, u32::from(input.quota))).expect("device");
-    let chains = run_device(rig, &mut dev, input);
+    let handled = run_device(rig, &mut dev, input);
     if let Some(mut parts) = dev.reset() {
         rig.evt = parts.queue_evts.pop();
     }
@@ -305,37 +345,133 @@ fn run_on(rig: &mut Rig, input: &DeviceInput) -> usize {
         0,
         "device reset left grants behind"
     );
-    chains
+    handled
 }
 
-fn run_device(rig: &mut Rig, dev: &mut FuzzDevice, input: &DeviceInput) -> usize {
+fn run_device(rig: &mut Rig, dev: &mut FuzzDevice, input: &DeviceInput) -> Handled {
     let size = 1u16 << (input.queue_size % 9);
     let mut drv = Driver::with_data(rig.memory.mem(), size, DATA_AREA);
     let entries = lay_out(&mut drv, input);
     let Ok(queue) = drv.q.create_queue::<Queue>() else {
-        return 0;
+        return Handled::default();
     };
-    dev.ack_features(feature::V1 & !u64::from(input.features_off & 0x1F));
+    let features = features(input);
+    dev.ack_features(features);
     let evt = match rig.evt.take() {
         Some(evt) => evt,
         None => EventFd::new(EFD_NONBLOCK).expect("eventfd"),
     };
+    let mut queues = vec![queue];
+    let mut evts = vec![evt];
+    // The event queue, when negotiated: the driver's buffers laid out on queue 1.
+    let mut events = None;
+    if features & feature::EVENTS != 0 {
+        let mut edrv = Driver::at(
+            rig.memory.mem(),
+            EVENT_RING,
+            EVENT_QUEUE_SIZE,
+            EVENT_DATA..MEM_SIZE,
+        );
+        for len in input
+            .event_buffers
+            .iter()
+            .take(usize::from(EVENT_QUEUE_SIZE))
+        {
+            let Some(addr) = edrv.try_alloc(u32::from(*len)) else {
+                break;
+            };
+            let buf = Buf {
+                addr,
+                len: u32::from(*len),
+                write: true,
+            };
+            if edrv.try_offer(&[buf]).is_none() {
+                break;
+            }
+        }
+        let Ok(q1) = edrv.q.create_queue::<Queue>() else {
+            return Handled::default();
+        };
+        queues.push(q1);
+        evts.push(EventFd::new(EFD_NONBLOCK).expect("eventfd"));
+        events = Some(edrv);
+    }
     let irq = Arc::new(MmioInterrupt::new());
-    if dev
-        .activate(rig.atomic.clone(), irq, vec![queue], vec![evt])
-        .is_err()
-    {
-        return 0;
+    if dev.activate(rig.atomic.clone(), irq, queues, evts).is_err() {
+        // A broken feature set, a bad queue: nothing may be held.
+        assert_eq!(
+            dev.vm().occupancy().held,
+            0,
+            "a refused activation holds grants"
+        );
+        return Handled::default();
     }
     let mut chains = drain(dev, &rig.host);
+    let mut changes = input.vmm.iter().take(16);
     for _ in 0..input.republish % 4 {
         // The driver offers the same chains again (heads the device already returned).
         for head in &entries {
             drv.publish(*head);
         }
         chains += drain(dev, &rig.host);
+        if let Some(change) = changes.next() {
+            vmm_change(dev, change);
+            check(&rig.host, "after a VMM change");
+        }
     }
-    chains
+    for change in changes {
+        vmm_change(dev, change);
+        check(&rig.host, "after a VMM change");
+    }
+    let mut written = 0;
+    if let Some(edrv) = &events {
+        // The driver notifies the event queue: the device writes what waits, bounded by the
+        // buffers there are. (It also writes events itself, after each round of requests
+        // and each VMM change: the used ring counts them all.)
+        for _ in 0..MAX_CALLS {
+            let done = dev.process_queue(1, usize::from(EVENT_QUEUE_SIZE));
+            if done.chains == 0 && !done.more {
+                break;
+            }
+        }
+        check(&rig.host, "after the events");
+        written = usize::from(edrv.used_idx());
+    }
+    Handled {
+        chains,
+        events: written,
+    }
+}
+
+/// The features the driver acknowledges: version 1's minus `features_off`, plus the
+/// extension bits `extensions` selects, with every bit whose prerequisite is missing
+/// dropped (a driver never accepts such a set), unless bit 15 keeps the set as it is.
+fn features(input: &DeviceInput) -> u64 {
+    let mut features = (feature::V1 & !u64::from(input.features_off & 0x1F))
+        | (u64::from(input.extensions & 0xFF) << 5);
+    if input.extensions & 0x8000 == 0 {
+        while let Some(bit) = feature::missing_dependency(features) {
+            features &= !bit;
+        }
+    }
+    features
+}
+
+/// A change the VMM makes to the live VM (spec §2.4, §3.7, §12): it may queue events,
+/// never touch another VM, and never leave more held than the limits allow to grow.
+fn vmm_change(dev: &mut FuzzDevice, change: &VmmIn) {
+    let device = u32::from(change.device % 4);
+    match change.op % 4 {
+        0 => dev.set_quota(u32::from(change.value)),
+        1 => {
+            let share = (change.value != 0).then_some(u32::from(change.value));
+            let _ = dev.set_device_share(device, share);
+        }
+        2 => dev.resources_changed(),
+        _ => {
+            let _ = dev.remove_device(device);
+        }
+    }
 }
 
 /// Representative requests (also seeds of `proto_decode`).
@@ -508,8 +644,46 @@ pub fn seeds() -> Vec<DeviceInput> {
         addr: (DATA + 64) as u32,
         bytes: Blob(vec![0xFF; 8]),
     }];
+    // The extensions: every new request shape, negotiated (bits 5-12 but POSTED, EVENTS),
+    // with replies large enough for 24-byte records.
+    let mut extended = base.clone();
+    extended.queue_size = 5;
+    extended.extensions = 0b1110_1011;
+    extended.chains = requests
+        .iter()
+        .chain(sample_extended_requests().iter())
+        .map(|r| chain(r, vec![24 + 24 * 4]))
+        .collect();
+    // The event queue: buffers on queue 1 and the VMM lowering the quota, releasing
+    // resources elsewhere and removing a device between rounds.
+    let mut events = extended.clone();
+    events.extensions = 0b1111_1111;
+    events.event_buffers = vec![32, 32, 16, 64, 32];
+    events.republish = 2;
+    events.vmm = vec![
+        VmmIn {
+            op: 0,
+            device: 0,
+            value: 2,
+        },
+        VmmIn {
+            op: 2,
+            device: 0,
+            value: 0,
+        },
+        VmmIn {
+            op: 1,
+            device: 1,
+            value: 1,
+        },
+        VmmIn {
+            op: 3,
+            device: 1,
+            value: 0,
+        },
+    ];
     // Last: an available index far ahead of the ring (the device must refuse the ring).
     let mut wild = base.clone();
     wild.avail_extra = 1000;
-    vec![base, odd, raw, again, poked, wild]
+    vec![base, odd, raw, again, poked, extended, events, wild]
 }

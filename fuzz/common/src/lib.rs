@@ -185,12 +185,19 @@ mod tests {
         // Seeds that stop at the first hurdle would guide the fuzzer nowhere.
         let seeds = device::seeds();
         for (i, seed) in seeds.iter().enumerate() {
-            let chains = device::run(seed);
+            let handled = device::run(seed);
             // The last seed's ring is corrupt from the start.
             assert_eq!(
-                chains == 0,
+                handled.chains == 0,
                 i + 1 == seeds.len(),
-                "device seed {i}: {chains} chains"
+                "device seed {i}: {handled:?}"
+            );
+            // The event seed gets its events written (at least the LIMITS of the lowered
+            // quota and the removed device's DEVICE_REMOVED).
+            assert_eq!(
+                handled.events >= 2,
+                seed.extensions & (pvirq_proto::feature::EVENTS >> 5) as u16 != 0,
+                "device seed {i}: {handled:?}"
             );
         }
         for (i, seed) in driver::seeds().iter().enumerate() {
