@@ -6,12 +6,12 @@
 //! image does every step itself.
 
 use super::RunError;
+use super::channel_side::ChannelSide;
 use super::side::Side;
-use crate::Channel;
-use crate::scenario::VmDecl;
-use pvirq_guest::Options;
+use crate::SimError;
+use crate::scenario::{Action, Scenario, VmDecl};
 use pvirq_host::model::ModelHost;
-use pvirq_host::routes::MemoryRoutes;
+use pvirq_proto::{IndexSpec, Targeting, feature};
 
 /// Where guests run.
 pub trait Backend {
@@ -19,6 +19,54 @@ pub trait Backend {
     fn name(&self) -> &'static str;
     /// The guest side of VM `index` (VMs are created in scenario order) on `host`.
     fn side(&mut self, host: &ModelHost, index: usize, vm: &VmDecl) -> Result<Side, RunError>;
+    /// The first part of `scenario` this backend's guests cannot do, refused before the
+    /// run starts rather than skipped. Every part, by default.
+    fn lacks(&self, scenario: &Scenario) -> Option<RunError> {
+        let _ = scenario;
+        None
+    }
+}
+
+/// What the guest image (`--kvm`) cannot do yet of issue 13: a VM negotiating extension
+/// bits, and the steps only those bits allow or the small VMM does not wire yet. The
+/// error names the VM, or the step and its kind.
+pub fn guest_image_lacks(scenario: &Scenario) -> Option<RunError> {
+    if let Some(vm) = scenario.vms.iter().find(|v| !feature::is_v1(v.features)) {
+        return Some(RunError::Setup {
+            vm: vm.name.clone(),
+            source: SimError::GuestReport(
+                "the guest image cannot negotiate extension feature bits yet",
+            ),
+        });
+    }
+    scenario.steps.iter().enumerate().find_map(|(i, step)| {
+        let what = match &step.action {
+            Action::Alloc(a) if a.index == IndexSpec::AnyContiguous => "an any-contiguous ALLOC",
+            Action::Alloc(a) if a.targeting != Targeting::PerVector => "a spread or parked ALLOC",
+            Action::Free {
+                indices: crate::scenario::IndexSel::List(_),
+                ..
+            } => "a FREE by index list",
+            Action::Retarget {
+                indices: crate::scenario::IndexSel::List(_),
+                ..
+            } => "a RETARGET by index list",
+            Action::Park { .. } => "park steps",
+            Action::Events => "events steps",
+            Action::SetQuota { .. } => "set_quota steps",
+            Action::SetShare { .. } => "set_share steps",
+            Action::AddDevice { .. } => "add_device steps",
+            Action::RemoveDevice { .. } => "remove_device steps",
+            Action::ResourcesChanged => "resources_changed steps",
+            Action::Migrate { .. } => "migrate steps",
+            _ => return None,
+        };
+        Some(RunError::Unsupported {
+            step: i + 1,
+            line: step.line,
+            what,
+        })
+    })
 }
 
 /// The guest driver in this process; routes recorded, not injected.
@@ -31,8 +79,7 @@ impl Backend for MemoryBackend {
     }
 
     fn side(&mut self, host: &ModelHost, _index: usize, vm: &VmDecl) -> Result<Side, RunError> {
-        let routes = Box::new(MemoryRoutes::kvm_like());
-        Channel::new(host, vm.config(), routes, Options::default())
+        ChannelSide::new(host, vm)
             .map(|c| Side::Channel(Box::new(c)))
             .map_err(|source| RunError::Setup {
                 vm: vm.name.clone(),
