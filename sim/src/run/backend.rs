@@ -9,7 +9,7 @@ use super::RunError;
 use super::channel_side::ChannelSide;
 use super::side::Side;
 use crate::SimError;
-use crate::scenario::{Action, Scenario, VmDecl};
+use crate::scenario::{Action, IndexSel, Scenario, VmDecl};
 use pvirq_host::model::ModelHost;
 use pvirq_proto::{IndexSpec, Targeting, feature};
 
@@ -20,7 +20,7 @@ pub trait Backend {
     /// The guest side of VM `index` (VMs are created in scenario order) on `host`.
     fn side(&mut self, host: &ModelHost, index: usize, vm: &VmDecl) -> Result<Side, RunError>;
     /// The first part of `scenario` this backend's guests cannot do, refused before the
-    /// run starts rather than skipped. Every part, by default.
+    /// run starts rather than skipped. `None` by default: its guests do every step.
     fn lacks(&self, scenario: &Scenario) -> Option<RunError> {
         let _ = scenario;
         None
@@ -28,15 +28,20 @@ pub trait Backend {
 }
 
 /// What the guest image (`--kvm`) cannot do yet of issue 13: a VM negotiating extension
-/// bits, and the steps only those bits allow or the small VMM does not wire yet. The
-/// error names the VM, or the step and its kind.
+/// bits or with sparse APIC IDs, and the steps only those bits allow or the small VMM does
+/// not wire yet. The error names the VM, or the step and its kind.
 pub fn guest_image_lacks(scenario: &Scenario) -> Option<RunError> {
-    if let Some(vm) = scenario.vms.iter().find(|v| !feature::is_v1(v.features)) {
+    for vm in &scenario.vms {
+        let lacks = if !feature::is_v1(vm.features) {
+            "the guest image cannot negotiate extension feature bits yet"
+        } else if vm.apic_ids.is_some() {
+            "the small VMM cannot give vCPUs sparse APIC IDs yet"
+        } else {
+            continue;
+        };
         return Some(RunError::Setup {
             vm: vm.name.clone(),
-            source: SimError::GuestReport(
-                "the guest image cannot negotiate extension feature bits yet",
-            ),
+            source: SimError::GuestReport(lacks),
         });
     }
     scenario.steps.iter().enumerate().find_map(|(i, step)| {
@@ -44,11 +49,11 @@ pub fn guest_image_lacks(scenario: &Scenario) -> Option<RunError> {
             Action::Alloc(a) if a.index == IndexSpec::AnyContiguous => "an any-contiguous ALLOC",
             Action::Alloc(a) if a.targeting != Targeting::PerVector => "a spread or parked ALLOC",
             Action::Free {
-                indices: crate::scenario::IndexSel::List(_),
+                indices: IndexSel::List(_),
                 ..
             } => "a FREE by index list",
             Action::Retarget {
-                indices: crate::scenario::IndexSel::List(_),
+                indices: IndexSel::List(_),
                 ..
             } => "a RETARGET by index list",
             Action::Park { .. } => "park steps",
@@ -107,4 +112,42 @@ pub fn kvm_backend() -> Result<Box<dyn Backend>, RunError> {
         return Err(RunError::KvmAbsent(why));
     }
     Ok(Box::new(super::KvmBackend::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{DEFAULT, parse};
+
+    const V1: &str = include_str!("../../scenarios/v1.toml");
+
+    #[test]
+    fn the_guest_image_is_refused_what_it_cannot_do_and_nothing_else() {
+        assert!(guest_image_lacks(&parse(V1, "v1.toml").unwrap()).is_none());
+        let default = parse(DEFAULT, "default.toml").unwrap();
+        match guest_image_lacks(&default) {
+            Some(RunError::Setup { vm, .. }) => assert_eq!(vm, "hpc"),
+            other => panic!("{other:?}"),
+        }
+        // A version-1 driver's VM, a VMM step: refused, naming the step and its kind.
+        let quota = format!("{V1}\n[[step]]\nop = \"set_quota\"\nvm = \"db\"\nquota = 4\n");
+        let scenario = parse(&quota, "q.toml").unwrap();
+        match guest_image_lacks(&scenario) {
+            Some(e @ RunError::Unsupported { step, what, .. }) => {
+                assert_eq!((step, what), (scenario.steps.len(), "set_quota steps"));
+                assert!(
+                    e.to_string().contains("cannot do set_quota steps yet"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let sparse = V1.replacen("vcpus = 4\n", "vcpus = 4\napic_ids = [0, 2, 4, 6]\n", 1);
+        assert!(matches!(
+            guest_image_lacks(&parse(&sparse, "s.toml").unwrap()),
+            Some(RunError::Setup { .. })
+        ));
+        // The in-process guest does everything.
+        assert!(MemoryBackend.lacks(&default).is_none());
+    }
 }

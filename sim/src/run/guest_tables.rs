@@ -225,3 +225,104 @@ impl ProgramMessages for Programmer<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pvirq_proto::{Event, EventBody, GrantMode};
+
+    fn message(n: u32) -> MsiMessage {
+        MsiMessage {
+            address: 0xFEE0_0000 | u64::from(n) << 5 | 0x18,
+            data: 0,
+        }
+    }
+
+    fn reprogram(device: u32, kind: Kind, index: u32, to: u32) -> Event {
+        Event {
+            sequence: 1,
+            body: EventBody::Reprogram {
+                device,
+                kind,
+                index,
+                message: message(to),
+                mode: GrantMode::Remapped,
+            },
+        }
+    }
+
+    #[test]
+    fn apply_event_reprograms_the_slot_and_a_parked_one_stays_masked() {
+        let mut devices = vec![GuestDevice::new(0x10, 4, 4).unwrap()];
+        devices[0]
+            .program(Kind::MsiX, 0, message(1), None, false)
+            .unwrap();
+        devices[0]
+            .program(Kind::Ims, 2, message(2), Some(7), true)
+            .unwrap();
+        devices[0]
+            .program(Kind::Msi, 0, message(3), None, false)
+            .unwrap();
+        let mut p = Programmer {
+            devices: &mut devices,
+            replays: 0,
+            error: None,
+        };
+        for event in [
+            reprogram(0, Kind::MsiX, 0, 11),
+            reprogram(0, Kind::Ims, 2, 12),
+            reprogram(0, Kind::Msi, 0, 13),
+        ] {
+            pvirq_guest::apply_event(&mut p, &event);
+        }
+        // Unmasked vectors are replayed once each (the MSI one is never masked here).
+        assert_eq!((p.replays, p.error.is_none()), (2, true));
+        let d = &devices[0];
+        assert_eq!(
+            d.message(Kind::MsiX, 0).unwrap(),
+            Some((message(11), false))
+        );
+        assert_eq!(d.message(Kind::Ims, 2).unwrap(), Some((message(12), true)));
+        assert_eq!(d.message(Kind::Msi, 0).unwrap(), Some((message(13), false)));
+        let tables = d.device.as_ref().unwrap().tables();
+        assert_eq!(tables.read(Slot::Ims(2)).unwrap().pasid, Some(7));
+    }
+
+    #[test]
+    fn a_revoke_masks_and_forgets_and_a_free_masks_first() {
+        let mut devices = vec![GuestDevice::new(0x10, 4, 0).unwrap()];
+        for i in 0..3 {
+            devices[0]
+                .program(Kind::MsiX, i, message(i), None, false)
+                .unwrap();
+        }
+        let revoke = Event {
+            sequence: 1,
+            body: EventBody::Revoke {
+                device: 0,
+                kind: Kind::MsiX,
+                index: 1,
+                reason: Resource::Irte,
+            },
+        };
+        let mut p = Programmer {
+            devices: &mut devices,
+            replays: 0,
+            error: None,
+        };
+        pvirq_guest::apply_event(&mut p, &revoke);
+        let d = &mut devices[0];
+        assert!(!d.held.contains_key(&(Kind::MsiX, 1)));
+        assert_eq!(d.message(Kind::MsiX, 1).unwrap().map(|m| m.1), Some(true));
+        // Masking before a FREE touches only what the guest holds, and says what it masked.
+        assert_eq!(d.mask(Kind::MsiX, &[0, 1, 3]).unwrap(), [Slot::MsiX(0)]);
+        d.unmask(&[Slot::MsiX(0)]).unwrap();
+        assert_eq!(d.message(Kind::MsiX, 0).unwrap(), Some((message(0), false)));
+        d.forget_all().unwrap();
+        assert!(d.held.is_empty());
+        assert_eq!(d.message(Kind::MsiX, 2).unwrap().map(|m| m.1), Some(true));
+        // A device with neither table keeps its MSI messages alone.
+        let msi = GuestDevice::new(0x20, 0, 0).unwrap();
+        assert!(msi.device.is_none());
+    }
+}

@@ -48,6 +48,7 @@ impl Runner<'_> {
         let applied = seen.iter().filter(|e| e.applied).count();
         let answer = match (seen.len(), applied) {
             (0, _) => String::from("no events"),
+            (1, 0) => String::from("1 event"),
             (n, 0) => format!("{n} events"),
             (n, a) => format!("{n} events, {a} applied"),
         };

@@ -11,6 +11,7 @@ mod locate;
 mod model;
 mod parse;
 mod parse_expect;
+mod parse_request;
 mod parse_step;
 mod raw;
 mod step;
