@@ -556,3 +556,47 @@ fn the_extended_scenario_text_parses_unchanged() {
     assert_eq!(report.destinations.len(), 1);
     assert_eq!(report.destinations[0].initial.vectors_used, 2);
 }
+
+#[test]
+fn the_vt_d_msi_block_limit_bounds_a_multi_msi_grant() {
+    let text = r#"
+[host]
+irtes_per_unit = 32
+cpus = 1
+max_msi_block = 4
+
+[[vm]]
+name = "a"
+vcpus = 1
+quota = 16
+[[vm.device]]
+name = "ahci"
+requester_id = 0x8
+msi = 16
+
+[[step]]
+op = "alloc"
+vm = "a"
+device = "ahci"
+kind = "msi"
+count = "1..16"
+spread = "same-vcpu"
+expect = { status = "ok", granted = 4 }
+
+[[step]]
+op = "fire"
+vm = "a"
+device = "ahci"
+expect = { delivered = 4, blocked = 0 }
+"#;
+    let report = run_text(text);
+    assert_passed(&report);
+    // Without the limit, the whole block.
+    let report = run_text(
+        &text
+            .replace("max_msi_block = 4\n", "")
+            .replace("granted = 4", "granted = 16")
+            .replace("delivered = 4", "delivered = 16"),
+    );
+    assert_passed(&report);
+}
