@@ -7,8 +7,10 @@
 //! both sides map. The simulator, the end-to-end tests and the benchmarks all build on it.
 //!
 //! A channel can be snapshotted and its guest moved to another host side ([`migrate`]):
-//! the guest's register accesses then reach the restored device.
+//! the guest's register accesses then reach the restored device. The VMM's changes while
+//! it runs (quota, shares, hotplug) go to its device through `changes`.
 
+mod changes;
 mod migrate;
 
 pub use migrate::{ChannelState, DetachedGuest, HostSide};

@@ -24,4 +24,10 @@ pub enum SimError {
     /// Guest memory could not be created.
     #[error("guest memory: {0}")]
     GuestMemory(String),
+    /// A pass-through device's table could not be read or written.
+    #[error("pass-through device: {0}")]
+    Passthrough(#[from] crate::passthrough::PassthroughError),
+    /// The channel's guest is between two hosts (a migration under way): no device answers.
+    #[error("the channel has no host device (its guest is detached)")]
+    Detached,
 }

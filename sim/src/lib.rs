@@ -8,7 +8,8 @@
 //! - [`passthrough`]: a pass-through device whose MSI-X/IMS storage lives in guest memory
 //!   and whose interrupts go through the host's remapping.
 //! - [`scenario`]: multi-tenant scenarios read from TOML; [`run`] runs one on a shared
-//!   host, a channel per VM, and [`report`] shows what every guest was answered.
+//!   host (and the hosts its VMs migrate to), a channel per VM, with the VMM's changes and
+//!   the guests' events, and [`report`] shows what every guest was answered and told.
 #![deny(missing_docs)]
 
 pub mod channel;

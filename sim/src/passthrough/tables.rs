@@ -133,14 +133,30 @@ impl DeviceTables {
         message: MsiMessage,
         pasid: Option<u32>,
     ) -> Result<(), PassthroughError> {
-        let ctrl = match (slot, pasid) {
-            (Slot::MsiX(_), Some(_)) => return Err(PassthroughError::PasidOnMsix(slot)),
-            (_, Some(p)) if p > MAX_PASID => return Err(PassthroughError::PasidTooLarge(p)),
-            (Slot::MsiX(_), None) => 0,
-            (Slot::Ims(_), pasid) => ims_ctrl(pasid),
-        };
+        let ctrl = control(slot, pasid)?;
         self.write(slot, 0, &encode(message, ctrl | CTRL_MASK))?;
         self.write(slot, CTRL_OFFSET, &ctrl.to_le_bytes())
+    }
+
+    /// The guest driver's side: writes `message` (and `pasid`, IMS only) into `slot` and
+    /// leaves it masked, as a driver programs a parked grant before it is activated.
+    pub fn program_masked(
+        &self,
+        slot: Slot,
+        message: MsiMessage,
+        pasid: Option<u32>,
+    ) -> Result<(), PassthroughError> {
+        let ctrl = control(slot, pasid)?;
+        self.write(slot, 0, &encode(message, ctrl | CTRL_MASK))
+    }
+
+    /// The guest driver's side: replaces `slot`'s message (address and data), leaving its
+    /// control word — mask bit, PASID — as it is: the middle step of a reprogram (mask,
+    /// write, unmask).
+    pub fn write_message(&self, slot: Slot, message: MsiMessage) -> Result<(), PassthroughError> {
+        let raw = self.raw(slot)?;
+        let ctrl = u32::from_le_bytes([raw[12], raw[13], raw[14], raw[15]]);
+        self.write(slot, 0, &encode(message, ctrl))
     }
 
     /// The guest driver's side: clears `slot`'s mask bit, leaving the rest in place. (A
@@ -157,5 +173,15 @@ impl DeviceTables {
         let raw = self.raw(slot)?;
         let ctrl = u32::from_le_bytes([raw[12], raw[13], raw[14], raw[15]]) | CTRL_MASK;
         self.write(slot, CTRL_OFFSET, &ctrl.to_le_bytes())
+    }
+}
+
+/// The unmasked control word of `slot` carrying `pasid` (IMS only, 20 bits).
+fn control(slot: Slot, pasid: Option<u32>) -> Result<u32, PassthroughError> {
+    match (slot, pasid) {
+        (Slot::MsiX(_), Some(_)) => Err(PassthroughError::PasidOnMsix(slot)),
+        (_, Some(p)) if p > MAX_PASID => Err(PassthroughError::PasidTooLarge(p)),
+        (Slot::MsiX(_), None) => Ok(0),
+        (Slot::Ims(_), pasid) => Ok(ims_ctrl(pasid)),
     }
 }

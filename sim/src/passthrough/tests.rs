@@ -326,3 +326,46 @@ fn a_poll_sends_nothing_while_the_slot_stays_masked() {
     assert!(dev.is_pending(slot));
     assert_eq!(dev.sent(), sent);
 }
+
+#[test]
+fn a_parked_grant_is_programmed_masked_and_a_reprogram_keeps_mask_and_pasid() {
+    let mem = memory();
+    let tables = device(0x0100, &mem, 0).tables().clone();
+    let (old, new) = (
+        MsiMessage {
+            address: 0xFEE0_0018,
+            data: 0,
+        },
+        MsiMessage {
+            address: 0xFEE0_0038,
+            data: 7,
+        },
+    );
+    tables
+        .program_masked(Slot::Ims(1), old, Some(0x42))
+        .unwrap();
+    let state = tables.read(Slot::Ims(1)).unwrap();
+    assert_eq!(
+        (state.message, state.masked, state.pasid),
+        (old, true, Some(0x42))
+    );
+    // The middle step of a reprogram: the message changes, nothing else.
+    tables.write_message(Slot::Ims(1), new).unwrap();
+    let state = tables.read(Slot::Ims(1)).unwrap();
+    assert_eq!(
+        (state.message, state.masked, state.pasid),
+        (new, true, Some(0x42))
+    );
+    tables.unmask(Slot::Ims(1)).unwrap();
+    tables.write_message(Slot::Ims(1), old).unwrap();
+    let state = tables.read(Slot::Ims(1)).unwrap();
+    assert_eq!((state.message, state.masked), (old, false));
+    assert!(matches!(
+        tables.program_masked(Slot::MsiX(0), old, Some(1)),
+        Err(PassthroughError::PasidOnMsix(_))
+    ));
+    assert!(matches!(
+        tables.write_message(Slot::MsiX(9), old),
+        Err(PassthroughError::NoSuchSlot(_))
+    ));
+}

@@ -2,11 +2,17 @@
 //! and JSON ([`Report::to_json`]). Running lives in [`crate::run`]; this module only
 //! holds and formats the results.
 
+mod details;
+mod records;
 mod text;
 
 use pvirq_host::model::{HostOccupancy, ModelViolation};
 use serde::{Serialize, Serializer};
 
+pub use details::runs;
+pub use records::{
+    DestinationReport, EventRecord, FateRecord, GrantRecord, MigrationRecord, QueryRecord,
+};
 pub use text::render;
 
 /// Host occupancy at one moment.
@@ -131,8 +137,20 @@ pub struct StepRecord {
     pub quota_left: u32,
     /// Vectors the VM holds after the step.
     pub vm_held: u32,
-    /// Host occupancy after the step.
+    /// The VM's quota after the step.
+    pub vm_quota: u32,
+    /// The host the VM is on after the step (`host`, or a destination's name).
+    pub host_name: String,
+    /// Occupancy of that host after the step.
     pub host: HostSnapshot,
+    /// The grants an ALLOC gave (with `INFO`: their mode and whether parked).
+    pub grants: Vec<GrantRecord>,
+    /// What QUERY with `INFO` said of the device.
+    pub query: Option<QueryRecord>,
+    /// The events an `events` step handled, in order.
+    pub events: Vec<EventRecord>,
+    /// A `migrate` step's outcome.
+    pub migration: Option<MigrationRecord>,
     /// Fire counts (fire steps).
     pub fire: Option<FireCounts>,
     /// The scenario's note.
@@ -146,9 +164,17 @@ pub struct StepRecord {
 pub struct VmSummary {
     /// Its name.
     pub name: String,
+    /// Its vCPUs.
+    pub vcpus: u32,
+    /// Its vCPUs' APIC IDs, when not `0..vcpus`.
+    pub apic_ids: Option<Vec<u32>>,
+    /// The extension bits its driver negotiated, by name (none: a version-1 driver).
+    pub features: Vec<String>,
+    /// The host it is on at the end (`host`, or a destination's name).
+    pub host: String,
     /// Vectors held.
     pub held: u32,
-    /// Its quota.
+    /// Its quota at the end.
     pub quota: u32,
     /// `(device, vectors held)`.
     pub devices: Vec<(String, u32)>,
@@ -169,13 +195,16 @@ pub struct Report {
     pub steps: Vec<StepRecord>,
     /// Host occupancy at the end.
     pub final_host: HostSnapshot,
+    /// The hosts VMs may migrate to.
+    pub destinations: Vec<DestinationReport>,
     /// Every VM at the end.
     pub vms: Vec<VmSummary>,
     /// Fire counts over all fire steps.
     pub fire_totals: FireCounts,
-    /// Faults the host recorded (blocked interrupts).
+    /// Faults the hosts recorded (blocked interrupts), the destinations' included.
     pub host_faults: u64,
-    /// Host invariant violations at the end (must be empty); JSON gives each one's message.
+    /// Host invariant violations at the end, the destinations' included (must be empty);
+    /// JSON gives each one's message.
     #[serde(serialize_with = "messages")]
     pub invariant_violations: Vec<ModelViolation>,
     /// Expectations checked.

@@ -1,6 +1,9 @@
-//! The readable rendering: one table row per step, then the host's occupancy.
+//! The readable rendering: the VMs and what their drivers negotiated, one table row per
+//! step (with what the extensions add on lines under it: grants, QUERY's identity, events,
+//! a migration's fates), then every host's occupancy.
 
-use super::{Report, StepRecord};
+use super::details::details;
+use super::{Report, StepRecord, VmSummary};
 use std::fmt::Write;
 
 const HEADERS: [&str; 9] = [
@@ -45,7 +48,14 @@ fn row(s: &StepRecord) -> [String; 9] {
         s.answer.clone(),
         reason,
         format!("{}/{}", s.quota_left, s.quota_left + s.vm_held),
-        format!("{} IRTE · {} vec", s.host.irtes_free, s.host.vectors_free),
+        if s.host_name == "host" {
+            format!("{} IRTE · {} vec", s.host.irtes_free, s.host.vectors_free)
+        } else {
+            format!(
+                "{}: {} IRTE · {} vec",
+                s.host_name, s.host.irtes_free, s.host.vectors_free
+            )
+        },
         expect,
     ]
 }
@@ -70,11 +80,29 @@ pub fn render(report: &Report) -> String {
     let h = &report.initial_host;
     let _ = writeln!(
         out,
-        "host: {} IOMMU unit(s) × {} IRTEs, {} host vectors\n",
+        "host: {} IOMMU unit(s) × {} IRTEs, {} host vectors",
         h.irtes_capacity.len(),
         h.irtes_capacity.first().copied().unwrap_or(0),
         h.vectors_free + h.vectors_used
     );
+    for d in &report.destinations {
+        let i = &d.initial;
+        let _ = writeln!(
+            out,
+            "destination {}: {} IOMMU unit(s) × {} IRTEs, {} host vectors; other tenants hold \
+             {} ({})",
+            d.name,
+            i.irtes_capacity.len(),
+            i.irtes_capacity.first().copied().unwrap_or(0),
+            i.vectors_free + i.vectors_used,
+            d.tenant_vectors,
+            i.usage()
+        );
+    }
+    for vm in &report.vms {
+        let _ = writeln!(out, "{}", vm_line(vm));
+    }
+    out.push('\n');
 
     let rows: Vec<[String; 9]> = report.steps.iter().map(row).collect();
     let mut widths = HEADERS.map(width);
@@ -105,6 +133,10 @@ pub fn render(report: &Report) -> String {
         if let Some(note) = &record.note {
             let _ = writeln!(out, "{:>w$}  ↳ {note}", "", w = widths[0]);
         }
+        let vm = report.vms.iter().find(|v| v.name == record.vm);
+        for line in details(record, vm) {
+            let _ = writeln!(out, "{:>w$}    {line}", "", w = widths[0]);
+        }
         for c in record.checks.iter().filter(|c| !c.met) {
             let _ = writeln!(
                 out,
@@ -129,13 +161,16 @@ pub fn render(report: &Report) -> String {
         f.vectors_used,
         f.vectors_used + f.vectors_free
     );
+    for d in &report.destinations {
+        let _ = writeln!(out, "  destination {}: {}", d.name, d.final_host.usage());
+    }
     for vm in &report.vms {
         let devices: Vec<String> = vm
             .devices
             .iter()
             .map(|(name, held)| format!("{name} {held}"))
             .collect();
-        let _ = writeln!(
+        let _ = write!(
             out,
             "  VM {:<12} holds {:>3} / {:<3} ({})",
             vm.name,
@@ -143,6 +178,10 @@ pub fn render(report: &Report) -> String {
             vm.quota,
             devices.join(", ")
         );
+        if vm.host != "host" {
+            let _ = write!(out, " on {}", vm.host);
+        }
+        out.push('\n');
     }
     let t = &report.fire_totals;
     let _ = write!(
@@ -165,4 +204,21 @@ pub fn render(report: &Report) -> String {
         if report.passed() { "PASS" } else { "FAIL" }
     );
     out
+}
+
+/// A VM in one line: vCPUs (and APIC IDs when sparse), quota, what its driver negotiated.
+fn vm_line(vm: &VmSummary) -> String {
+    let apic = vm.apic_ids.as_ref().map_or_else(String::new, |ids| {
+        let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+        format!(" (APIC IDs {})", ids.join(" "))
+    });
+    let driver = if vm.features.is_empty() {
+        String::from("version 1 (no extension bit)")
+    } else {
+        vm.features.join(" ")
+    };
+    format!(
+        "VM {}: {} vCPUs{apic}, driver negotiated {driver}",
+        vm.name, vm.vcpus
+    )
 }

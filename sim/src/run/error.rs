@@ -27,6 +27,24 @@ pub enum RunError {
         /// Why.
         source: SimError,
     },
+    /// The backend's guests cannot do a step of the scenario yet (refused before the run).
+    #[error("step {step} (line {line}): the guest image cannot do {what} yet (issue 13)")]
+    Unsupported {
+        /// 1-based step.
+        step: usize,
+        /// Line of the step.
+        line: usize,
+        /// The kind of step.
+        what: &'static str,
+    },
+    /// A destination host could not be set up with its tenants.
+    #[error("destination {name:?}: {source}")]
+    Destination {
+        /// Its name.
+        name: String,
+        /// Why.
+        source: SimError,
+    },
     /// A VM's channel is gone (a virtio reset failed half-way).
     #[error("VM {0}: its channel was lost")]
     NoChannel(usize),

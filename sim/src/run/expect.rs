@@ -94,6 +94,12 @@ pub(super) fn checks(
             record.fire.map(|f| f.blocked.to_string()),
         );
     }
+    if let Some(q) = expect.vm_quota {
+        check(&mut out, "vm_quota", q, Some(record.vm_quota.to_string()));
+    }
+    grant_checks(&mut out, expect, record);
+    event_checks(&mut out, expect, record);
+    query_checks(&mut out, expect, record);
     if let Some(name) = &expect.host_equals {
         let met = snapshots
             .get(name)
@@ -110,4 +116,120 @@ pub(super) fn checks(
         });
     }
     out
+}
+
+/// `mode`, `parked`, `grant_vcpus`: the ALLOC's grants.
+fn grant_checks(out: &mut Vec<Check>, expect: &Expect, record: &StepRecord) {
+    let grants = &record.grants;
+    if let Some(m) = expect.mode {
+        let mut modes: Vec<&str> = grants.iter().map(|g| g.mode.as_str()).collect();
+        modes.dedup();
+        let actual = match modes.as_slice() {
+            [] => None,
+            [one] => Some(one.to_string()),
+            several => Some(several.join("+")),
+        };
+        check(out, "mode", m, actual);
+    }
+    if let Some(p) = expect.parked {
+        let actual = match grants.iter().filter(|g| g.parked).count() {
+            0 if grants.is_empty() => None,
+            0 => Some(String::from("false")),
+            n if n == grants.len() => Some(String::from("true")),
+            n => Some(format!("{n} of {}", grants.len())),
+        };
+        check(out, "parked", p, actual);
+    }
+    if let Some(vcpus) = &expect.grant_vcpus {
+        let shown = |v: Option<u32>| v.map_or_else(|| String::from("-"), |v| v.to_string());
+        let actual: Vec<String> = grants.iter().map(|g| shown(g.vcpu)).collect();
+        let expected: Vec<String> = vcpus.iter().map(|v| v.to_string()).collect();
+        check(
+            out,
+            "grant_vcpus",
+            format!("[{}]", expected.join(", ")),
+            Some(format!("[{}]", actual.join(", "))),
+        );
+    }
+}
+
+/// `events`, `applied`, and a migration's `kept`, `reprogrammed`, `revoked`, `migrated`.
+fn event_checks(out: &mut Vec<Check>, expect: &Expect, record: &StepRecord) {
+    if let Some(types) = &expect.events {
+        let expected: Vec<&str> = types.iter().map(|t| t.name()).collect();
+        let actual: Vec<&str> = record.events.iter().map(|e| e.kind.as_str()).collect();
+        check(
+            out,
+            "events",
+            format!("[{}]", expected.join(", ")),
+            Some(format!("[{}]", actual.join(", "))),
+        );
+    }
+    if let Some(a) = expect.applied {
+        let applied = record.events.iter().filter(|e| e.applied).count();
+        check(out, "applied", a, Some(applied.to_string()));
+    }
+    let migration = record.migration.as_ref();
+    let fates = &expect.fates;
+    for (field, want, got) in [
+        ("kept", fates.kept, migration.map(|m| m.kept)),
+        (
+            "reprogrammed",
+            fates.reprogrammed,
+            migration.map(|m| m.reprogrammed),
+        ),
+        ("revoked", fates.revoked, migration.map(|m| m.revoked)),
+    ] {
+        if let Some(want) = want {
+            check(out, field, want, got.map(|g| g.to_string()));
+        }
+    }
+    if let Some(m) = expect.migrated {
+        check(
+            out,
+            "migrated",
+            m,
+            migration.map(|r| r.migrated.to_string()),
+        );
+    }
+}
+
+/// QUERY with `INFO`: `format`, `bdf`, `interface_pasid`, `share`, `can_post`, free runs.
+fn query_checks(out: &mut Vec<Check>, expect: &Expect, record: &StepRecord) {
+    let q = record.query.as_ref();
+    if let Some(f) = expect.format {
+        check(out, "format", f, q.map(|q| q.format.clone()));
+    }
+    if let Some(b) = &expect.bdf {
+        check(out, "bdf", b, q.map(|q| q.bdf.clone()));
+    }
+    if let Some(p) = expect.interface_pasid {
+        let actual = q.map(|q| {
+            q.interface_pasid
+                .map_or_else(|| String::from("none"), |p| p.to_string())
+        });
+        check(out, "interface_pasid", p, actual);
+    }
+    if let Some(s) = expect.share {
+        check(out, "share", s, q.map(|q| q.share.to_string()));
+    }
+    if let Some(c) = expect.can_post {
+        check(out, "can_post", c, q.map(|q| q.can_post.to_string()));
+    }
+    if let Some(r) = expect.msix_free_run {
+        check(
+            out,
+            "msix_free_run",
+            r,
+            q.map(|q| q.msix_free_run.to_string()),
+        );
+    }
+    if let Some(r) = expect.ims_free_run {
+        check(
+            out,
+            "ims_free_run",
+            r,
+            q.map(|q| q.ims_free_run.to_string()),
+        );
+    }
 }

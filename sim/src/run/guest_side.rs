@@ -1,16 +1,17 @@
 //! `--kvm`: a scenario VM whose every step is done by the guest image in a KVM VM. Each
 //! step becomes a mailbox command; its result is what the guest reported.
 
-use super::outcome::{AllocOutcome, StepError};
+use super::outcome::{AllocOutcome, EventView, GrantView, QueryView, StepError};
 use crate::SimError;
 use crate::report::FireCounts;
 use crate::scenario::{AllocStep, Fallback, VmDecl};
 use crate::vmm::bar::{BarConfig, Flow, TableMode};
 use crate::vmm::{Command, GUEST_VM_MEM, GuestVm, GuestVmConfig, Report, VmmError};
 use pvirq_guest_image_abi::mailbox::{DriverError, Op, Status};
-use pvirq_host::Vm;
 use pvirq_host::model::ModelHost;
-use pvirq_proto::{IndexRange, IndexSpec, Kind, MsiMessage, Refusal, Target};
+use pvirq_host::snapshot::RestoredGrant;
+use pvirq_host::{DeviceSpec, Vm};
+use pvirq_proto::{GrantMode, IndexRange, IndexSpec, Kind, MsiMessage, Refusal, Target};
 use std::time::Duration;
 
 /// How long one command may take (a fire step waits up to 1 s per missing interrupt).
@@ -156,7 +157,13 @@ impl GuestSide {
                     address: u64::from(w[1]) | u64::from(w[2]) << 32,
                     data: w[3],
                 };
-                (w[0], message)
+                GrantView {
+                    index: w[0],
+                    message,
+                    mode: GrantMode::Remapped,
+                    parked: false,
+                    pasid: None,
+                }
             })
             .collect();
         Ok(AllocOutcome {
@@ -244,6 +251,79 @@ impl GuestSide {
             misrouted: unexpected,
             observed: Some(seen),
         })
+    }
+}
+
+/// Issue 13's steps, which the guest image cannot do yet (`--kvm` refuses such scenarios
+/// before it starts: [`super::backend::guest_image_lacks`]).
+impl GuestSide {
+    /// FREE of an index list (not in the mailbox yet).
+    pub fn free_list(&mut self, _: usize, _: Kind, _: &[u32]) -> Result<u32, StepError> {
+        Err(StepError::Failed(SimError::GuestReport(
+            "the guest image cannot do free by index list yet",
+        )))
+    }
+
+    /// RETARGET of an index list, or PARK (not in the mailbox yet).
+    pub fn retarget_list(
+        &mut self,
+        _: usize,
+        _: Kind,
+        _: &[u32],
+        _: Option<&[Target]>,
+    ) -> Result<u32, StepError> {
+        Err(StepError::Failed(SimError::GuestReport(
+            "the guest image cannot do retarget by index list, activate or park yet",
+        )))
+    }
+
+    /// QUERY with `INFO` (not in the mailbox yet).
+    pub fn query_ext(&mut self, _: usize) -> Result<QueryView, StepError> {
+        Err(StepError::Failed(SimError::GuestReport(
+            "the guest image cannot do QUERY with INFO yet",
+        )))
+    }
+
+    /// The event queue (not in the guest image yet).
+    pub fn events(&mut self) -> Result<Vec<EventView>, StepError> {
+        Err(StepError::Failed(SimError::GuestReport(
+            "the guest image cannot do events yet",
+        )))
+    }
+
+    /// The VMM sets the quota (not wired to the small VMM yet; refused up front).
+    pub fn set_quota(&mut self, _: u32) {}
+
+    /// The VMM sets a share (not wired to the small VMM yet).
+    pub fn set_device_share(&mut self, _: usize, _: Option<u32>) -> Result<(), SimError> {
+        Err(SimError::GuestReport(
+            "the guest image cannot do set_share yet",
+        ))
+    }
+
+    /// The VMM plugs a device (not wired to the small VMM yet).
+    pub fn add_device(&mut self, _: &ModelHost, _: DeviceSpec) -> Result<u32, SimError> {
+        Err(SimError::GuestReport(
+            "the guest image cannot do add_device yet",
+        ))
+    }
+
+    /// The VMM unplugs a device (not wired to the small VMM yet).
+    pub fn remove_device(&mut self, _: usize) -> Result<(), SimError> {
+        Err(SimError::GuestReport(
+            "the guest image cannot do remove_device yet",
+        ))
+    }
+
+    /// The VMM says shared resources came back (not wired to the small VMM yet; refused
+    /// up front).
+    pub fn resources_changed(&mut self) {}
+
+    /// Migration (not wired to the small VMM yet).
+    pub fn migrate(&mut self, _: &ModelHost) -> Result<Vec<RestoredGrant>, SimError> {
+        Err(SimError::GuestReport(
+            "the guest image cannot do migrate yet",
+        ))
     }
 }
 

@@ -4,8 +4,8 @@
 
 use super::guest_side::GuestSide;
 use super::side::Side;
-use super::{Backend, RunError};
-use crate::scenario::VmDecl;
+use super::{Backend, RunError, guest_image_lacks};
+use crate::scenario::{Scenario, VmDecl};
 use pvirq_host::model::ModelHost;
 
 /// One KVM VM per scenario VM.
@@ -31,5 +31,9 @@ impl Backend for KvmBackend {
                 vm: vm.name.clone(),
                 source,
             })
+    }
+
+    fn lacks(&self, scenario: &Scenario) -> Option<RunError> {
+        guest_image_lacks(scenario)
     }
 }

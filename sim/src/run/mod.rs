@@ -1,108 +1,69 @@
-//! Running a scenario: one [`Host`], one [`Channel`] per VM, every guest request through
-//! the guest driver, the virtqueue and the host device; a [`Report`] of what happened.
+//! Running a scenario: the hosts ([`hosts`]), one guest side per VM ([`Side`]), every
+//! step through the guest driver, the virtqueue and the host device, or through the VMM's
+//! calls on the device; a [`Report`] of what happened.
 
+mod answer;
 mod backend;
+mod channel_side;
 mod error;
 mod expect;
+mod fire;
 mod guest_side;
+mod guest_tables;
+mod hosts;
 mod kvm_backend;
 mod outcome;
+mod records;
+mod requests;
 mod side;
 mod view;
+mod vmm_steps;
 
-pub use backend::{Backend, MemoryBackend, kvm_backend, kvm_unusable};
+pub use backend::{Backend, MemoryBackend, guest_image_lacks, kvm_backend, kvm_unusable};
+pub use channel_side::ChannelSide;
 pub use error::RunError;
 pub use guest_side::GuestSide;
 pub use kvm_backend::KvmBackend;
-pub use outcome::{AllocOutcome, StepError};
+pub use outcome::{AllocOutcome, EventView, GrantView, QueryView, StepError};
 pub use side::Side;
 
-use crate::SimError;
-use crate::report::{FireCounts, HostSnapshot, RefusalRecord, Report, StepRecord, VmSummary};
-use crate::scenario::{Action, AllocStep, Dest, Fallback, Scenario, Step};
-use pvirq_host::model::ModelHost;
-use pvirq_proto::{IndexRange, IndexSpec, Refusal, Status, Target};
+use crate::report::{FireCounts, HostSnapshot, Report, StepRecord, VmSummary};
+use crate::scenario::{Action, Scenario, Step, VmDecl, feature_names};
+use answer::{Answer, At, refusal_record};
+use hosts::Hosts;
+use pvirq_proto::feature;
 use std::collections::HashMap;
-use view::{DeviceView, runs};
+use view::DeviceView;
 
+/// One VM as the run knows it.
 struct VmRun {
-    side: Option<Side>,
+    side: Side,
+    /// The scenario's record of what its guest holds, per device handle.
     devices: Vec<DeviceView>,
+    /// The host it is on (0: `[host]`, `i + 1`: destination `i`).
+    host: usize,
 }
 
-/// What one request step produced, before the common columns are added.
-struct Outcome {
-    request: String,
-    status: Status,
-    answer: String,
-    refusal: Option<Refusal>,
-    fallback: bool,
-    attempts: u32,
-    count: Option<u32>,
-    available: Option<u32>,
-    fire: Option<FireCounts>,
-}
-
-impl Outcome {
-    fn new(request: String) -> Self {
-        Outcome {
-            request,
-            status: Status::Ok,
-            answer: String::new(),
-            refusal: None,
-            fallback: false,
-            attempts: 1,
-            count: None,
-            available: None,
-            fire: None,
-        }
-    }
-
-    fn refused(mut self, refusal: Refusal) -> Self {
-        self.status = refusal.status();
-        self.answer = format!("refused: {}", refusal.status());
-        self.refusal = Some(refusal);
-        self
-    }
-}
-
-fn refusal_record(r: Refusal) -> RefusalRecord {
-    let (resource, available) = match r {
-        Refusal::NoSpace {
-            resource,
-            available,
-        } => (Some(resource.name().to_string()), Some(available)),
-        Refusal::DeviceError { resource } => (Some(resource.name().to_string()), None),
-        _ => (None, None),
-    };
-    RefusalRecord {
-        status: r.status().name().to_string(),
-        resource,
-        available,
-        text: r.to_string(),
-    }
-}
-
-/// Runs `scenario` on a fresh host with `backend` delivering into the guests.
+/// Runs `scenario` on fresh hosts with `backend` delivering into the guests.
 pub fn run(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Report, RunError> {
-    let host = ModelHost::new(&scenario.host.config())?;
-    for device in scenario.vms.iter().flat_map(|vm| &vm.devices) {
-        host.place(device.requester_id, device.unit)?;
+    if let Some(lack) = backend.lacks(scenario) {
+        return Err(lack);
     }
-    let initial_host = HostSnapshot::of(&host.occupancy());
+    let hosts = Hosts::new(scenario)?;
+    let initial_host = hosts.snapshot(0);
     let mut vms = Vec::with_capacity(scenario.vms.len());
     for (i, decl) in scenario.vms.iter().enumerate() {
-        let side = backend.side(&host, i, decl)?;
+        let side = backend.side(hosts.main(), i, decl)?;
         vms.push(VmRun {
-            side: Some(side),
+            side,
             devices: vec![DeviceView::default(); decl.devices.len()],
+            host: 0,
         });
     }
     let mut runner = Runner {
         scenario,
-        host,
+        hosts,
         vms,
-        backend,
         at: At { step: 0, line: 0 },
     };
     let mut snapshots: HashMap<String, HostSnapshot> = HashMap::new();
@@ -114,6 +75,7 @@ pub fn run(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Report, Run
             line: step.line,
         };
         let outcome = runner.step(step)?;
+        runner.update_expectations(step.vm);
         if let Some(f) = outcome.fire {
             totals.fired += f.fired;
             totals.delivered += f.delivered;
@@ -138,255 +100,93 @@ pub fn run(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Report, Run
     Ok(Report {
         scenario: scenario.name.clone(),
         description: scenario.description.clone(),
-        backend: runner.backend.name().to_string(),
+        backend: backend.name().to_string(),
         initial_host,
         steps,
-        final_host: HostSnapshot::of(&runner.host.occupancy()),
+        final_host: runner.hosts.snapshot(0),
+        destinations: runner.hosts.reports(),
         vms: runner.summaries(),
         fire_totals: totals,
-        host_faults: runner.host.faults().count,
-        invariant_violations: runner.host.check_invariants().err().unwrap_or_default(),
+        host_faults: runner.hosts.faults(),
+        invariant_violations: runner.hosts.violations(),
         expectations_checked,
         expectations_failed,
     })
 }
 
-/// The step being run, for errors.
-#[derive(Clone, Copy)]
-struct At {
-    step: usize,
-    line: usize,
-}
-
-impl At {
-    fn fail(self, source: impl Into<SimError>) -> RunError {
-        RunError::Driver {
-            step: self.step,
-            line: self.line,
-            source: source.into(),
-        }
-    }
-}
-
 struct Runner<'a> {
     scenario: &'a Scenario,
-    host: ModelHost,
+    hosts: Hosts,
     vms: Vec<VmRun>,
-    backend: &'a mut dyn Backend,
     at: At,
 }
 
 impl Runner<'_> {
-    fn channel(&mut self, vm: usize) -> Result<(&mut Side, &mut Vec<DeviceView>), RunError> {
-        let run = self.vms.get_mut(vm).ok_or(RunError::NoChannel(vm))?;
-        let side = run.side.as_mut().ok_or(RunError::NoChannel(vm))?;
-        Ok((side, &mut run.devices))
+    fn vm_run(&mut self, vm: usize) -> Result<&mut VmRun, RunError> {
+        self.vms.get_mut(vm).ok_or(RunError::NoChannel(vm))
     }
 
-    fn step(&mut self, step: &Step) -> Result<Outcome, RunError> {
-        let at = self.at;
+    fn decl(&self, vm: usize) -> Result<&VmDecl, RunError> {
+        self.scenario.vms.get(vm).ok_or(RunError::NoChannel(vm))
+    }
+
+    fn step(&mut self, step: &Step) -> Result<Answer, RunError> {
+        let vm = step.vm;
         match &step.action {
-            Action::Alloc(a) => self.alloc(step.vm, a),
+            Action::Alloc(a) => self.alloc(vm, a),
             Action::Free {
                 device,
                 kind,
-                first,
-                count,
-            } => {
-                let range = IndexRange {
-                    kind: *kind,
-                    first: *first,
-                    count: *count,
-                };
-                let last = u64::from(*first) + u64::from(*count) - 1;
-                let out = Outcome::new(format!("free {kind} {first}-{last}"));
-                let (channel, views) = self.channel(step.vm)?;
-                match channel.free(*device, range) {
-                    Ok(count) => {
-                        if let Some(view) = views.get_mut(*device) {
-                            range.indices().for_each(|i| view.retire(*kind, i));
-                        }
-                        Ok(Outcome {
-                            answer: format!("freed {count}"),
-                            count: Some(count),
-                            ..out
-                        })
-                    }
-                    Err(e) => refused_or(out, e, at),
-                }
-            }
+                indices,
+            } => self.free(vm, *device, *kind, indices),
             Action::Retarget {
                 device,
                 kind,
-                first,
+                indices,
                 targets,
-            } => {
-                let count = u16::try_from(targets.len()).unwrap_or(u16::MAX);
-                let range = IndexRange {
-                    kind: *kind,
-                    first: *first,
-                    count,
-                };
-                let wire: Vec<Target> = targets.iter().map(|d| d.target()).collect();
-                let out = Outcome::new(format!(
-                    "retarget {kind} {first}{} → {}",
-                    if count > 1 {
-                        format!("-{}", u64::from(*first) + u64::from(count) - 1)
-                    } else {
-                        String::new()
-                    },
-                    dests(targets)
-                ));
-                let (channel, views) = self.channel(step.vm)?;
-                match channel.retarget(*device, range, &wire) {
-                    Ok(count) => {
-                        if let Some(view) = views.get_mut(*device) {
-                            for (i, d) in range.indices().zip(targets) {
-                                view.retarget(*kind, i, *d);
-                            }
-                        }
-                        Ok(Outcome {
-                            answer: format!("moved {count}"),
-                            count: Some(count),
-                            ..out
-                        })
-                    }
-                    Err(e) => refused_or(out, e, at),
-                }
-            }
-            Action::Query { device } => {
-                let out = Outcome::new(String::from("query"));
-                let (channel, _) = self.channel(step.vm)?;
-                match channel.query(*device) {
-                    Ok((granted, available)) => Ok(Outcome {
-                        answer: format!("holds {granted}, available {available}"),
-                        count: Some(granted),
-                        available: Some(available),
-                        ..out
-                    }),
-                    Err(e) => refused_or(out, e, at),
-                }
-            }
-            Action::Reset { device } => {
-                let out = Outcome::new(String::from("reset device"));
-                let (channel, views) = self.channel(step.vm)?;
-                match channel.reset_device(*device) {
-                    Ok(count) => {
-                        if let Some(view) = views.get_mut(*device) {
-                            view.retire_all();
-                        }
-                        Ok(Outcome {
-                            answer: format!("freed {count}"),
-                            count: Some(count),
-                            ..out
-                        })
-                    }
-                    Err(e) => refused_or(out, e, at),
-                }
-            }
-            Action::ResetVm => self.reset_vm(step.vm),
+                activate,
+            } => self.retarget(vm, *device, *kind, indices, Some(targets), *activate),
+            Action::Park {
+                device,
+                kind,
+                indices,
+            } => self.retarget(vm, *device, *kind, indices, None, false),
+            Action::Query { device } => self.query(vm, *device),
+            Action::Reset { device } => self.reset(vm, *device),
+            Action::ResetVm => self.reset_vm(vm),
             Action::Fire {
                 device,
                 include_freed,
-            } => self.fire(step.vm, *device, *include_freed),
+            } => self.fire(vm, *device, *include_freed),
+            Action::Events => self.events(vm),
+            Action::SetQuota { quota } => self.set_quota(vm, *quota),
+            Action::SetShare { device, share } => self.set_share(vm, *device, *share),
+            Action::AddDevice { device } => self.add_device(vm, *device),
+            Action::RemoveDevice { device } => self.remove_device(vm, *device),
+            Action::ResourcesChanged => self.resources_changed(vm),
+            Action::Migrate { to } => self.migrate(vm, *to),
         }
     }
 
-    fn alloc(&mut self, vm: usize, a: &AllocStep) -> Result<Outcome, RunError> {
-        let index = match a.index {
-            IndexSpec::Any => String::from("any"),
-            IndexSpec::AnyContiguous => String::from("any-contiguous"),
-            IndexSpec::At(i) => format!("@{i}"),
+    /// Where each vector of VM `vm` must be delivered, from its target: the APIC ID the
+    /// target names (`APIC_ID`) or that of the vCPU index it names.
+    fn update_expectations(&mut self, vm: usize) {
+        let Some(decl) = self.scenario.vms.get(vm) else {
+            return;
         };
-        let count = if a.min == a.max {
-            a.max.to_string()
-        } else {
-            format!("{}..{}", a.min, a.max)
-        };
-        let mut request = format!("alloc {} {index} ×{count}", a.kind);
-        if let Some(p) = a.pasid {
-            request.push_str(&format!(" pasid {p}"));
-        }
-        if a.fallback == Fallback::Linux {
-            request.push_str(" (fallback)");
-        }
-        let mut out = Outcome::new(request);
-        let at = self.at;
-        let (side, views) = self.channel(vm)?;
-        let outcome = side.alloc(a).map_err(|e| at.fail(e))?;
-        out.attempts = outcome.attempts;
-        out.fallback = outcome.attempts > 1;
-        if let Some(refusal) = outcome.refused {
-            // Refused (after falling back, if the policy did): the answer is the last refusal.
-            out.count = Some(0);
-            return Ok(out.refused(refusal));
-        }
-        let mut indices = Vec::with_capacity(outcome.grants.len());
-        if let Some(view) = views.get_mut(a.device) {
-            for ((index, message), d) in outcome.grants.iter().zip(&a.targets) {
-                view.grant(a.kind, *index, *message, *d);
-                indices.push(*index);
+        if let Some(run) = self.vms.get_mut(vm) {
+            for view in &mut run.devices {
+                view.expect_with(|d| decl.delivery_apic_id(d.vcpu).map(|a| (a, d.vector)));
             }
         }
-        out.answer = format!("granted {} @{}", indices.len(), runs(&indices));
-        out.count = Some(indices.len() as u32);
-        out.refusal = outcome.first_refusal;
-        Ok(out)
     }
 
-    fn reset_vm(&mut self, vm: usize) -> Result<Outcome, RunError> {
-        let out = Outcome::new(String::from("virtio reset"));
-        let at = self.at;
-        let run = self.vms.get_mut(vm).ok_or(RunError::NoChannel(vm))?;
-        let side = run.side.take().ok_or(RunError::NoChannel(vm))?;
-        let before = side.vm().occupancy().held;
-        let side = side.reset_virtio().map_err(|e| at.fail(e))?;
-        let freed = before.saturating_sub(side.vm().occupancy().held);
-        run.side = Some(side);
-        run.devices.iter_mut().for_each(DeviceView::retire_all);
-        Ok(Outcome {
-            answer: format!("re-initialised, freed {freed}"),
-            count: Some(freed),
-            ..out
-        })
-    }
-
-    fn fire(&mut self, vm: usize, device: usize, include_freed: bool) -> Result<Outcome, RunError> {
-        let requester_id = self
-            .scenario
-            .vms
-            .get(vm)
-            .and_then(|v| v.devices.get(device))
-            .map_or(0, |d| d.requester_id);
-        let at = self.at;
-        let host = self.host.clone();
-        let (side, views) = self.channel(vm)?;
-        let view = views.get(device).cloned().unwrap_or_default();
-        let counts = match side.fire(&host, device, requester_id, &view, include_freed) {
-            Ok(c) => c,
-            Err(StepError::Failed(e)) => return Err(at.fail(e)),
-            Err(StepError::Refused(r)) => {
-                return Err(at.fail(SimError::GuestReport(refusal_text(r))));
-            }
-        };
-        let mut request = format!("fire {} held", view.live.len());
-        if include_freed {
-            request.push_str(&format!(" + {} freed", view.retired.len()));
-        }
-        let mut out = Outcome::new(request);
-        out.answer = format!("delivered {}, blocked {}", counts.delivered, counts.blocked);
-        out.fire = Some(counts);
-        Ok(out)
-    }
-
-    fn record(&self, i: usize, step: &Step, out: Outcome) -> StepRecord {
+    fn record(&self, i: usize, step: &Step, out: Answer) -> StepRecord {
         let decl = self.scenario.vms.get(step.vm);
-        let occupancy = self
-            .vms
-            .get(step.vm)
-            .and_then(|r| r.side.as_ref())
-            .map(|c| c.vm().occupancy());
+        let run = self.vms.get(step.vm);
+        let occupancy = run.and_then(|r| r.side.vm()).map(|v| v.occupancy());
         let (held, quota) = occupancy.map_or((0, 0), |o| (o.held, o.quota));
+        let host = run.map_or(0, |r| r.host);
         StepRecord {
             step: i + 1,
             line: step.line,
@@ -407,7 +207,13 @@ impl Runner<'_> {
             available: out.available,
             quota_left: quota.saturating_sub(held),
             vm_held: held,
-            host: HostSnapshot::of(&self.host.occupancy()),
+            vm_quota: quota,
+            host_name: self.hosts.name(host),
+            host: self.hosts.snapshot(host),
+            grants: out.grants,
+            query: out.query,
+            events: out.events,
+            migration: out.migration,
             fire: out.fire,
             note: step.note.clone(),
             checks: Vec::new(),
@@ -420,11 +226,20 @@ impl Runner<'_> {
             .iter()
             .zip(&self.vms)
             .map(|(decl, run)| {
-                let occupancy = run.side.as_ref().map(|c| c.vm().occupancy());
+                let vm = run.side.vm();
+                let occupancy = vm.map(|v| v.occupancy());
+                let negotiated = vm.map_or(0, |v| v.features());
                 VmSummary {
                     name: decl.name.clone(),
+                    vcpus: decl.vcpus,
+                    apic_ids: decl.apic_ids.clone(),
+                    features: feature_names(negotiated & feature::EXTENSIONS)
+                        .into_iter()
+                        .map(String::from)
+                        .collect(),
+                    host: self.hosts.name(run.host),
                     held: occupancy.as_ref().map_or(0, |o| o.held),
-                    quota: decl.quota,
+                    quota: occupancy.as_ref().map_or(decl.quota, |o| o.quota),
                     devices: decl
                         .devices
                         .iter()
@@ -440,27 +255,5 @@ impl Runner<'_> {
                 }
             })
             .collect()
-    }
-}
-
-/// A refusal becomes the step's answer; any other failure ends the run.
-fn refused_or(out: Outcome, e: StepError, at: At) -> Result<Outcome, RunError> {
-    match e {
-        StepError::Refused(r) => Ok(out.refused(r)),
-        StepError::Failed(e) => Err(at.fail(e)),
-    }
-}
-
-/// A fire step is never refused by the device; should a guest say so, the run ends.
-fn refusal_text(_: Refusal) -> &'static str {
-    "a fire step was refused"
-}
-
-/// Destinations in short: `vCPU3:0x50`, or `vCPU0:0x40 +3`.
-fn dests(targets: &[Dest]) -> String {
-    match targets {
-        [] => String::from("-"),
-        [d] => format!("vCPU{}:{:#x}", d.vcpu, d.vector),
-        [d, rest @ ..] => format!("vCPU{}:{:#x} +{}", d.vcpu, d.vector, rest.len()),
     }
 }

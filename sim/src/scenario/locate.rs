@@ -11,7 +11,8 @@ pub(super) fn line_col(src: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// The table holding byte `offset`: `host`, `vm 2`, `vm 2, device 1`, `step 7`.
+/// The table holding byte `offset`: `host`, `destination 1`, `vm 2`, `vm 2, device 1`,
+/// `step 7`.
 pub(super) fn context_at(src: &str, offset: usize) -> Option<String> {
     // Up to the end of the offset's line, so that a header line names its own table.
     let end = src
@@ -19,11 +20,15 @@ pub(super) fn context_at(src: &str, offset: usize) -> Option<String> {
         .and_then(|rest| rest.find('\n'))
         .map_or(src.len(), |i| offset + i);
     let before = src.get(..end).unwrap_or(src);
-    let (mut vms, mut devices, mut steps) = (0usize, 0usize, 0usize);
+    let (mut vms, mut devices, mut steps, mut destinations) = (0usize, 0usize, 0usize, 0usize);
     let mut current = None;
     for line in before.lines() {
         match line.trim() {
             "[host]" => current = Some(String::from("host")),
+            "[[destination]]" => {
+                destinations += 1;
+                current = Some(format!("destination {destinations}"));
+            }
             "[[vm]]" => {
                 vms += 1;
                 devices = 0;

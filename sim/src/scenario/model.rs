@@ -1,9 +1,9 @@
-//! A validated scenario: names resolved to indices, counts and targets checked.
+//! A validated scenario: the hosts, the VMs and their devices (the steps are in `step`).
 
-use pvirq_host::model::{ModelConfig, RemapConfig, VectorConfig};
-use pvirq_host::{DeviceSpec, VmConfig};
-use pvirq_proto::{IndexSpec, Kind, Resource, Status, Target};
-use serde::Serialize;
+use super::step::Step;
+use pvirq_host::model::{ModelConfig, Placement, RemapConfig, VectorConfig};
+use pvirq_host::{ApicIds, DeviceSpec, VmConfig};
+use pvirq_proto::{MessageFormat, PciIdentity, feature};
 
 /// A scenario: one host, its VMs, and the steps their guests take.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,6 +14,8 @@ pub struct Scenario {
     pub description: Option<String>,
     /// The host's sizes.
     pub host: HostDecl,
+    /// Other hosts a VM may migrate to (`[[destination]]`), each with its own occupancy.
+    pub destinations: Vec<DestinationDecl>,
     /// The VMs, created in this order before the first step.
     pub vms: Vec<VmDecl>,
     /// The steps, in order.
@@ -35,6 +37,11 @@ pub struct HostDecl {
     pub end_vector: u8,
     /// Vectors in that range the system keeps.
     pub reserved_vectors: Vec<u8>,
+    /// Whether the remapping hardware posts interrupts (VT-d posted interrupts, AMD AVIC):
+    /// grants of a driver that negotiated `POSTED` then take no host vector.
+    pub posted: bool,
+    /// The largest multi-MSI block the VT-d units support (ECAP.MHMV); 32 by default.
+    pub max_msi_block: u32,
 }
 
 impl HostDecl {
@@ -51,9 +58,34 @@ impl HostDecl {
                 end: self.end_vector,
                 reserved: self.reserved_vectors.clone(),
             },
+            posted: self.posted,
+            vtd_max_msi_block: self.max_msi_block,
             ..ModelConfig::default()
         }
     }
+}
+
+/// Another host a VM can migrate to (`[[destination]]`): its sizes, and the tenants that
+/// already hold some of it when the scenario starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestinationDecl {
+    /// Its name, unique in the scenario; `migrate` steps name it in `to`.
+    pub name: String,
+    /// Its sizes.
+    pub host: HostDecl,
+    /// What other VMs hold there before anything migrates, in order.
+    pub tenants: Vec<TenantDecl>,
+}
+
+/// Another VM on a destination host (`tenants = [{ unit, vectors }]`): it holds `vectors`
+/// remapped MSI-X vectors of a device behind `unit`, taking the lowest free remapping
+/// entries of that unit and one host vector each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TenantDecl {
+    /// The IOMMU unit its device is behind.
+    pub unit: u16,
+    /// Vectors it holds.
+    pub vectors: u16,
 }
 
 /// A VM (`[[vm]]`).
@@ -67,20 +99,86 @@ pub struct VmDecl {
     pub quota: u32,
     /// Largest count in one request.
     pub max_batch: u16,
-    /// Its pass-through devices; handle `i` is `devices[i]`.
+    /// Its pass-through devices; handle `i` is `devices[i]`. Those with
+    /// [`DeviceDecl::hotplug`] come after the others and get their handle when an
+    /// `add_device` step plugs them, in this order.
     pub devices: Vec<DeviceDecl>,
+    /// The feature bits the guest driver asks for: [`feature::V1`] (a version-1 driver)
+    /// plus any extension bits (`APIC_ID`, `INFO`, `POSTED`, `PARKED`, `EVENTS`, `SPREAD`,
+    /// `CONTIGUOUS`, `INDEX_LIST`).
+    pub features: u64,
+    /// The vCPUs' APIC IDs, sparse as QEMU numbers them; `None`: vCPU `i` has APIC ID `i`.
+    pub apic_ids: Option<Vec<u32>>,
 }
 
 impl VmDecl {
-    /// The VM configuration the host is given.
+    /// The VM configuration the host is given at creation: every device but the
+    /// hot-plugged ones.
     pub fn config(&self) -> VmConfig {
         VmConfig {
             quota: self.quota,
             num_vcpus: self.vcpus,
             max_batch: self.max_batch,
-            devices: self.devices.iter().map(DeviceDecl::spec).collect(),
-            ..VmConfig::default()
+            devices: self
+                .devices
+                .iter()
+                .filter(|d| !d.hotplug)
+                .map(DeviceDecl::spec)
+                .collect(),
+            apic_ids: self
+                .apic_ids
+                .clone()
+                .map_or(ApicIds::Identity, ApicIds::Table),
         }
+    }
+
+    /// Whether the driver asks for every bit of `bits`.
+    pub fn asks(&self, bits: u64) -> bool {
+        self.features & bits == bits
+    }
+
+    /// The APIC ID of vCPU index `vcpu` (`None`: no such vCPU).
+    pub fn apic_id(&self, vcpu: u32) -> Option<u32> {
+        if vcpu >= self.vcpus {
+            return None;
+        }
+        match &self.apic_ids {
+            None => Some(vcpu),
+            Some(ids) => ids.get(vcpu as usize).copied(),
+        }
+    }
+
+    /// The vCPU index of APIC ID `apic_id`, if it is one of the VM's.
+    pub fn vcpu_of_apic_id(&self, apic_id: u32) -> Option<u32> {
+        match &self.apic_ids {
+            None => (apic_id < self.vcpus).then_some(apic_id),
+            Some(ids) => ids.iter().position(|a| *a == apic_id).map(|i| i as u32),
+        }
+    }
+
+    /// The wire value naming vCPU index `vcpu`: its APIC ID when the driver asks for
+    /// `APIC_ID`, else the index itself (version 1).
+    pub fn wire_vcpu(&self, vcpu: u32) -> u32 {
+        if self.asks(feature::APIC_ID) {
+            self.apic_id(vcpu).unwrap_or(vcpu)
+        } else {
+            vcpu
+        }
+    }
+
+    /// Where a target with wire value `wire` is delivered: the APIC ID it names (with
+    /// `APIC_ID`), or that of vCPU index `wire` (version 1).
+    pub fn delivery_apic_id(&self, wire: u32) -> Option<u32> {
+        if self.asks(feature::APIC_ID) {
+            Some(wire)
+        } else {
+            self.apic_id(wire)
+        }
+    }
+
+    /// The handles of the devices present when the VM is created.
+    pub fn initial_devices(&self) -> usize {
+        self.devices.iter().filter(|d| !d.hotplug).count()
     }
 }
 
@@ -99,6 +197,16 @@ pub struct DeviceDecl {
     pub msix: u16,
     /// IMS slots (0: no IMS).
     pub ims: u32,
+    /// Behind an AMD IOMMU with its own remapping table of this many entries (512 or
+    /// 2,048) instead of VT-d unit `unit`.
+    pub amd_table: Option<u32>,
+    /// The most vectors it may hold at once (spec §3.7); `None`: the VM's quota.
+    pub share: Option<u32>,
+    /// Which PCI function the guest sees it as (and, for an assignable interface of a
+    /// scalable device, its PASID); `None`: the function of `requester_id`.
+    pub identity: Option<PciIdentity>,
+    /// Not assigned when the VM starts: an `add_device` step plugs it.
+    pub hotplug: bool,
 }
 
 impl DeviceDecl {
@@ -109,177 +217,24 @@ impl DeviceDecl {
             msi_max: self.msi,
             msix_table_size: self.msix,
             ims_slots: self.ims,
-            ..DeviceSpec::default()
-        }
-    }
-}
-
-/// A guest destination: vCPU and guest vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-pub struct Dest {
-    /// vCPU index.
-    pub vcpu: u32,
-    /// Guest vector.
-    pub vector: u8,
-}
-
-impl Dest {
-    /// The wire target.
-    pub fn target(self) -> Target {
-        Target::new(self.vcpu, self.vector)
-    }
-}
-
-/// What a guest does when ALLOC is refused for lack of space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fallback {
-    /// Nothing: the refusal stands.
-    None,
-    /// As Linux drivers do around `pci_alloc_irq_vectors`: on NO_SPACE with `available`
-    /// ≥ 1, ask again for exactly `available` vectors (the first `available` targets).
-    Linux,
-}
-
-/// One step (`[[step]]`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Step {
-    /// Line of its `[[step]]` header.
-    pub line: usize,
-    /// The VM whose guest acts (index into [`Scenario::vms`]).
-    pub vm: usize,
-    /// What it does.
-    pub action: Action,
-    /// A free-text note shown with the step.
-    pub note: Option<String>,
-    /// Records host occupancy after the step under this name (for `expect.host_equals`).
-    pub snapshot: Option<String>,
-    /// The outcomes the step must have.
-    pub expect: Expect,
-}
-
-/// An ALLOC as the guest asks it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AllocStep {
-    /// Device handle.
-    pub device: usize,
-    /// Interrupt kind.
-    pub kind: Kind,
-    /// Any index, or from this one.
-    pub index: IndexSpec,
-    /// Fewest vectors accepted.
-    pub min: u16,
-    /// Most vectors wanted; `targets.len() == max`.
-    pub max: u16,
-    /// One destination per vector.
-    pub targets: Vec<Dest>,
-    /// IMS PASID.
-    pub pasid: Option<u32>,
-    /// Fallback policy on NO_SPACE.
-    pub fallback: Fallback,
-}
-
-/// What a step does.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// ALLOC.
-    Alloc(AllocStep),
-    /// FREE of `count` indices of `kind` from `first`.
-    Free {
-        /// Device handle.
-        device: usize,
-        /// Kind.
-        kind: Kind,
-        /// First index.
-        first: u32,
-        /// Run length.
-        count: u16,
-    },
-    /// RETARGET of `targets.len()` indices of `kind` from `first`.
-    Retarget {
-        /// Device handle.
-        device: usize,
-        /// Kind.
-        kind: Kind,
-        /// First index.
-        first: u32,
-        /// New destinations, one per index.
-        targets: Vec<Dest>,
-    },
-    /// QUERY.
-    Query {
-        /// Device handle.
-        device: usize,
-    },
-    /// RESET of one device.
-    Reset {
-        /// Device handle.
-        device: usize,
-    },
-    /// Virtio device reset of the whole channel (the driver re-initialises).
-    ResetVm,
-    /// The device fires every vector the guest holds on it through the host.
-    Fire {
-        /// Device handle.
-        device: usize,
-        /// Also fire messages the guest has freed (a device writing stale messages).
-        include_freed: bool,
-    },
-}
-
-impl Action {
-    /// The op name, as in the file.
-    pub fn op(&self) -> &'static str {
-        match self {
-            Action::Alloc(_) => "alloc",
-            Action::Free { .. } => "free",
-            Action::Retarget { .. } => "retarget",
-            Action::Query { .. } => "query",
-            Action::Reset { .. } => "reset",
-            Action::ResetVm => "reset_vm",
-            Action::Fire { .. } => "fire",
+            guest_identity: self.identity,
+            share: self.share,
         }
     }
 
-    /// The device the step concerns, if one.
-    pub fn device(&self) -> Option<usize> {
-        match self {
-            Action::Alloc(a) => Some(a.device),
-            Action::Free { device, .. }
-            | Action::Retarget { device, .. }
-            | Action::Query { device }
-            | Action::Reset { device }
-            | Action::Fire { device, .. } => Some(*device),
-            Action::ResetVm => None,
+    /// Where the modelled host puts it.
+    pub fn placement(&self) -> Placement {
+        match self.amd_table {
+            Some(entries) => Placement::Amd { entries },
+            None => Placement::Vtd { unit: self.unit },
         }
     }
-}
 
-/// Expected outcomes of a step; each one set is checked.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Expect {
-    /// Final status.
-    pub status: Option<Status>,
-    /// Resource named by the refusal (the final one, or the one a fallback answered).
-    pub resource: Option<Resource>,
-    /// `available` of that refusal, or QUERY's `available`.
-    pub available: Option<u32>,
-    /// Vectors granted (ALLOC), freed (FREE, RESET, reset_vm), moved (RETARGET), or held
-    /// by the device (QUERY).
-    pub granted: Option<u32>,
-    /// Whether the fallback policy retried.
-    pub fallback: Option<bool>,
-    /// VM quota left after the step.
-    pub quota_left: Option<u32>,
-    /// Vectors the VM holds after the step.
-    pub vm_held: Option<u32>,
-    /// Free IRTEs over all units after the step.
-    pub irtes_free: Option<u32>,
-    /// Free host vectors after the step.
-    pub vectors_free: Option<u32>,
-    /// Interrupts delivered (fire).
-    pub delivered: Option<u64>,
-    /// Interrupts blocked (fire).
-    pub blocked: Option<u64>,
-    /// Host occupancy equals the snapshot of this name.
-    pub host_equals: Option<String>,
+    /// The message format its grants have on the modelled host.
+    pub fn format(&self) -> MessageFormat {
+        match self.amd_table {
+            Some(_) => MessageFormat::AmdRemapped,
+            None => MessageFormat::VtdRemappable,
+        }
+    }
 }

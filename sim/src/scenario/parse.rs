@@ -1,24 +1,51 @@
 //! From text to a validated [`Scenario`]: serde reads the shape (unknown keys refused),
 //! then every value and every reference is checked, each error naming line and field.
+//! Hosts, VMs and devices are checked here; steps in `parse_step`, expectations in
+//! `parse_expect`.
 
 use super::error::{Position, ScenarioError};
 use super::locate::{context_at, find_key, key_at, line_col};
-use super::model::{
-    Action, AllocStep, Dest, DeviceDecl, Expect, Fallback, HostDecl, Scenario, Step, VmDecl,
-};
-use super::raw::{
-    CountValue, IndexValue, RawDevice, RawExpect, RawFallback, RawHost, RawOp, RawScenario,
-    RawSpread, RawStep, RawTarget, RawVm,
-};
+use super::model::{DestinationDecl, DeviceDecl, HostDecl, Scenario, TenantDecl, VmDecl};
+use super::raw::{RawDestination, RawDevice, RawHost, RawScenario, RawVm};
 use pvirq_host::config::{MAX_IMS_SLOTS, MAX_MSIX_TABLE};
-use pvirq_proto::{IndexSpec, Kind, MAX_BATCH_LIMIT, Resource, Status};
+use pvirq_host::model::amd::AMD_TABLE_SIZES;
+use pvirq_proto::{MAX_BATCH_LIMIT, MAX_PASID, PciIdentity, feature};
 use std::collections::HashSet;
 use std::ops::Range;
 
 /// Default `max_batch` of a VM.
 const DEFAULT_MAX_BATCH: u16 = 64;
-/// Default first guest vector of a spread.
-const DEFAULT_SPREAD_VECTOR: u8 = 0x40;
+/// The protocol's largest multi-MSI block, the default of `max_msi_block`.
+const MAX_MSI_BLOCK: u32 = 32;
+
+/// The extension bits a VM's `features` may name, by the name the file uses.
+pub(super) const FEATURE_NAMES: [(&str, u64); 8] = [
+    ("apic-id", feature::APIC_ID),
+    ("info", feature::INFO),
+    ("posted", feature::POSTED),
+    ("parked", feature::PARKED),
+    ("events", feature::EVENTS),
+    ("spread", feature::SPREAD),
+    ("contiguous", feature::CONTIGUOUS),
+    ("index-list", feature::INDEX_LIST),
+];
+
+/// The names of the extension bits `features` holds, in bit order (empty: version 1).
+pub fn feature_names(features: u64) -> Vec<&'static str> {
+    FEATURE_NAMES
+        .iter()
+        .filter(|(_, bit)| features & bit != 0)
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+/// The file's name of extension bit `bit`.
+pub(super) fn feature_name(bit: u64) -> &'static str {
+    FEATURE_NAMES
+        .iter()
+        .find(|(_, b)| *b == bit)
+        .map_or("?", |(n, _)| n)
+}
 
 /// Parses and validates a scenario. `origin` names the file in errors.
 pub fn parse(src: &str, origin: &str) -> Result<Scenario, ScenarioError> {
@@ -49,19 +76,19 @@ fn toml_error(src: &str, origin: &str, e: &toml::de::Error) -> ScenarioError {
     }
 }
 
-struct Parser<'a> {
-    src: &'a str,
-    origin: &'a str,
+pub(super) struct Parser<'a> {
+    pub(super) src: &'a str,
+    pub(super) origin: &'a str,
 }
 
 /// A table being validated: its span and how errors name it.
-struct Table<'t> {
-    span: Range<usize>,
-    context: &'t str,
+pub(super) struct Table<'t> {
+    pub(super) span: Range<usize>,
+    pub(super) context: &'t str,
 }
 
 impl Parser<'_> {
-    fn error(&self, table: &Table<'_>, field: &str, message: String) -> ScenarioError {
+    pub(super) fn error(&self, table: &Table<'_>, field: &str, message: String) -> ScenarioError {
         let key = field.rsplit('.').next().unwrap_or(field);
         let at = find_key(self.src, &table.span, key).unwrap_or(table.span.start);
         let (line, column) = line_col(self.src, at);
@@ -75,7 +102,31 @@ impl Parser<'_> {
     }
 
     fn scenario(&self, raw: RawScenario) -> Result<Scenario, ScenarioError> {
-        let host = self.host(raw.host)?;
+        let table = Table {
+            span: self
+                .src
+                .find("[host]")
+                .map_or(0..self.src.len(), |s| s..self.src.len()),
+            context: "host",
+        };
+        let host = self.host(&table, raw.host)?;
+        let mut destinations: Vec<DestinationDecl> = Vec::new();
+        for (i, dest) in raw.destination.into_iter().enumerate() {
+            let context = format!("destination {}", i + 1);
+            let table = Table {
+                span: dest.span(),
+                context: &context,
+            };
+            let decl = self.destination(&table, dest.into_inner())?;
+            if destinations.iter().any(|d| d.name == decl.name) {
+                return Err(self.error(
+                    &table,
+                    "name",
+                    format!("destination {:?} is declared twice", decl.name),
+                ));
+            }
+            destinations.push(decl);
+        }
         let mut vms: Vec<VmDecl> = Vec::new();
         let mut requester_ids = HashSet::new();
         for (i, vm) in raw.vm.into_iter().enumerate() {
@@ -95,35 +146,18 @@ impl Parser<'_> {
             }
             vms.push(decl);
         }
-        let mut snapshots = HashSet::new();
-        let mut steps = Vec::new();
-        for (i, step) in raw.step.into_iter().enumerate() {
-            let context = format!("step {}", i + 1);
-            let span = step.span();
-            let line = line_col(self.src, span.start).0;
-            let table = Table {
-                span,
-                context: &context,
-            };
-            steps.push(self.step(&table, line, step.into_inner(), &vms, &mut snapshots)?);
-        }
+        let steps = self.steps(raw.step, &vms, &destinations)?;
         Ok(Scenario {
             name: raw.name.unwrap_or_else(|| self.origin.to_string()),
             description: raw.description,
             host,
+            destinations,
             vms,
             steps,
         })
     }
 
-    fn host(&self, raw: RawHost) -> Result<HostDecl, ScenarioError> {
-        let table = Table {
-            span: self
-                .src
-                .find("[host]")
-                .map_or(0..self.src.len(), |s| s..self.src.len()),
-            context: "host",
-        };
+    fn host(&self, table: &Table<'_>, raw: RawHost) -> Result<HostDecl, ScenarioError> {
         let host = HostDecl {
             iommu_units: raw.iommu_units.unwrap_or(1),
             irtes_per_unit: raw.irtes_per_unit,
@@ -131,24 +165,74 @@ impl Parser<'_> {
             first_vector: raw.first_vector.unwrap_or(0x20),
             end_vector: raw.end_vector.unwrap_or(0xEC),
             reserved_vectors: raw.reserved_vectors.unwrap_or_default(),
+            posted: raw.posted.unwrap_or(false),
+            max_msi_block: raw.max_msi_block.unwrap_or(MAX_MSI_BLOCK),
         };
         if host.iommu_units == 0 {
-            return Err(self.error(&table, "iommu_units", "must be at least 1".into()));
+            return Err(self.error(table, "iommu_units", "must be at least 1".into()));
         }
         if host.irtes_per_unit == 0 || host.irtes_per_unit > 65_536 {
-            return Err(self.error(&table, "irtes_per_unit", "must be 1..=65536".into()));
+            return Err(self.error(table, "irtes_per_unit", "must be 1..=65536".into()));
         }
         if host.cpus == 0 {
-            return Err(self.error(&table, "cpus", "must be at least 1".into()));
+            return Err(self.error(table, "cpus", "must be at least 1".into()));
         }
         if host.first_vector >= host.end_vector {
             return Err(self.error(
-                &table,
+                table,
                 "end_vector",
                 format!("must be above first_vector ({:#x})", host.first_vector),
             ));
         }
+        if !host.max_msi_block.is_power_of_two() || host.max_msi_block > MAX_MSI_BLOCK {
+            return Err(self.error(
+                table,
+                "max_msi_block",
+                "must be a power of two up to 32".into(),
+            ));
+        }
         Ok(host)
+    }
+
+    fn destination(
+        &self,
+        table: &Table<'_>,
+        raw: RawDestination,
+    ) -> Result<DestinationDecl, ScenarioError> {
+        if raw.name.is_empty() {
+            return Err(self.error(table, "name", "must not be empty".into()));
+        }
+        let host = self.host(table, raw.host())?;
+        let mut tenants = Vec::with_capacity(raw.tenants.len());
+        for t in &raw.tenants {
+            let tenant = TenantDecl {
+                unit: t.unit.unwrap_or(0),
+                vectors: t.vectors,
+            };
+            if tenant.unit >= host.iommu_units {
+                return Err(self.error(
+                    table,
+                    "tenants",
+                    format!(
+                        "unit {}: the destination has {} IOMMU unit(s)",
+                        tenant.unit, host.iommu_units
+                    ),
+                ));
+            }
+            if tenant.vectors == 0 || tenant.vectors > MAX_MSIX_TABLE {
+                return Err(self.error(
+                    table,
+                    "tenants",
+                    format!("vectors must be 1..={MAX_MSIX_TABLE}"),
+                ));
+            }
+            tenants.push(tenant);
+        }
+        Ok(DestinationDecl {
+            name: raw.name,
+            host,
+            tenants,
+        })
     }
 
     fn vm(
@@ -168,6 +252,27 @@ impl Parser<'_> {
         if max_batch == 0 || max_batch > MAX_BATCH_LIMIT {
             return Err(self.error(table, "max_batch", format!("must be 1..={MAX_BATCH_LIMIT}")));
         }
+        let features = self.features(table, raw.features.as_deref().unwrap_or_default())?;
+        if let Some(ids) = &raw.apic_ids {
+            if ids.len() != raw.vcpus as usize {
+                return Err(self.error(
+                    table,
+                    "apic_ids",
+                    format!(
+                        "{} APIC IDs for {} vCPUs: give one per vCPU",
+                        ids.len(),
+                        raw.vcpus
+                    ),
+                ));
+            }
+            if let Some(dup) = ids.iter().enumerate().find(|(i, a)| ids[..*i].contains(a)) {
+                return Err(self.error(
+                    table,
+                    "apic_ids",
+                    format!("APIC ID {} is given twice", dup.1),
+                ));
+            }
+        }
         let mut devices: Vec<DeviceDecl> = Vec::new();
         for (j, dev) in raw.device.into_iter().enumerate() {
             let context = format!("{}, device {}", table.context, j + 1);
@@ -181,6 +286,15 @@ impl Parser<'_> {
                     &dtable,
                     "name",
                     format!("VM {:?} already has a device {:?}", raw.name, decl.name),
+                ));
+            }
+            if !decl.hotplug && devices.iter().any(|d| d.hotplug) {
+                return Err(self.error(
+                    &dtable,
+                    "hotplug",
+                    "devices present at start come before hot-plugged ones (handles are given \
+                     in order)"
+                        .into(),
                 ));
             }
             if !requester_ids.insert(decl.requester_id) {
@@ -201,7 +315,41 @@ impl Parser<'_> {
             quota: raw.quota,
             max_batch,
             devices,
+            features,
+            apic_ids: raw.apic_ids,
         })
+    }
+
+    /// `features = [...]`: version 1's bits and the extensions named; every bit with its
+    /// prerequisite (spec §2.2).
+    fn features(&self, table: &Table<'_>, names: &[String]) -> Result<u64, ScenarioError> {
+        let mut bits = feature::V1;
+        for name in names {
+            let bit = match name.as_str() {
+                "all" => FEATURE_NAMES.iter().fold(0, |b, (_, f)| b | f),
+                _ => FEATURE_NAMES
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, b)| *b)
+                    .ok_or_else(|| {
+                        let known: Vec<&str> = FEATURE_NAMES.iter().map(|(n, _)| *n).collect();
+                        self.error(
+                            table,
+                            "features",
+                            format!("unknown feature {name:?} ({}, or all)", known.join(", ")),
+                        )
+                    })?,
+            };
+            bits |= bit;
+        }
+        if let Some(bit) = feature::missing_dependency(bits) {
+            return Err(self.error(
+                table,
+                "features",
+                format!("{:?} needs \"info\"", feature_name(bit)),
+            ));
+        }
+        Ok(bits)
     }
 
     fn device(
@@ -210,6 +358,15 @@ impl Parser<'_> {
         raw: RawDevice,
         host: &HostDecl,
     ) -> Result<DeviceDecl, ScenarioError> {
+        if raw.amd_table.is_some() && raw.unit.is_some() {
+            return Err(self.error(
+                table,
+                "amd_table",
+                "a device is behind an AMD IOMMU (amd_table) or a VT-d unit (unit), not both"
+                    .into(),
+            ));
+        }
+        let identity = self.identity(table, &raw)?;
         let d = DeviceDecl {
             name: raw.name,
             requester_id: raw.requester_id,
@@ -217,6 +374,10 @@ impl Parser<'_> {
             msi: raw.msi.unwrap_or(0),
             msix: raw.msix.unwrap_or(0),
             ims: raw.ims.unwrap_or(0),
+            amd_table: raw.amd_table,
+            share: raw.share,
+            identity,
+            hotplug: raw.hotplug.unwrap_or(false),
         };
         if d.name.is_empty() {
             return Err(self.error(table, "name", "must not be empty".into()));
@@ -227,6 +388,11 @@ impl Parser<'_> {
                 "unit",
                 format!("the host has {} IOMMU unit(s)", host.iommu_units),
             ));
+        }
+        if let Some(entries) = d.amd_table
+            && !AMD_TABLE_SIZES.contains(&entries)
+        {
+            return Err(self.error(table, "amd_table", "must be 512 or 2048".into()));
         }
         if d.msi != 0 && (!d.msi.is_power_of_two() || d.msi > 32) {
             return Err(self.error(table, "msi", "must be 0 or a power of two up to 32".into()));
@@ -243,346 +409,66 @@ impl Parser<'_> {
         Ok(d)
     }
 
-    fn step(
+    /// `bdf` and `interface_pasid`: the function the guest sees, if not `requester_id`'s.
+    fn identity(
         &self,
         table: &Table<'_>,
-        line: usize,
-        raw: RawStep,
-        vms: &[VmDecl],
-        snapshots: &mut HashSet<String>,
-    ) -> Result<Step, ScenarioError> {
-        let vm = vms.iter().position(|v| v.name == raw.vm).ok_or_else(|| {
-            let names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
-            self.error(
-                table,
-                "vm",
-                format!("no VM named {:?} (VMs: {})", raw.vm, names.join(", ")),
-            )
-        })?;
-        let decl = &vms[vm];
-        let allowed: &[&str] = match raw.op {
-            RawOp::Alloc => &[
-                "device", "kind", "index", "count", "min", "max", "targets", "spread", "vector",
-                "vcpu", "pasid", "fallback",
-            ],
-            RawOp::Free => &["device", "kind", "first", "count"],
-            RawOp::Retarget => &[
-                "device", "kind", "first", "count", "targets", "spread", "vector", "vcpu",
-            ],
-            RawOp::Query | RawOp::Reset => &["device"],
-            RawOp::ResetVm => &[],
-            RawOp::Fire => &["device", "include_freed"],
-        };
-        if let Some(extra) = raw.present().into_iter().find(|k| !allowed.contains(k)) {
-            return Err(self.error(
-                table,
-                extra,
-                format!("does not apply to op {:?}", op_name(raw.op)),
-            ));
+        raw: &RawDevice,
+    ) -> Result<Option<PciIdentity>, ScenarioError> {
+        if raw.bdf.is_none() && raw.interface_pasid.is_none() {
+            return Ok(None);
         }
-        let device = match raw.op {
-            RawOp::ResetVm => None,
-            _ => Some(self.device_ref(table, &raw, decl)?),
-        };
-        let device = device.unwrap_or(0);
-        let action = match raw.op {
-            RawOp::Alloc => Action::Alloc(self.alloc(table, &raw, decl, device)?),
-            RawOp::Free => {
-                let count = match raw.count {
-                    None => 1,
-                    Some(CountValue { min, max }) if min == max && min > 0 => min,
-                    Some(_) => {
-                        return Err(self.error(table, "count", "must be one number ≥ 1".into()));
-                    }
-                };
-                Action::Free {
-                    device,
-                    kind: self.kind(table, &raw)?,
-                    first: self.first(table, &raw)?,
-                    count,
-                }
-            }
-            RawOp::Retarget => {
-                let count = match (raw.count, &raw.targets) {
-                    (Some(CountValue { min, max }), _) if min == max && min > 0 => min,
-                    (Some(_), _) => {
-                        return Err(self.error(table, "count", "must be one number ≥ 1".into()));
-                    }
-                    (None, Some(t)) => u16::try_from(t.len()).unwrap_or(u16::MAX),
-                    (None, None) => 1,
-                };
-                Action::Retarget {
-                    device,
-                    kind: self.kind(table, &raw)?,
-                    first: self.first(table, &raw)?,
-                    targets: self.targets(table, &raw, decl, count)?,
-                }
-            }
-            RawOp::Query => Action::Query { device },
-            RawOp::Reset => Action::Reset { device },
-            RawOp::ResetVm => Action::ResetVm,
-            RawOp::Fire => Action::Fire {
-                device,
-                include_freed: raw.include_freed.unwrap_or(false),
-            },
-        };
-        let expect = self.expect(table, raw.expect.unwrap_or_default(), snapshots)?;
-        if let Some(name) = &raw.snapshot
-            && !snapshots.insert(name.clone())
+        if let Some(pasid) = raw.interface_pasid
+            && pasid > MAX_PASID
         {
             return Err(self.error(
                 table,
-                "snapshot",
-                format!("snapshot {name:?} is already taken by an earlier step"),
+                "interface_pasid",
+                format!("must be at most {MAX_PASID:#x} (20 bits)"),
             ));
         }
-        Ok(Step {
-            line,
-            vm,
-            action,
-            note: raw.note,
-            snapshot: raw.snapshot,
-            expect,
-        })
-    }
-
-    fn device_ref(
-        &self,
-        table: &Table<'_>,
-        raw: &RawStep,
-        vm: &VmDecl,
-    ) -> Result<usize, ScenarioError> {
-        let names: Vec<&str> = vm.devices.iter().map(|d| d.name.as_str()).collect();
-        let Some(name) = &raw.device else {
-            return Err(self.error(
-                table,
-                "device",
-                format!(
-                    "op {:?} needs a device (VM {:?} has: {})",
-                    op_name(raw.op),
-                    vm.name,
-                    names.join(", ")
-                ),
-            ));
-        };
-        vm.devices
-            .iter()
-            .position(|d| &d.name == name)
-            .ok_or_else(|| {
+        let (segment, bus, devfn) = match &raw.bdf {
+            None => (0, (raw.requester_id >> 8) as u8, raw.requester_id as u8),
+            Some(text) => parse_bdf(text).ok_or_else(|| {
                 self.error(
                     table,
-                    "device",
-                    format!(
-                        "VM {:?} has no device {:?} (devices: {})",
-                        vm.name,
-                        name,
-                        names.join(", ")
-                    ),
+                    "bdf",
+                    format!("{text:?} is not SSSS:BB:DD.F (hex; device ≤ 1f, function ≤ 7)"),
                 )
-            })
-    }
-
-    fn kind(&self, table: &Table<'_>, raw: &RawStep) -> Result<Kind, ScenarioError> {
-        let Some(name) = &raw.kind else {
-            return Err(self.error(
-                table,
-                "kind",
-                "required: \"msi\", \"msix\" or \"ims\"".into(),
-            ));
+            })?,
         };
-        Kind::from_name(name).ok_or_else(|| {
-            self.error(
-                table,
-                "kind",
-                format!("unknown kind {name:?} (msi, msix, ims)"),
-            )
-        })
-    }
-
-    fn first(&self, table: &Table<'_>, raw: &RawStep) -> Result<u32, ScenarioError> {
-        raw.first
-            .ok_or_else(|| self.error(table, "first", "required: the first table index".into()))
-    }
-
-    fn alloc(
-        &self,
-        table: &Table<'_>,
-        raw: &RawStep,
-        vm: &VmDecl,
-        device: usize,
-    ) -> Result<AllocStep, ScenarioError> {
-        let kind = self.kind(table, raw)?;
-        let (min, max) = match (raw.count, raw.min, raw.max) {
-            (Some(c), None, None) => (c.min, c.max),
-            (Some(_), _, _) => {
-                return Err(self.error(
-                    table,
-                    "count",
-                    "give either `count` or `min`/`max`".into(),
-                ));
-            }
-            (None, min, Some(max)) => (min.unwrap_or(1), max),
-            (None, _, None) => {
-                return Err(self.error(table, "count", "required: N or \"min..max\"".into()));
-            }
-        };
-        if min == 0 || min > max {
-            return Err(self.error(
-                table,
-                "count",
-                format!("needs 1 ≤ min ≤ max (got {min}..{max})"),
-            ));
-        }
-        if max > vm.max_batch {
-            return Err(self.error(
-                table,
-                "count",
-                format!(
-                    "max {max} exceeds VM {:?}'s max_batch {}",
-                    vm.name, vm.max_batch
-                ),
-            ));
-        }
-        let index = match raw.index.unwrap_or(IndexValue::Any) {
-            IndexValue::Any => IndexSpec::Any,
-            IndexValue::At(i) => IndexSpec::At(i),
-        };
-        Ok(AllocStep {
-            device,
-            kind,
-            index,
-            min,
-            max,
-            targets: self.targets(table, raw, vm, max)?,
-            pasid: raw.pasid,
-            fallback: match raw.fallback {
-                None | Some(RawFallback::None) => Fallback::None,
-                Some(RawFallback::Linux) => Fallback::Linux,
-            },
-        })
-    }
-
-    /// `count` destinations: the explicit `targets` list, or the spread rule.
-    fn targets(
-        &self,
-        table: &Table<'_>,
-        raw: &RawStep,
-        vm: &VmDecl,
-        count: u16,
-    ) -> Result<Vec<Dest>, ScenarioError> {
-        if let Some(list) = &raw.targets {
-            if raw.spread.is_some() || raw.vector.is_some() || raw.vcpu.is_some() {
-                return Err(self.error(
-                    table,
-                    "targets",
-                    "give either `targets` or a spread (`spread`, `vcpu`, `vector`)".into(),
-                ));
-            }
-            if list.len() != usize::from(count) {
-                return Err(self.error(
-                    table,
-                    "targets",
-                    format!(
-                        "{} targets for {count} vectors: give one per vector",
-                        list.len()
-                    ),
-                ));
-            }
-            return Ok(list
-                .iter()
-                .map(|&RawTarget { vcpu, vector }| Dest { vcpu, vector })
-                .collect());
-        }
-        let first_vcpu = raw.vcpu.unwrap_or(0);
-        if first_vcpu >= vm.vcpus {
-            return Err(self.error(
-                table,
-                "vcpu",
-                format!("VM {:?} has {} vCPUs", vm.name, vm.vcpus),
-            ));
-        }
-        let vector = raw.vector.unwrap_or(DEFAULT_SPREAD_VECTOR);
-        if u32::from(vector) + u32::from(count) > 0x100 {
-            return Err(self.error(
-                table,
-                "vector",
-                format!("{vector:#x} + {count} vectors runs past 0xff"),
-            ));
-        }
-        let spread = raw.spread.unwrap_or(RawSpread::RoundRobin);
-        Ok((0..u32::from(count))
-            .map(|i| Dest {
-                vcpu: match spread {
-                    RawSpread::RoundRobin => (first_vcpu + i) % vm.vcpus,
-                    RawSpread::SameVcpu => first_vcpu,
-                },
-                vector: (u32::from(vector) + i) as u8,
-            })
-            .collect())
-    }
-
-    fn expect(
-        &self,
-        table: &Table<'_>,
-        raw: RawExpect,
-        snapshots: &HashSet<String>,
-    ) -> Result<Expect, ScenarioError> {
-        let status = match &raw.status {
-            None => None,
-            Some(s) => Some(Status::from_name(s).ok_or_else(|| {
-                let names: Vec<&str> = Status::ALL.iter().map(|s| s.name()).collect();
-                self.error(
-                    table,
-                    "expect.status",
-                    format!("unknown status {s:?} ({})", names.join(", ")),
-                )
-            })?),
-        };
-        let resource = match &raw.resource {
-            None => None,
-            Some(r) => Some(Resource::from_name(r).ok_or_else(|| {
-                let names: Vec<&str> = Resource::ALL.iter().map(|r| r.name()).collect();
-                self.error(
-                    table,
-                    "expect.resource",
-                    format!("unknown resource {r:?} ({})", names.join(", ")),
-                )
-            })?),
-        };
-        if let Some(name) = &raw.host_equals
-            && !snapshots.contains(name)
-        {
-            return Err(self.error(
-                table,
-                "expect.host_equals",
-                format!("no earlier step has snapshot = {name:?}"),
-            ));
-        }
-        Ok(Expect {
-            status,
-            resource,
-            available: raw.available,
-            granted: raw.granted,
-            fallback: raw.fallback,
-            quota_left: raw.quota_left,
-            vm_held: raw.vm_held,
-            irtes_free: raw.irtes_free,
-            vectors_free: raw.vectors_free,
-            delivered: raw.delivered,
-            blocked: raw.blocked,
-            host_equals: raw.host_equals,
-        })
+        Ok(Some(PciIdentity {
+            segment,
+            bus,
+            devfn,
+            requester_id: u16::from(bus) << 8 | u16::from(devfn),
+            pasid: raw.interface_pasid,
+        }))
     }
 }
 
-fn op_name(op: RawOp) -> &'static str {
-    match op {
-        RawOp::Alloc => "alloc",
-        RawOp::Free => "free",
-        RawOp::Retarget => "retarget",
-        RawOp::Query => "query",
-        RawOp::Reset => "reset",
-        RawOp::ResetVm => "reset_vm",
-        RawOp::Fire => "fire",
-    }
+/// `SSSS:BB:DD.F` or `BB:DD.F` (hex): (segment, bus, devfn).
+pub(super) fn parse_bdf(text: &str) -> Option<(u16, u8, u8)> {
+    let (rest, function) = text.rsplit_once('.')?;
+    let mut parts: Vec<&str> = rest.split(':').collect();
+    let device = u8::from_str_radix(parts.pop()?, 16).ok()?;
+    let bus = u8::from_str_radix(parts.pop()?, 16).ok()?;
+    let segment = match parts.as_slice() {
+        [] => 0,
+        [s] => u16::from_str_radix(s, 16).ok()?,
+        _ => return None,
+    };
+    let function = u8::from_str_radix(function, 16).ok()?;
+    (device <= 0x1f && function <= 7).then_some((segment, bus, device << 3 | function))
+}
+
+/// `SSSS:BB:DD.F` of `identity`.
+pub fn bdf_text(identity: &PciIdentity) -> String {
+    format!(
+        "{:04x}:{:02x}:{:02x}.{:x}",
+        identity.segment,
+        identity.bus,
+        identity.device(),
+        identity.function()
+    )
 }
