@@ -14,7 +14,7 @@ pub use backend::{Backend, MemoryBackend, kvm_backend, kvm_unusable};
 pub use error::RunError;
 pub use guest_side::GuestSide;
 pub use kvm_backend::KvmBackend;
-pub use outcome::{AllocOutcome, StepError};
+pub use outcome::{AllocOutcome, EventView, GrantView, QueryView, StepError};
 pub use side::Side;
 
 use crate::SimError;
@@ -323,9 +323,9 @@ impl Runner<'_> {
         }
         let mut indices = Vec::with_capacity(outcome.grants.len());
         if let Some(view) = views.get_mut(a.device) {
-            for ((index, message), d) in outcome.grants.iter().zip(&a.targets) {
-                view.grant(a.kind, *index, *message, *d);
-                indices.push(*index);
+            for (g, d) in outcome.grants.iter().zip(&a.targets) {
+                view.grant(a.kind, g.index, g.message, *d);
+                indices.push(g.index);
             }
         }
         out.answer = format!("granted {} @{}", indices.len(), runs(&indices));

@@ -3,14 +3,14 @@
 //! ([`Side::Guest`], `--kvm`). The runner asks the same questions of both.
 
 use super::guest_side::GuestSide;
-use super::outcome::{AllocOutcome, StepError};
+use super::outcome::{AllocOutcome, GrantView, StepError};
 use super::view::DeviceView;
 use crate::report::FireCounts;
 use crate::scenario::{AllocStep, Dest, Fallback};
 use crate::{Channel, SimError};
 use pvirq_host::Vm;
 use pvirq_host::model::ModelHost;
-use pvirq_proto::{Alloc, Grant, IndexRange, MsiMessage, Refusal, Target, Targeting};
+use pvirq_proto::{Alloc, Grant, GrantMode, IndexRange, MsiMessage, Refusal, Target, Targeting};
 
 /// How many requests one ALLOC step may send under a fallback policy.
 pub(super) const MAX_ATTEMPTS: u32 = 4;
@@ -66,7 +66,13 @@ impl Side {
                     out.grants = allocation
                         .grants
                         .iter()
-                        .map(|g| (g.index(), g.message()))
+                        .map(|g| GrantView {
+                            index: g.index(),
+                            message: g.message(),
+                            mode: GrantMode::Remapped,
+                            parked: false,
+                            pasid: None,
+                        })
                         .collect();
                     return Ok(out);
                 }

@@ -1,8 +1,8 @@
 //! A validated scenario: names resolved to indices, counts and targets checked.
 
 use pvirq_host::model::{ModelConfig, RemapConfig, VectorConfig};
-use pvirq_host::{DeviceSpec, VmConfig};
-use pvirq_proto::{IndexSpec, Kind, Resource, Status, Target};
+use pvirq_host::{ApicIds, DeviceSpec, VmConfig};
+use pvirq_proto::{IndexSpec, Kind, Resource, Status, Target, Targeting};
 use serde::Serialize;
 
 /// A scenario: one host, its VMs, and the steps their guests take.
@@ -69,6 +69,11 @@ pub struct VmDecl {
     pub max_batch: u16,
     /// Its pass-through devices; handle `i` is `devices[i]`.
     pub devices: Vec<DeviceDecl>,
+    /// The feature bits its guest asks for ([`pvirq_proto::feature::V1`]: a version-1
+    /// driver).
+    pub features: u64,
+    /// vCPU `i`'s APIC ID, when they are not `0..vcpus`.
+    pub apic_ids: Option<Vec<u32>>,
 }
 
 impl VmDecl {
@@ -79,7 +84,10 @@ impl VmDecl {
             num_vcpus: self.vcpus,
             max_batch: self.max_batch,
             devices: self.devices.iter().map(DeviceDecl::spec).collect(),
-            ..VmConfig::default()
+            apic_ids: match &self.apic_ids {
+                Some(ids) => ApicIds::Table(ids.clone()),
+                None => ApicIds::Identity,
+            },
         }
     }
 }
@@ -117,7 +125,8 @@ impl DeviceDecl {
 /// A guest destination: vCPU and guest vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Dest {
-    /// vCPU index.
+    /// The APIC ID when the VM negotiated `APIC_ID`, else the vCPU index: the value that
+    /// goes on the wire.
     pub vcpu: u32,
     /// Guest vector.
     pub vector: u8,
@@ -168,9 +177,12 @@ pub struct AllocStep {
     pub index: IndexSpec,
     /// Fewest vectors accepted.
     pub min: u16,
-    /// Most vectors wanted; `targets.len() == max`.
+    /// Most vectors wanted.
     pub max: u16,
-    /// One destination per vector.
+    /// Where the vectors go.
+    pub targeting: Targeting,
+    /// [`Targeting::PerVector`]: one destination per vector (`max` of them);
+    /// [`Targeting::Spread`]: the set to spread over; [`Targeting::Parked`]: none.
     pub targets: Vec<Dest>,
     /// IMS PASID.
     pub pasid: Option<u32>,

@@ -201,6 +201,8 @@ impl Parser<'_> {
             quota: raw.quota,
             max_batch,
             devices,
+            features: pvirq_proto::feature::V1,
+            apic_ids: None,
         })
     }
 
@@ -453,6 +455,7 @@ impl Parser<'_> {
             index,
             min,
             max,
+            targeting: pvirq_proto::Targeting::PerVector,
             targets: self.targets(table, raw, vm, max)?,
             pasid: raw.pasid,
             fallback: match raw.fallback {
