@@ -1,11 +1,24 @@
 //! The guest image in driver mode: the pvirq driver runs as guest code in a real KVM vCPU
 //! and every step here is what the guest did and saw (skips without /dev/kvm, fails under
-//! PVIRQ_REQUIRE_KVM=1).
+//! PVIRQ_REQUIRE_KVM=1). The extensions' commands are in `guest_vm/extensions.rs`, the
+//! VMM's changes and the event queue in `guest_vm/events.rs`, migration in
+//! `guest_vm/migration.rs`; they drive the VM as the scenario runner does, through
+//! [`GuestSide`].
 
-use pvirq_guest_image_abi::mailbox::{Op, Status};
+#[path = "guest_vm/events.rs"]
+mod events;
+#[path = "guest_vm/extensions.rs"]
+mod extensions;
+#[path = "guest_vm/migration.rs"]
+mod migration;
+
+use pvirq_guest_image_abi::mailbox::{GRANT_WORDS, Op, Status};
 use pvirq_host::model::{ModelConfig, ModelHost};
 use pvirq_host::{DeviceSpec, VmConfig};
+use pvirq_proto::{IndexSpec, Kind as ProtoKind, Targeting};
 use pvirq_sim::kvm::require_kvm_or_skip;
+use pvirq_sim::run::GuestSide;
+use pvirq_sim::scenario::{AllocStep, Dest, DeviceDecl, Fallback, VmDecl};
 use pvirq_sim::vmm::bar::{BarConfig, Flow, TableMode};
 use pvirq_sim::vmm::{Command, GUEST_VM_MEM, GuestVm, GuestVmConfig};
 use std::time::Duration;
@@ -48,6 +61,67 @@ fn run(vm: &mut GuestVm, op: Op, args: &[u32], list: Vec<u32>) -> pvirq_sim::vmm
         .unwrap()
 }
 
+/// A pass-through device of a scenario VM.
+fn device(name: &str, requester_id: u16, msix: u16, ims: u32) -> DeviceDecl {
+    DeviceDecl {
+        name: name.to_string(),
+        requester_id,
+        unit: 0,
+        msi: 0,
+        msix,
+        ims,
+        amd_table: None,
+        share: None,
+        identity: None,
+        hotplug: false,
+    }
+}
+
+/// A scenario VM whose guest asks for `features`.
+fn decl(features: u64, vcpus: u32, quota: u32, devices: Vec<DeviceDecl>) -> VmDecl {
+    VmDecl {
+        name: String::from("vm"),
+        vcpus,
+        quota,
+        max_batch: 64,
+        devices,
+        features,
+        apic_ids: None,
+    }
+}
+
+/// A destination.
+fn dest(vcpu: u32, vector: u8) -> Dest {
+    Dest { vcpu, vector }
+}
+
+/// An ALLOC step.
+fn alloc(
+    device: usize,
+    kind: ProtoKind,
+    index: IndexSpec,
+    targeting: Targeting,
+    (min, max): (u16, u16),
+    targets: Vec<Dest>,
+) -> AllocStep {
+    AllocStep {
+        device,
+        kind,
+        index,
+        min,
+        max,
+        targeting,
+        targets,
+        pasid: None,
+        fallback: Fallback::None,
+    }
+}
+
+/// The guest side of `decl` on `host`.
+fn side(host: &ModelHost, decl: &VmDecl) -> GuestSide {
+    GuestSide::new(host, decl).unwrap()
+}
+
 #[test]
 fn the_guest_allocates_programs_fires_and_counts_what_arrived() {
     if !require_kvm_or_skip() {
@@ -69,7 +143,7 @@ fn the_guest_allocates_programs_fires_and_counts_what_arrived() {
     );
     assert_eq!(alloc.status, Status::Ok, "{alloc:?}");
     assert_eq!(alloc.r(0), 4);
-    assert_eq!(alloc.list.len(), 16);
+    assert_eq!(alloc.list.len(), 4 * GRANT_WORDS);
     let ims = run(
         &mut vm,
         Op::Alloc,

@@ -1,11 +1,12 @@
 //! Benchmarks timed inside the guest with the TSC. Every figure is reported in cycles; the
 //! VMM converts them with its own calibration and counts the exits it handled meanwhile.
 
+use crate::alloc::Shape;
 use crate::commands::{Guest, MAX_TARGETS, Outcome, kind};
 use crate::cpu;
 use crate::devices::Slot;
 use crate::state::{Held, records};
-use pvirq_guest::proto::{CompatMsi, IndexRange, IndexSpec, Kind, Target};
+use pvirq_guest::proto::{CompatMsi, IndexRange, IndexSpec, Kind, Target, Targeting};
 use pvirq_guest_image_abi::layout::{NULL_MMIO, PLAIN_IRQFD_VECTOR};
 
 /// How long one fire round may wait for its interrupt.
@@ -69,11 +70,17 @@ pub fn pvirq_bringup(guest: &mut Guest) -> Outcome {
         *t = Target::new(0, bringup_vector(i));
     }
     let t0 = cpu::rdtsc();
-    let granted =
-        match guest.alloc_and_program(device, alloc_kind, IndexSpec::Any, (count, count), None) {
-            Ok(g) => g,
-            Err(e) => return e.into(),
-        };
+    let shape = Shape {
+        kind: alloc_kind,
+        index: IndexSpec::Any,
+        targeting: Targeting::PerVector,
+        pasid: None,
+        spread_over: 0,
+    };
+    let granted = match guest.alloc_and_program(device, shape, (count, count)) {
+        Ok(g) => g,
+        Err(e) => return e.into(),
+    };
     let t1 = cpu::rdtsc();
     guest.mb.result64(0, t1 - t0);
     guest.mb.result(2, granted as u32);
@@ -177,7 +184,14 @@ pub fn fire(guest: &mut Guest) -> Outcome {
         if let Some(t) = guest.scratch.targets.first_mut() {
             *t = Target::new(0, FIRE_VECTOR);
         }
-        if let Err(e) = guest.alloc_and_program(device, alloc_kind, IndexSpec::Any, (1, 1), None) {
+        let shape = Shape {
+            kind: alloc_kind,
+            index: IndexSpec::Any,
+            targeting: Targeting::PerVector,
+            pasid: None,
+            spread_over: 0,
+        };
+        if let Err(e) = guest.alloc_and_program(device, shape, (1, 1)) {
             return e.into();
         }
         let index = guest.scratch.grants.first().map(|g| g.index()).unwrap_or(0);

@@ -1,17 +1,19 @@
-//! The command loop: every scenario step the VMM asks for, done by the guest driver.
+//! The guest (its driver, devices and mailbox) and the version-1 commands: bring-up,
+//! QUERY, FREE and RETARGET of a run, the resets, the pending-bit check. ALLOC in all its
+//! shapes is in `alloc`, the list commands in `lists`, the event queue in `events`, the
+//! fire step in `fire`.
 
 use crate::cpu;
 use crate::devices::{Device, Slot};
 use crate::hal::{DmaHal, HAL};
 use crate::mailbox::Mailbox;
 use crate::state::{Held, MAX_GUEST_DEVICES, records};
+use crate::topology::apic_of_target;
 use pvirq_guest::proto::{
-    Alloc, CompatMsi, Grant, IndexRange, IndexSpec, Kind, MsiMessage, Refusal, Target, Targeting,
+    CompatMsi, DeviceInfoExt, Grant, GrantInfo, IndexRange, Kind, Le32, MsiMessage, Refusal, Target,
 };
 use pvirq_guest::{Driver, Error, MmioTransport, Options, VolatileMmio};
-use pvirq_guest_image_abi::layout::{
-    PLAIN_IRQFD_VECTOR, PVIRQ_MMIO, PVIRQ_MMIO_SIZE, PVIRQ_VECTOR,
-};
+use pvirq_guest_image_abi::layout::{PVIRQ_MMIO, PVIRQ_MMIO_SIZE};
 use pvirq_guest_image_abi::mailbox::DriverError;
 
 /// The driver as this guest builds it.
@@ -19,13 +21,11 @@ pub type GuestDriver = Driver<&'static DmaHal, MmioTransport<VolatileMmio>>;
 
 /// The most targets (and grants) one command carries: as many as a report can list.
 pub const MAX_TARGETS: usize = pvirq_guest_image_abi::mailbox::MAX_LIST_GRANTS;
-/// How long a fire step waits for one expected interrupt.
-const ARRIVAL_MS: u64 = 1000;
-/// How long a fire step waits for interrupts it expects none of (freed or foreign
-/// messages), to see that none comes.
-const SILENCE_MS: u64 = 50;
-/// How many allocation attempts a Linux-style fallback makes.
-const MAX_ATTEMPTS: u32 = 4;
+/// How long a step waits for one expected interrupt.
+pub const ARRIVAL_MS: u64 = 1000;
+/// How long a step waits for interrupts it expects none of (freed or foreign messages), to
+/// see that none comes.
+pub const SILENCE_MS: u64 = 50;
 
 /// How a command ended.
 pub enum Outcome {
@@ -67,30 +67,37 @@ impl From<Error> for Outcome {
 
 /// Scratch buffers too large for the stack's comfort.
 pub struct Scratch {
-    /// Targets of the current request.
+    /// Targets of the current request (in index order for a list).
     pub targets: [Target; MAX_TARGETS],
     /// Grants of the current request.
-    pub grants: [Grant; MAX_TARGETS],
+    pub grants: [GrantInfo; MAX_TARGETS],
+    /// A list command's (index, target) pairs as the VMM gave them.
+    pub pairs: [(u32, Target); MAX_TARGETS],
+    /// A list command's indices, sorted.
+    pub indices: [u32; MAX_TARGETS],
+    /// The same as they travel in a FREE or RETARGET list.
+    pub list: [Le32; MAX_TARGETS],
 }
 
 /// The scratch buffers; [`crate::dispatch::run`] takes the only reference.
 pub static mut SCRATCH: Scratch = Scratch {
     targets: [Target::new(0, 0); MAX_TARGETS],
-    grants: [Grant::new(
+    grants: [GrantInfo::from_grant(Grant::new(
         0,
         MsiMessage {
             address: 0,
             data: 0,
         },
-    ); MAX_TARGETS],
+    )); MAX_TARGETS],
+    pairs: [(0, Target::new(0, 0)); MAX_TARGETS],
+    indices: [0; MAX_TARGETS],
+    list: [Le32::new(0); MAX_TARGETS],
 };
 
 /// The guest: its driver (once the channel is up), its devices and the mailbox.
 pub struct Guest {
     /// The pvirq driver.
     pub driver: Option<GuestDriver>,
-    /// The VM's vCPU count (from the device configuration).
-    pub vcpus: u32,
     /// The pass-through devices (as many as the channel has).
     pub devices: [Option<Device>; MAX_GUEST_DEVICES],
     /// Features the last `Init` asked for.
@@ -153,7 +160,6 @@ impl Guest {
         };
         let driver = GuestDriver::new(&HAL, transport, options)?;
         let config = driver.config();
-        self.vcpus = config.num_vcpus;
         for (index, slot) in self.devices.iter_mut().enumerate() {
             *slot = if (index as u32) < config.num_devices {
                 Device::open(index)
@@ -200,14 +206,40 @@ impl Guest {
             Ok(q) => {
                 self.mb.result(0, q.info.granted);
                 self.mb.result(1, q.info.available);
+                if let Some(ext) = q.info.ext {
+                    self.report_ext(&ext);
+                }
                 Outcome::Ok
             }
             Err(e) => e.into(),
         }
     }
 
+    /// What QUERY's `INFO` extension said, in result words 2..15.
+    fn report_ext(&self, ext: &DeviceInfoExt) {
+        let id = ext.identity;
+        let words = [
+            1,
+            u32::from(id.segment),
+            u32::from(id.bus),
+            u32::from(id.devfn),
+            u32::from(id.requester_id),
+            u32::from(ext.format.to_wire()),
+            u32::from(ext.can_post),
+            u32::from(id.pasid.is_some()),
+            id.pasid.unwrap_or(0),
+            ext.share,
+            u32::from(ext.msix_free_run),
+            ext.ims_free_run,
+            ext.parked_drops,
+        ];
+        for (i, w) in words.into_iter().enumerate() {
+            self.mb.result(2 + i, w);
+        }
+    }
+
     /// Reads `n` targets from the input list into the scratch buffer.
-    fn read_targets(&mut self, n: usize) -> Result<usize, Outcome> {
+    pub fn read_targets(&mut self, n: usize) -> Result<usize, Outcome> {
         if n > MAX_TARGETS {
             return Err(Outcome::Bad);
         }
@@ -216,130 +248,6 @@ impl Guest {
             *t = Target::new(self.mb.input(2 * i), vector);
         }
         Ok(n)
-    }
-
-    /// Sends one ALLOC; on success programs and unmasks every grant, records it and
-    /// returns how many.
-    pub fn alloc_and_program(
-        &mut self,
-        device: u32,
-        alloc_kind: Kind,
-        index: IndexSpec,
-        (min, max): (u16, u16),
-        pasid: Option<u32>,
-    ) -> Result<usize, Error> {
-        let targets = self
-            .scratch
-            .targets
-            .get(..usize::from(max))
-            .unwrap_or_default();
-        let alloc = Alloc {
-            kind: alloc_kind,
-            index,
-            min,
-            max,
-            pasid,
-            targeting: Targeting::PerVector,
-            targets,
-        };
-        let Some(driver) = self.driver.as_mut() else {
-            return Err(Error::NoDevice);
-        };
-        let allocation = driver.alloc(device, alloc, &mut self.scratch.grants)?;
-        let count = allocation.grants.len();
-        let dev = self.devices.get(device as usize).copied().flatten();
-        let recs = records(device as usize);
-        if let (Some(dev), Some(recs)) = (dev, recs) {
-            for (grant, target) in allocation.grants.iter().zip(targets) {
-                let Some(slot) = Slot::of(alloc_kind, grant.index()) else {
-                    continue;
-                };
-                dev.program(slot, grant.message(), pasid);
-                if let Some(r) = recs.get_mut(slot) {
-                    r.held = Held::Live;
-                    r.message = grant.message();
-                    r.vcpu = target.vcpu();
-                    r.vector = target.vector();
-                }
-            }
-        }
-        Ok(count)
-    }
-
-    /// The `alloc` command.
-    pub fn alloc(&mut self) -> Outcome {
-        let device = self.mb.arg(0);
-        let Some(alloc_kind) = kind(self.mb.arg(1)) else {
-            return Outcome::Bad;
-        };
-        let index = if self.mb.arg(2) == 1 {
-            IndexSpec::At(self.mb.arg(3))
-        } else {
-            IndexSpec::Any
-        };
-        let (Ok(min), Ok(max)) = (u16::try_from(self.mb.arg(4)), u16::try_from(self.mb.arg(5)))
-        else {
-            return Outcome::Bad;
-        };
-        let pasid = (self.mb.arg(6) == 1).then(|| self.mb.arg(7));
-        let linux_fallback = self.mb.arg(8) == 1;
-        if let Err(e) = self.read_targets(self.mb.arg(9) as usize) {
-            return e;
-        }
-        if usize::from(max) > MAX_TARGETS {
-            return Outcome::Bad;
-        }
-        let (mut min, mut max) = (min, max);
-        let mut attempts = 1;
-        let mut first_refusal: Option<Refusal> = None;
-        loop {
-            match self.alloc_and_program(device, alloc_kind, index, (min, max), pasid) {
-                Ok(count) => {
-                    self.mb.result(0, count as u32);
-                    self.mb.result(1, attempts);
-                    if let Some(r) = first_refusal {
-                        let (s, d, i) = r.to_wire();
-                        self.mb.result(2, u32::from(s));
-                        self.mb.result(3, u32::from(d));
-                        self.mb.result(4, i);
-                    }
-                    for (i, g) in self.scratch.grants.iter().take(count).enumerate() {
-                        self.mb.output(4 * i, g.index());
-                        self.mb.output(4 * i + 1, g.message().address as u32);
-                        self.mb
-                            .output(4 * i + 2, (g.message().address >> 32) as u32);
-                        self.mb.output(4 * i + 3, g.message().data);
-                    }
-                    return Outcome::Ok;
-                }
-                Err(e) => {
-                    // Linux's pci_alloc_irq_vectors fallback: ask again for what the host
-                    // said it can give, within the caller's range.
-                    let retry = match e.refusal() {
-                        Some(Refusal::NoSpace { available, .. })
-                            if linux_fallback
-                                && available >= 1
-                                && available < u32::from(max)
-                                && attempts < MAX_ATTEMPTS =>
-                        {
-                            u16::try_from(available).ok()
-                        }
-                        _ => None,
-                    };
-                    match (retry, e.refusal()) {
-                        (Some(n), Some(r)) => {
-                            first_refusal.get_or_insert(r);
-                            attempts += 1;
-                            (min, max) = (n, n);
-                        }
-                        _ => {
-                            self.mb.result(1, attempts);
-                            return e.into();
-                        }
-                    }
-                }
-            }
-        }
     }
 
     fn range(&self) -> Option<IndexRange> {
@@ -406,6 +314,7 @@ impl Guest {
         let Some(driver) = self.driver.as_mut() else {
             return Outcome::NotReady;
         };
+        let apic_ids = driver.targets_name_apic_ids();
         let targets = self.scratch.targets.get(..n).unwrap_or_default();
         match driver.retarget(device, range, targets) {
             Ok(done) => {
@@ -413,7 +322,9 @@ impl Guest {
                     for (i, t) in range.indices().zip(targets) {
                         if let Some(r) = Slot::of(kind, i).and_then(|s| recs.get_mut(s)) {
                             r.vcpu = t.vcpu();
+                            r.apic = apic_of_target(t.vcpu(), apic_ids);
                             r.vector = t.vector();
+                            r.parked = false;
                         }
                     }
                 }
@@ -478,88 +389,6 @@ impl Guest {
         Outcome::Ok
     }
 
-    /// Every counter of this VM's vCPUs, copied: the "before" of a fire step.
-    fn snapshot(&self, out: &mut [u32; 256 * 8]) -> usize {
-        let vcpus = (self.vcpus as usize).min(8);
-        for vcpu in 0..vcpus {
-            for vector in 0..=255u8 {
-                if let Some(c) = out.get_mut(vcpu * 256 + usize::from(vector)) {
-                    *c = cpu::count(vcpu as u8, vector);
-                }
-            }
-        }
-        vcpus
-    }
-
-    /// The `fire` command.
-    pub fn fire(&mut self) -> Outcome {
-        let device = self.mb.arg(0);
-        let include_freed = self.mb.arg(1) == 1;
-        let (Ok(dev), Some(recs)) = (self.device(device), records(device as usize)) else {
-            return Outcome::Bad;
-        };
-        let mut before = [0u32; 256 * 8];
-        let vcpus = self.snapshot(&mut before);
-        let mut expected = [0u32; 256 * 8];
-        let (mut rung, mut missing) = (0u32, 0u32);
-        // Live slots one at a time: ring, then wait for that interrupt, so that two
-        // interrupts to one (vCPU, vector) never merge in the APIC's request register.
-        for (slot, r) in recs.iter().filter(|(_, r)| r.held == Held::Live) {
-            let key = r.vcpu as usize * 256 + usize::from(r.vector);
-            let Some(e) = expected.get_mut(key) else {
-                continue;
-            };
-            *e += 1;
-            let want = before.get(key).copied().unwrap_or(0).wrapping_add(*e);
-            dev.ring(slot);
-            rung += 1;
-            let (vcpu, vector) = (r.vcpu as u8, r.vector);
-            if !cpu::spin_until(ARRIVAL_MS, || cpu::count(vcpu, vector) >= want) {
-                missing += 1;
-            }
-        }
-        if include_freed {
-            // A careless guest: the freed slot's old message written back, unmasked, rung.
-            for (slot, r) in recs.iter().filter(|(_, r)| r.held == Held::Freed) {
-                dev.program(slot, r.message, None);
-                dev.ring(slot);
-                dev.set_masked(slot, true);
-                rung += 1;
-            }
-        }
-        // Whatever else is coming (a duplicate, a misroute, a freed message delivered).
-        cpu::spin_until(SILENCE_MS, || false);
-        let (mut arrived, mut unexpected, mut listed) = (0u32, 0u32, 0usize);
-        for vcpu in 0..vcpus {
-            for vector in 0..=255u8 {
-                if vector == PVIRQ_VECTOR || vector == PLAIN_IRQFD_VECTOR {
-                    continue;
-                }
-                let key = vcpu * 256 + usize::from(vector);
-                let was = before.get(key).copied().unwrap_or(0);
-                let delta = cpu::count(vcpu as u8, vector).wrapping_sub(was);
-                if delta == 0 {
-                    continue;
-                }
-                let want = expected.get(key).copied().unwrap_or(0);
-                arrived += delta.min(want);
-                unexpected += delta.saturating_sub(want);
-                let fits = self.mb.output(3 * listed, vcpu as u32)
-                    && self.mb.output(3 * listed + 1, u32::from(vector))
-                    && self.mb.output(3 * listed + 2, delta);
-                if fits {
-                    listed += 1;
-                }
-            }
-        }
-        self.mb.result(0, rung);
-        self.mb.result(1, arrived);
-        self.mb.result(2, unexpected);
-        self.mb.result(3, missing);
-        self.mb.result(4, listed as u32);
-        Outcome::Ok
-    }
-
     /// The `fire_ungranted` command.
     pub fn fire_ungranted(&mut self) -> Outcome {
         let Ok(dev) = self.device(self.mb.arg(0)) else {
@@ -600,10 +429,10 @@ impl Guest {
         let Some(slot) = Slot::of(kind, index) else {
             return Outcome::Bad;
         };
-        let Some(r) = recs.get_mut(slot).filter(|r| r.held == Held::Live).copied() else {
+        let Some(r) = recs.get_mut(slot).filter(|r| r.active()).copied() else {
             return Outcome::Bad;
         };
-        let (vcpu, vector) = (r.vcpu as u8, r.vector);
+        let (vcpu, vector) = (r.apic, r.vector);
         let start = cpu::count(vcpu, vector);
         dev.set_masked(slot, true);
         for _ in 0..rings {

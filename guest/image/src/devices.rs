@@ -106,6 +106,46 @@ impl Device {
         true
     }
 
+    /// Writes `message` into `slot` and leaves it masked: a parked grant, programmed at
+    /// once (its message is final) and unmasked when it is activated. `pasid` as in
+    /// [`Device::program`].
+    pub fn program_masked(&self, slot: Slot, message: MsiMessage, pasid: Option<u32>) -> bool {
+        let Some(at) = self.entry(slot) else {
+            return false;
+        };
+        let ctrl = match (slot, pasid) {
+            (Slot::Ims(_), Some(p)) => IMS_PASID_ENABLE | (p << IMS_PASID_SHIFT),
+            _ => 0,
+        };
+        write32(at + 12, ctrl | CTRL_MASK);
+        write32(at, message.address as u32);
+        write32(at + 4, (message.address >> 32) as u32);
+        write32(at + 8, message.data);
+        true
+    }
+
+    /// Writes `message`'s address and data into `slot`, leaving its control word (mask,
+    /// PASID) as it is: the reprogramming of a masked slot.
+    pub fn write_message(&self, slot: Slot, message: MsiMessage) -> bool {
+        let Some(at) = self.entry(slot) else {
+            return false;
+        };
+        write32(at, message.address as u32);
+        write32(at + 4, (message.address >> 32) as u32);
+        write32(at + 8, message.data);
+        true
+    }
+
+    /// Masks `slot`; whether it was masked already (`None` for a slot the device lacks).
+    pub fn mask(&self, slot: Slot) -> Option<bool> {
+        let at = self.entry(slot)?;
+        let ctrl = read32(at + 12);
+        if ctrl & CTRL_MASK == 0 {
+            write32(at + 12, ctrl | CTRL_MASK);
+        }
+        Some(ctrl & CTRL_MASK != 0)
+    }
+
     /// Sets or clears `slot`'s mask bit, keeping the rest of its control word.
     pub fn set_masked(&self, slot: Slot, masked: bool) -> bool {
         let Some(at) = self.entry(slot) else {

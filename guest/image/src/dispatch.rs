@@ -15,7 +15,6 @@ pub fn run() -> ! {
     let scratch = unsafe { &mut *core::ptr::addr_of_mut!(SCRATCH) };
     let mut guest = Guest {
         driver: None,
-        vcpus: 1,
         devices: [None; MAX_GUEST_DEVICES],
         features: pvirq_guest::proto::feature::V1,
         mb: Mailbox,
@@ -74,6 +73,9 @@ fn execute(guest: &mut Guest, op: Op) -> Outcome {
         Op::BenchAllocRoundTrip => bench::alloc_round_trip(guest),
         Op::BenchBareExit => bench::bare_exit(guest),
         Op::BenchFire => bench::fire(guest),
+        Op::FreeList => guest.free_list(),
+        Op::RetargetList => guest.retarget_list(),
+        Op::Events => guest.events(),
         Op::Shutdown => Outcome::Ok,
     }
 }

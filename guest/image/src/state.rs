@@ -17,21 +17,54 @@ pub enum Held {
     None,
     /// Granted and programmed.
     Live,
-    /// Freed; the message it had is kept (a careless guest could still fire it).
+    /// Freed, or revoked by the host; the message it had is kept (a careless guest could
+    /// still fire it).
     Freed,
 }
 
 /// One slot's record.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {
     /// The slot's state.
     pub held: Held,
     /// The message programmed.
     pub message: MsiMessage,
-    /// The vCPU the interrupt should reach.
+    /// The target as the request named it (vCPU index, or APIC ID with `APIC_ID`).
     pub vcpu: u32,
+    /// The APIC ID the interrupt should arrive on, while [`Record::active`]
+    /// ([`crate::topology::NO_APIC`] for a target the guest cannot place).
+    pub apic: u8,
     /// Its vector.
     pub vector: u8,
+    /// Granted without a target, or parked again: programmed, kept masked, not fired.
+    pub parked: bool,
+}
+
+impl Record {
+    /// A slot never granted. All zeros, so that the records live in the image's
+    /// zero-initialised data rather than its loaded part.
+    pub const EMPTY: Record = Record {
+        held: Held::None,
+        message: MsiMessage {
+            address: 0,
+            data: 0,
+        },
+        vcpu: 0,
+        apic: 0,
+        vector: 0,
+        parked: false,
+    };
+
+    /// Whether the guest expects interrupts from the slot: held, with a target.
+    pub fn active(&self) -> bool {
+        self.held == Held::Live && !self.parked
+    }
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Record::EMPTY
+    }
 }
 
 /// The records of one device.
@@ -42,24 +75,8 @@ pub struct DeviceRecords {
 
 impl DeviceRecords {
     const EMPTY: DeviceRecords = DeviceRecords {
-        msix: [Record {
-            held: Held::None,
-            message: MsiMessage {
-                address: 0,
-                data: 0,
-            },
-            vcpu: 0,
-            vector: 0,
-        }; MSIX_MAX as usize],
-        ims: [Record {
-            held: Held::None,
-            message: MsiMessage {
-                address: 0,
-                data: 0,
-            },
-            vcpu: 0,
-            vector: 0,
-        }; MAX_IMS as usize],
+        msix: [Record::EMPTY; MSIX_MAX as usize],
+        ims: [Record::EMPTY; MAX_IMS as usize],
     };
 
     /// The record of `slot`, if the guest keeps one for it.
@@ -76,6 +93,13 @@ impl DeviceRecords {
         let ims = self.ims.iter().enumerate();
         msix.map(|(i, r)| (Slot::MsiX(i as u32), r))
             .chain(ims.map(|(i, r)| (Slot::Ims(i as u32), r)))
+    }
+
+    /// Forgets every slot (the device was removed: its grants are gone with it).
+    pub fn clear(&mut self) {
+        for r in self.msix.iter_mut().chain(self.ims.iter_mut()) {
+            *r = Record::EMPTY;
+        }
     }
 
     /// Marks every live slot freed (a device RESET or virtio reset).

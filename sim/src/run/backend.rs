@@ -9,9 +9,9 @@ use super::RunError;
 use super::channel_side::ChannelSide;
 use super::side::Side;
 use crate::SimError;
-use crate::scenario::{Action, IndexSel, Scenario, VmDecl};
+use crate::scenario::{Scenario, VmDecl};
+use pvirq_guest_image_abi::layout::{MAX_APIC_ID, MAX_DEVICES};
 use pvirq_host::model::ModelHost;
-use pvirq_proto::{IndexSpec, Targeting, feature};
 
 /// Where guests run.
 pub trait Backend {
@@ -27,49 +27,26 @@ pub trait Backend {
     }
 }
 
-/// What the guest image (`--kvm`) cannot do yet of issue 13: a VM negotiating extension
-/// bits or with sparse APIC IDs, and the steps only those bits allow or the small VMM does
-/// not wire yet. The error names the VM, or the step and its kind.
+/// What the guest image (`--kvm`) cannot run, said before anything starts: its local APIC
+/// runs in xAPIC mode, so APIC IDs above [`MAX_APIC_ID`] would need x2APIC; and its VMM has
+/// a BAR window for at most [`MAX_DEVICES`] assigned devices per VM, hot-added ones
+/// included. The error names the VM.
 pub fn guest_image_lacks(scenario: &Scenario) -> Option<RunError> {
-    for vm in &scenario.vms {
-        let lacks = if !feature::is_v1(vm.features) {
-            "the guest image cannot negotiate extension feature bits yet"
-        } else if vm.apic_ids.is_some() {
-            "the small VMM cannot give vCPUs sparse APIC IDs yet"
+    scenario.vms.iter().find_map(|vm| {
+        let lacks = if vm
+            .apic_ids
+            .as_ref()
+            .is_some_and(|ids| ids.iter().any(|id| *id > MAX_APIC_ID))
+        {
+            "the guest image runs its APIC in xAPIC mode: APIC IDs above 0xFE need x2APIC"
+        } else if vm.devices.len() > MAX_DEVICES {
+            "the small VMM has BAR windows for 16 assigned devices per VM"
         } else {
-            continue;
+            return None;
         };
-        return Some(RunError::Setup {
+        Some(RunError::Setup {
             vm: vm.name.clone(),
             source: SimError::GuestReport(lacks),
-        });
-    }
-    scenario.steps.iter().enumerate().find_map(|(i, step)| {
-        let what = match &step.action {
-            Action::Alloc(a) if a.index == IndexSpec::AnyContiguous => "an any-contiguous ALLOC",
-            Action::Alloc(a) if a.targeting != Targeting::PerVector => "a spread or parked ALLOC",
-            Action::Free {
-                indices: IndexSel::List(_),
-                ..
-            } => "a FREE by index list",
-            Action::Retarget {
-                indices: IndexSel::List(_),
-                ..
-            } => "a RETARGET by index list",
-            Action::Park { .. } => "park steps",
-            Action::Events => "events steps",
-            Action::SetQuota { .. } => "set_quota steps",
-            Action::SetShare { .. } => "set_share steps",
-            Action::AddDevice { .. } => "add_device steps",
-            Action::RemoveDevice { .. } => "remove_device steps",
-            Action::ResourcesChanged => "resources_changed steps",
-            Action::Migrate { .. } => "migrate steps",
-            _ => return None,
-        };
-        Some(RunError::Unsupported {
-            step: i + 1,
-            line: step.line,
-            what,
         })
     })
 }

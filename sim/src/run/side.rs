@@ -75,7 +75,9 @@ impl Side {
             (Side::Channel(c), run, to) => {
                 c.retarget(device, kind, &sel.indices(), run.is_some(), to)
             }
-            (Side::Guest(g), Some(range), Some(targets)) => g.retarget(device, range, targets),
+            // One path for every guest RETARGET: it unmasks what it activates (a parked
+            // grant's slot stays masked until then), and without INDEX_LIST it sends runs,
+            // version 1's bytes.
             (Side::Guest(g), _, to) => g.retarget_list(device, kind, &sel.indices(), to),
         }
     }

@@ -8,7 +8,7 @@
 //! reads its own slot storage: on every doorbell, and by the VM's device poller while any
 //! bit is pending ([`PassthroughBar::poll_pending`]).
 
-use crate::passthrough::{DeviceTables, PassthroughError, Slot, TableRegion};
+use crate::passthrough::{DeviceTables, PassthroughError, Slot, SlotState, TableRegion};
 use pvirq_guest_image_abi::device::{
     DOORBELL, DOORBELL_IMS, ENTRY_SIZE, IMS_BASE_HI, IMS_BASE_LO, IMS_SLOTS, MSIX_DISABLE,
     MSIX_ENTRIES, MSIX_MAX, MSIX_PBA, MSIX_PBA_SIZE, MSIX_TABLE, MSIX_TABLE_SIZE, PLAIN,
@@ -58,9 +58,10 @@ pub struct BarConfig {
 
 /// Where a device's interrupts go: the wiring to the host (in `wiring`).
 pub trait InterruptSink: Send + Sync {
-    /// A pvirq-flow message from `requester_id`: through the host's remapping check to the
-    /// grant's route. False when the host refused it (and recorded a fault).
-    fn fire(&self, requester_id: u16, message: MsiMessage) -> bool;
+    /// A pvirq-flow message from `requester_id` (tagged with `pasid`, an IMS slot's when it
+    /// enables one): through the host's remapping check to the grant's route. False when
+    /// the host refused it (and recorded a fault).
+    fn fire(&self, requester_id: u16, pasid: Option<u32>, message: MsiMessage) -> bool;
     /// The trapped flow: a route for `message` (replacing `old`), committed now.
     fn route(&self, old: Option<u32>, message: MsiMessage) -> Option<u32>;
     /// The trapped flow: raises route `id`.
@@ -241,9 +242,11 @@ impl PassthroughBar {
     }
 
     /// Sends what `slot` holds (it is unmasked).
-    fn send(&self, state: &State, slot: Slot, message: MsiMessage) {
+    fn send(&self, state: &State, slot: Slot, read: SlotState) {
         let delivered = match (self.config.flow, slot) {
-            (Flow::Pvirq, _) => self.sink.fire(self.config.requester_id, message),
+            (Flow::Pvirq, _) => self
+                .sink
+                .fire(self.config.requester_id, read.pasid, read.message),
             (Flow::Trapped, Slot::MsiX(i)) => state
                 .routes
                 .get(i as usize)
@@ -275,7 +278,7 @@ impl PassthroughBar {
             }
             return;
         }
-        self.send(&state, slot, read.message);
+        self.send(&state, slot, read);
     }
 
     fn flush_pending(&self, state: &mut State) {
@@ -303,7 +306,7 @@ impl PassthroughBar {
                     *bit = false;
                 }
                 self.count(&self.counters.sent_pending);
-                self.send(state, slot, read.message);
+                self.send(state, slot, read);
             }
         }
     }
@@ -390,7 +393,7 @@ impl PassthroughBar {
         {
             *bit = false;
             self.count(&self.counters.sent_pending);
-            self.send(state, slot, after.message);
+            self.send(state, slot, after);
         }
     }
 

@@ -23,7 +23,7 @@ struct Recorder {
 }
 
 impl InterruptSink for Recorder {
-    fn fire(&self, _requester_id: u16, message: MsiMessage) -> bool {
+    fn fire(&self, _requester_id: u16, _pasid: Option<u32>, message: MsiMessage) -> bool {
         self.fired.lock().unwrap().push(message);
         true
     }

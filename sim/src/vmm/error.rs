@@ -51,6 +51,16 @@ pub enum VmmError {
         /// The most.
         max: usize,
     },
+    /// The vCPUs' APIC IDs are not one per vCPU, distinct, each at most `max`.
+    #[error("APIC IDs {ids:?} for {vcpus} vCPUs: one each, distinct, at most {max}")]
+    ApicIds {
+        /// Asked for.
+        ids: Vec<u32>,
+        /// vCPUs.
+        vcpus: usize,
+        /// The largest the guest supports.
+        max: u32,
+    },
     /// The memory size is not 4 KiB-aligned or out of range.
     #[error("guest memory of {size:#x} bytes: must be 4 KiB-aligned, {min:#x}..={max:#x}")]
     MemorySize {
@@ -125,6 +135,20 @@ pub enum VmmError {
     /// A KVM route could not be set up.
     #[error("KVM route: {0}")]
     Route(#[from] pvirq_host::kvm::KvmRouteError),
+    /// The VM is not one of the host's (a device cannot be attached to it there).
+    #[error("the VM does not run on this host")]
+    NotOnHost,
+    /// A device added while the VM runs got a handle whose BAR window the layout lacks (or
+    /// whose MSI-X table is trapped); it was removed again.
+    #[error("no free BAR window for device handle {handle}")]
+    NoBarWindow {
+        /// The handle it got.
+        handle: u32,
+    },
+    /// The destination of a migration refused the device's state (nothing is held there;
+    /// the source carries on).
+    #[error("restore: {0}")]
+    Restore(#[from] pvirq_host::device::PersistError),
     /// The pass-through device model refused its configuration.
     #[error("pass-through device: {0}")]
     Passthrough(#[from] crate::passthrough::PassthroughError),

@@ -1,10 +1,14 @@
 //! `GuestVm`: one scenario VM as a real KVM VM whose guest code does everything — the pvirq
-//! driver on vCPU 0 at CPL 3, pass-through devices on the bus, pvirq's routes with irqfds.
+//! driver on vCPU 0 at CPL 3, pass-through devices on the bus, pvirq's routes with irqfds —
+//! and what its VMM does while it runs: quota and share changes, devices added and removed,
+//! a migration of its pvirq side to another host.
 
-use super::bar::{BarConfig, BarSnapshot, PassthroughBar, TableMode, table_region};
+use super::bar::{BarConfig, BarSnapshot, Flow, PassthroughBar, TableMode, table_region};
+use super::bar_slots::{BarSlots, BarWindow};
 use super::error::VmmError;
 use super::exits::ExitSnapshot;
 use super::mailbox::{Command, Report};
+use super::migration;
 use super::null::NullDevice;
 use super::poller::Poller;
 use super::wiring::{self, HostSink, PvirqFront, SharedTable};
@@ -14,9 +18,10 @@ use pvirq_guest_image_abi::layout::{
     DEVICE_BAR_SIZE, MAX_DEVICES, Mode, NULL_MMIO, NULL_MMIO_SIZE, PVIRQ_MMIO, PVIRQ_MMIO_SIZE,
     device_bar,
 };
-use pvirq_guest_image_abi::mailbox::{Op, RESULT_WORDS};
+use pvirq_guest_image_abi::mailbox::{EVENT_WORDS, GRANT_WORDS, Op, RESULT_WORDS};
 use pvirq_host::model::ModelHost;
-use pvirq_host::{Vm, VmConfig};
+use pvirq_host::snapshot::RestoredGrant;
+use pvirq_host::{ApicIds, DeviceSpec, Vm, VmConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,10 +35,12 @@ pub struct GuestVmConfig {
     pub vcpus: usize,
     /// RAM bytes.
     pub mem_size: usize,
-    /// The VM as pvirq knows it: quota, vCPUs, batch limit and its assigned devices.
+    /// The VM as pvirq knows it: quota, vCPUs (and their APIC IDs, which the KVM VM's
+    /// vCPUs get), batch limit and its assigned devices.
     pub vm: VmConfig,
     /// One BAR per device: BAR `i` is pvirq device handle `i` for `i < vm.devices.len()`;
-    /// the rest are devices pvirq does not know (the trapped flow's).
+    /// the rest are devices pvirq does not know (the trapped flow's). The layout's other
+    /// windows wait for devices added while the VM runs.
     pub bars: Vec<BarConfig>,
 }
 
@@ -42,7 +49,8 @@ pub struct GuestVm {
     machine: Machine,
     vm: Vm,
     front: Arc<PvirqFront>,
-    bars: Vec<Arc<PassthroughBar>>,
+    bars: Arc<BarSlots>,
+    sink: Arc<HostSink>,
     routes: SharedTable,
     last: Option<Report>,
     _poller: Poller,
@@ -52,7 +60,7 @@ impl std::fmt::Debug for GuestVm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuestVm")
             .field("vm", &self.vm)
-            .field("bars", &self.bars.len())
+            .field("bars", &self.bars.plugged().count())
             .finish_non_exhaustive()
     }
 }
@@ -60,8 +68,9 @@ impl std::fmt::Debug for GuestVm {
 /// How many output-list words a report of `op` carries.
 fn list_words(op: Op) -> impl Fn(&[u32; RESULT_WORDS]) -> usize {
     move |r| match op {
-        Op::Alloc => 4 * r[0] as usize,
+        Op::Alloc => GRANT_WORDS * r[0] as usize,
         Op::Fire => 3 * r[4] as usize,
+        Op::Events => EVENT_WORDS * r[0] as usize,
         _ => 0,
     }
 }
@@ -73,15 +82,22 @@ impl GuestVm {
         if config.bars.len() > MAX_DEVICES {
             return Err(VmmError::BadReport("too many devices for the layout"));
         }
-        let extra: Vec<_> = config
-            .bars
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.table == TableMode::Memory && b.msix_entries > 0)
-            .map(|(i, _)| table_region(device_bar(i)))
+        // A table in memory is RAM to KVM: the devices' now, and every free window's for a
+        // device added later.
+        let extra: Vec<_> = (0..MAX_DEVICES)
+            .filter(|i| {
+                config
+                    .bars
+                    .get(*i)
+                    .is_none_or(|b| b.table == TableMode::Memory && b.msix_entries > 0)
+            })
+            .map(|i| table_region(device_bar(i)))
             .collect();
         const { assert!(MSIX_TABLE_SIZE < DEVICE_BAR_SIZE) };
         let mut builder = MachineBuilder::new(config.vcpus, config.mem_size, Mode::Driver, &extra)?;
+        if let ApicIds::Table(ids) = &config.vm.apic_ids {
+            builder.set_apic_ids(ids)?;
+        }
         let lines = wiring::vm_routes(builder.vm_fd(), config.vm.quota)?;
         let (vm, front) = wiring::pvirq_device(
             host,
@@ -98,17 +114,16 @@ impl GuestVm {
             builder.vm_fd(),
             lines.plain_line,
         ));
-        let mut bars = Vec::with_capacity(config.bars.len());
-        for (i, bar) in config.bars.iter().enumerate() {
-            let device = Arc::new(PassthroughBar::new(
-                *bar,
-                device_bar(i),
-                builder.mem().clone(),
-                sink.clone(),
-            )?);
+        let bars = Arc::new(BarSlots::new(MAX_DEVICES));
+        for i in 0..MAX_DEVICES {
             // A memory table is RAM to KVM: only the registers and the PBA exit.
-            builder.add_mmio(device_bar(i), DEVICE_BAR_SIZE, device.clone())?;
-            bars.push(device);
+            let window = Arc::new(BarWindow::new(bars.clone(), i));
+            builder.add_mmio(device_bar(i), DEVICE_BAR_SIZE, window)?;
+        }
+        for (i, bar) in config.bars.iter().enumerate() {
+            let device =
+                PassthroughBar::new(*bar, device_bar(i), builder.mem().clone(), sink.clone())?;
+            bars.plug(i, Arc::new(device));
         }
         let poller = Poller::start(bars.clone()).map_err(VmmError::Spawn)?;
         let machine = builder.start()?;
@@ -117,6 +132,7 @@ impl GuestVm {
             vm,
             front,
             bars,
+            sink,
             routes: lines.table,
             last: None,
             _poller: poller,
@@ -142,6 +158,82 @@ impl GuestVm {
         &self.vm
     }
 
+    /// The host the VM's pvirq side runs on (another one after [`GuestVm::migrate`]).
+    pub fn host(&self) -> ModelHost {
+        self.sink.host()
+    }
+
+    /// Sets the VM's quota (the guest is told: configuration interrupt, LIMITS event).
+    pub fn set_quota(&self, quota: u32) {
+        self.front.set_quota(quota);
+    }
+
+    /// Sets device `handle`'s share, `None` for none.
+    pub fn set_device_share(&self, handle: u32, share: Option<u32>) -> Result<(), VmmError> {
+        Ok(self.front.set_device_share(handle, share)?)
+    }
+
+    /// Other VMs released shared host resources (an AVAILABLE event may follow).
+    pub fn resources_changed(&self) {
+        self.front.resources_changed();
+    }
+
+    /// Hot-adds the assigned device `spec` describes: attached on the host the VM runs on,
+    /// given to the VM's pvirq device (configuration interrupt, DEVICE_ADDED event), and
+    /// plugged into the BAR window of its handle with its MSI-X table in memory. Its handle.
+    pub fn add_device(&mut self, spec: DeviceSpec) -> Result<u32, VmmError> {
+        let handle = self.front.add_device(&self.sink.host(), &self.vm, spec)?;
+        let config = BarConfig {
+            requester_id: spec.requester_id,
+            msix_entries: u32::from(spec.msix_table_size),
+            ims_slots: spec.ims_slots,
+            table: TableMode::Memory,
+            flow: Flow::Pvirq,
+        };
+        let window = handle as usize;
+        let plugged = (window < MAX_DEVICES)
+            .then(|| {
+                PassthroughBar::new(
+                    config,
+                    device_bar(window),
+                    self.machine.mem().clone(),
+                    self.sink.clone(),
+                )
+                .ok()
+            })
+            .flatten()
+            .is_some_and(|bar| self.bars.plug(window, Arc::new(bar)));
+        if !plugged {
+            // No window for it in the layout: the device goes again before the guest sees it.
+            self.front.remove_device(handle)?;
+            return Err(VmmError::NoBarWindow { handle });
+        }
+        Ok(handle)
+    }
+
+    /// Hot-removes assigned device `handle`: its grants are released (DEVICE_REMOVED event)
+    /// and its BAR window is empty from now on.
+    pub fn remove_device(&mut self, handle: u32) -> Result<(), VmmError> {
+        self.front.remove_device(handle)?;
+        self.bars.unplug(handle as usize);
+        Ok(())
+    }
+
+    /// Moves the VM's pvirq device and grants to `dest`; the KVM VM, its memory and vCPUs
+    /// stay. Returns each grant's fate.
+    pub fn migrate(&mut self, dest: &ModelHost) -> Result<Vec<RestoredGrant>, VmmError> {
+        let (vm, report) = migration::migrate(
+            &self.front,
+            &self.sink,
+            &self.routes,
+            self.machine.vm_fd(),
+            self.machine.mem(),
+            dest,
+        )?;
+        self.vm = vm;
+        Ok(report)
+    }
+
     /// Exits so far.
     pub fn exits(&self) -> ExitSnapshot {
         self.machine.exits()
@@ -154,17 +246,7 @@ impl GuestVm {
 
     /// Every BAR's counters added up.
     pub fn bars_total(&self) -> BarSnapshot {
-        self.bars.iter().fold(BarSnapshot::default(), |t, b| {
-            let c = b.counters();
-            BarSnapshot {
-                rung: t.rung + c.rung,
-                delivered: t.delivered + c.delivered,
-                blocked: t.blocked + c.blocked,
-                held_pending: t.held_pending + c.held_pending,
-                sent_pending: t.sent_pending + c.sent_pending,
-                commits: t.commits + c.commits,
-            }
-        })
+        self.bars.total()
     }
 
     /// Interrupts the pvirq device raised (used buffers).
@@ -182,7 +264,7 @@ impl GuestVm {
         wiring::commit_time(&self.routes)
     }
 
-    /// Interrupts the guest's handler counted on (`vcpu`, `vector`).
+    /// Interrupts the guest's handler counted on vCPU index `vcpu`, `vector`.
     pub fn count(&self, vcpu: usize, vector: u8) -> u64 {
         self.machine.count(vcpu, vector)
     }

@@ -9,8 +9,8 @@ use super::{image, tsc, vcpu};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
 use pvirq_guest_image_abi::layout::{
-    self, BOOT_MODE, KERNEL_STACK_SIZE, KERNEL_STACKS, MAX_MEM_SIZE, MAX_VCPUS, MIN_MEM_SIZE, Mode,
-    TSC_KHZ,
+    self, BOOT_MODE, KERNEL_STACK_SIZE, KERNEL_STACKS, MAX_APIC_ID, MAX_MEM_SIZE, MAX_VCPUS,
+    MIN_MEM_SIZE, Mode, TSC_KHZ, VCPU_COUNT, vcpu_apic_id,
 };
 use pvirq_guest_image_abi::mailbox::{Op, RESULT_WORDS};
 use std::mem;
@@ -41,6 +41,8 @@ pub struct MachineBuilder {
     mem: GuestMemoryMmap,
     header: layout::BootHeader,
     vcpus: usize,
+    /// vCPU `i`'s APIC ID (and KVM vcpu id).
+    apic_ids: Vec<u32>,
     mode: Mode,
     bus: IoManager,
     slots: u32,
@@ -105,24 +107,57 @@ impl MachineBuilder {
         let khz = u32::try_from(tsc::tsc_khz()).unwrap_or(u32::MAX);
         mem.write_obj(khz, GuestAddress(TSC_KHZ))
             .map_err(VmmError::MemoryAccess)?;
-        for index in 0..vcpus {
-            // The handler finds its APIC ID at the bottom of its kernel stack.
-            let base = KERNEL_STACKS + index as u64 * KERNEL_STACK_SIZE;
-            mem.write_obj(index as u64, GuestAddress(base))
-                .map_err(VmmError::MemoryAccess)?;
-        }
         let mut builder = MachineBuilder {
             kvm,
             vm: Arc::new(vm),
             mem,
             header,
             vcpus,
+            apic_ids: Vec::new(),
             mode,
             bus: IoManager::new(),
             slots: 0,
         };
+        builder.set_apic_ids(&(0..vcpus as u32).collect::<Vec<_>>())?;
         builder.register_memory()?;
         Ok(builder)
+    }
+
+    /// Gives vCPU `i` the APIC ID `ids[i]` (default: `i`), as a VMM that numbers vCPUs by
+    /// topology does (KVM's vcpu id is the APIC ID): one per vCPU, distinct, at most
+    /// [`MAX_APIC_ID`] (the guest runs its APIC in xAPIC mode). The guest finds the table
+    /// in its memory, as a kernel finds its MADT.
+    pub fn set_apic_ids(&mut self, ids: &[u32]) -> Result<(), VmmError> {
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let bad = ids.len() != self.vcpus
+            || sorted.len() != ids.len()
+            || ids.iter().any(|id| *id > MAX_APIC_ID);
+        if bad {
+            return Err(VmmError::ApicIds {
+                ids: ids.to_vec(),
+                vcpus: self.vcpus,
+                max: MAX_APIC_ID,
+            });
+        }
+        let w = |value: u64, addr: u64, wide: bool| {
+            if wide {
+                self.mem.write_obj(value, GuestAddress(addr))
+            } else {
+                self.mem.write_obj(value as u32, GuestAddress(addr))
+            }
+            .map_err(VmmError::MemoryAccess)
+        };
+        w(self.vcpus as u64, VCPU_COUNT, false)?;
+        for (index, id) in ids.iter().enumerate() {
+            // The handler finds its APIC ID at the bottom of its kernel stack.
+            let base = KERNEL_STACKS + index as u64 * KERNEL_STACK_SIZE;
+            w(u64::from(*id), base, true)?;
+            w(u64::from(*id), vcpu_apic_id(index), false)?;
+        }
+        self.apic_ids = ids.to_vec();
+        Ok(())
     }
 
     fn register_memory(&mut self) -> Result<(), VmmError> {
@@ -180,17 +215,20 @@ impl MachineBuilder {
     /// (and, in driver mode, until the guest's first report).
     pub fn start(self) -> Result<Machine, VmmError> {
         let cpuid = vcpu::supported_cpuid(&self.kvm)?;
-        let fds = (0..self.vcpus)
-            .map(|index| {
+        let fds = self
+            .apic_ids
+            .iter()
+            .enumerate()
+            .map(|(index, id)| {
                 let fd = self
                     .vm
-                    .create_vcpu(index as u64)
+                    .create_vcpu(u64::from(*id))
                     .map_err(|source| VmmError::Vcpu {
                         vcpu: index,
                         step: "KVM_CREATE_VCPU",
                         source,
                     })?;
-                vcpu::configure(&fd, index, &self.header, &cpuid)?;
+                vcpu::configure(&fd, index, *id, &self.header, &cpuid)?;
                 Ok(fd)
             })
             .collect::<Result<Vec<_>, VmmError>>()?;
@@ -200,6 +238,7 @@ impl MachineBuilder {
             mem: self.mem,
             exits: Arc::new(ExitCounters::default()),
             mailbox: Arc::new(MailboxSync::default()),
+            apic_ids: self.apic_ids,
             mode: self.mode,
             seq: 0,
             slots: self.slots,
@@ -236,6 +275,7 @@ pub struct Machine {
     mem: GuestMemoryMmap,
     exits: Arc<ExitCounters>,
     mailbox: Arc<MailboxSync>,
+    apic_ids: Vec<u32>,
     mode: Mode,
     seq: u32,
     slots: u32,
@@ -262,7 +302,7 @@ impl Machine {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             let waiting: Vec<usize> = (0..self.vcpu_count())
-                .filter(|&i| self.load(layout::ready_flag(i as u8)) == 0)
+                .filter(|&i| self.load(layout::ready_flag(self.apic_id(i))) == 0)
                 .collect();
             if waiting.is_empty() {
                 break;
@@ -293,6 +333,15 @@ impl Machine {
         self.vcpus.len()
     }
 
+    /// The APIC ID of vCPU `index` (at most [`MAX_APIC_ID`], so it fits a byte; 0 past the
+    /// last vCPU).
+    pub fn apic_id(&self, index: usize) -> u8 {
+        self.apic_ids
+            .get(index)
+            .and_then(|id| u8::try_from(*id).ok())
+            .unwrap_or(0)
+    }
+
     /// The VM.
     pub fn vm_fd(&self) -> Arc<VmFd> {
         Arc::clone(&self.vm)
@@ -308,13 +357,12 @@ impl Machine {
         self.exits.snapshot()
     }
 
-    /// Interrupts the guest counted on (`vcpu`, `vector`) (its handler's counter).
+    /// Interrupts the guest counted on vCPU index `vcpu`, `vector` (its handler's counter).
     pub fn count(&self, vcpu: usize, vector: u8) -> u64 {
-        match u8::try_from(vcpu) {
-            Ok(apic) if vcpu < self.vcpu_count() => {
-                u64::from(self.load(layout::counter(apic, vector)))
-            }
-            _ => 0,
+        if vcpu < self.vcpu_count() {
+            u64::from(self.load(layout::counter(self.apic_id(vcpu), vector)))
+        } else {
+            0
         }
     }
 
@@ -371,7 +419,7 @@ impl Machine {
             if thread.as_ref().is_some_and(|t| !t.is_finished()) {
                 let nmi = pvirq_proto::CompatMsi {
                     delivery: pvirq_proto::DeliveryMode::Nmi,
-                    ..pvirq_proto::CompatMsi::fixed(index as u32, 0)
+                    ..pvirq_proto::CompatMsi::fixed(u32::from(self.apic_id(index)), 0)
                 };
                 if let Err(source) = self.vm.signal_msi(pvirq_host::kvm::kvm_msi(nmi.message())) {
                     first_error.get_or_insert(VmmError::Vcpu {

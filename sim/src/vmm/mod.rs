@@ -6,11 +6,13 @@
 //!   `vm-device` bus, exit counters, and the [`mailbox`] through which the guest takes
 //!   commands and reports what it saw.
 //! - [`GuestVm`]: a scenario VM: the pvirq virtio-mmio front, pass-through device BARs
-//!   ([`bar`]) and the null register on the bus, routes and irqfds through [`wiring`] (the
-//!   only module that calls `pvirq_host`).
+//!   ([`bar`], in windows a device added later is plugged into) and the null register on
+//!   the bus, routes and irqfds through [`wiring`] (with `migration`, which moves the VM's
+//!   pvirq side to another host, the only modules that call into `pvirq_host`).
 //! - [`tsc`]: the TSC calibration every in-guest figure is converted with.
 
 pub mod bar;
+mod bar_slots;
 pub mod bench_vm;
 pub mod error;
 pub mod exits;
@@ -18,6 +20,7 @@ mod guest_vm;
 pub mod image;
 mod machine;
 pub mod mailbox;
+mod migration;
 mod null;
 mod poller;
 pub mod tsc;

@@ -2,7 +2,7 @@
 //! slot storage the VMM does not trap (untrapped MSI-X tables, IMS slots in RAM) and sends
 //! what was unmasked, as a device reading its own slots would.
 
-use super::bar::PassthroughBar;
+use super::bar_slots::BarSlots;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
@@ -21,8 +21,8 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// Starts polling `bars`.
-    pub fn start(bars: Vec<Arc<PassthroughBar>>) -> std::io::Result<Poller> {
+    /// Starts polling the devices plugged into `bars` (those plugged later too).
+    pub fn start(bars: Arc<BarSlots>) -> std::io::Result<Poller> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = thread::Builder::new()
@@ -30,7 +30,7 @@ impl Poller {
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     let mut busy = false;
-                    for bar in &bars {
+                    for bar in bars.plugged() {
                         if bar.has_pending() {
                             bar.poll_pending();
                             busy = true;

@@ -53,10 +53,11 @@ pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmmError> {
 }
 
 /// Puts vCPU `index` at the image's entry in long mode: CR3 and GDT from the header, its
-/// kernel stack, its APIC ID in `rdi`.
+/// kernel stack, its APIC ID `apic_id` in `rdi`.
 pub fn configure(
     vcpu: &VcpuFd,
     index: usize,
+    apic_id: u32,
     header: &BootHeader,
     cpuid: &CpuId,
 ) -> Result<(), VmmError> {
@@ -87,7 +88,7 @@ pub fn configure(
         header.ap_entry
     };
     regs.rsp = kernel_stack_top(index);
-    regs.rdi = index as u64;
+    regs.rdi = u64::from(apic_id);
     regs.rflags = 1 << 1;
     vcpu.set_regs(&regs).map_err(step("KVM_SET_REGS"))?;
     // With the in-kernel irqchip every vCPU but 0 waits for INIT/SIPI; there is no

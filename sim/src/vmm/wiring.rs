@@ -7,9 +7,12 @@
 //!   per unmasked entry, committed on each unmask as QEMU does with
 //!   `kvm_irqchip_add_msi_route` + `kvm_irqchip_commit_routes`). It times every commit.
 //! - [`vm_routes`]: that table with the fixed lines, and pvirq's layer over it.
-//! - [`PvirqFront`]: the pvirq virtio-mmio front on the MMIO bus.
+//! - [`PvirqFront`]: the pvirq virtio-mmio front on the MMIO bus (both queues: QueueSel,
+//!   QueueNotify and the used-buffer interrupt of the request queue and the event queue go
+//!   through the one transport and its one interrupt line), and the VMM's operations on
+//!   the device behind it.
 //! - [`HostSink`]: where pass-through devices' interrupts go (the host's remapping check,
-//!   then the grant's irqfd; or the VMM's route).
+//!   then the grant's irqfd; or the VMM's route), on the host the VM runs on now.
 
 use super::bar::InterruptSink;
 use super::error::VmmError;
@@ -18,10 +21,12 @@ use pvirq_guest_image_abi::layout::{PLAIN_IRQFD_VECTOR, PVIRQ_VECTOR};
 use pvirq_host::GuestDest;
 use pvirq_host::kvm::{Gsi, KvmRouteError, KvmRouteTable, KvmRoutes, RouteOwner, route_message};
 use pvirq_host::model::ModelHost;
-use pvirq_host::{MmioInterrupt, MmioTransport, NotifyMode, PvirqDevice, Vm, VmConfig};
+use pvirq_host::{
+    DeviceSpec, HostError, MmioInterrupt, MmioTransport, NotifyMode, PvirqDevice, Vm, VmConfig,
+};
 use pvirq_proto::{CompatMsi, MsiMessage};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use vm_device::DeviceMmio;
 use vm_device::bus::{MmioAddress, MmioAddressOffset};
@@ -94,6 +99,17 @@ fn fixed_line(vm: &VmFd, table: &SharedTable, vector: u8) -> Result<EventFd, Vmm
     Ok(fd)
 }
 
+/// pvirq's layer over `table` with irqfds for up to `capacity` routes (as many as the table
+/// has left), registered now as a VMM does at device setup.
+pub(super) fn pvirq_routes(
+    vm: Arc<VmFd>,
+    table: &SharedTable,
+    capacity: u32,
+) -> Result<KvmRoutes<SharedTable>, VmmError> {
+    let capacity = capacity.min(u32::try_from(lock(table).table.available()).unwrap_or(u32::MAX));
+    Ok(KvmRoutes::new(table.clone(), vm, capacity)?)
+}
+
 /// Builds the VM's routing table with the VMM's two fixed lines, then pvirq's layer over
 /// it with irqfds for `capacity` routes, registered now as a VMM does at device setup.
 pub fn vm_routes(vm: Arc<VmFd>, capacity: u32) -> Result<VmRoutes, VmmError> {
@@ -104,8 +120,7 @@ pub fn vm_routes(vm: Arc<VmFd>, capacity: u32) -> Result<VmRoutes, VmmError> {
     }));
     let pvirq_line = fixed_line(&vm, &table, PVIRQ_VECTOR)?;
     let plain_line = fixed_line(&vm, &table, PLAIN_IRQFD_VECTOR)?;
-    let capacity = capacity.min(lock(&table).table.available() as u32);
-    let pvirq = KvmRoutes::new(table.clone(), vm, capacity)?;
+    let pvirq = pvirq_routes(vm, &table, capacity)?;
     Ok(VmRoutes {
         table,
         pvirq,
@@ -125,6 +140,54 @@ impl PvirqFront {
     /// Used-buffer and config interrupts the device raised.
     pub fn interrupts(&self) -> u64 {
         self.interrupt.raised()
+    }
+
+    /// The interrupt (its line reaches the guest; a restored device raises the same).
+    pub(super) fn interrupt(&self) -> &Arc<MmioInterrupt> {
+        &self.interrupt
+    }
+
+    /// The transport (the migration swaps it for the destination's).
+    pub(super) fn front(&self) -> MutexGuard<'_, MmioTransport> {
+        self.front.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the device behind the front: the VMM's operations while the VM runs
+    /// (quota, shares, devices added and removed), each of which raises the configuration
+    /// interrupt and writes the events it makes into the event queue.
+    pub fn with_device<R>(&self, f: impl FnOnce(&mut PvirqDevice) -> R) -> R {
+        let device = Arc::clone(self.front().device());
+        let mut device = device.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut device)
+    }
+
+    /// Sets the VM's quota.
+    pub fn set_quota(&self, quota: u32) {
+        self.with_device(|d| d.set_quota(quota));
+    }
+
+    /// Sets device `handle`'s share (`None`: the quota bounds it).
+    pub fn set_device_share(&self, handle: u32, share: Option<u32>) -> Result<(), HostError> {
+        self.with_device(|d| d.set_device_share(handle, share))
+    }
+
+    /// Other VMs released shared host resources.
+    pub fn resources_changed(&self) {
+        self.with_device(|d| d.resources_changed());
+    }
+
+    /// Assigns the device `spec` describes, attached on `host` to the VM `vm` (which runs
+    /// there); its handle.
+    pub fn add_device(&self, host: &ModelHost, vm: &Vm, spec: DeviceSpec) -> Result<u32, VmmError> {
+        let id = host.vm_id(vm).ok_or(VmmError::NotOnHost)?;
+        let backend = host.attach(id, spec.requester_id)?;
+        Ok(self.with_device(|d| d.add_device(spec, Box::new(backend)))?)
+    }
+
+    /// Removes assigned device `handle`; its backend, dropped here, gives its requester ID
+    /// back to the host.
+    pub fn remove_device(&self, handle: u32) -> Result<(), HostError> {
+        self.with_device(|d| d.remove_device(handle)).map(drop)
     }
 }
 
@@ -173,7 +236,8 @@ pub fn pvirq_device(
 
 /// Where pass-through devices' interrupts go.
 pub struct HostSink {
-    host: ModelHost,
+    /// The host the VM runs on: another one after a migration.
+    host: RwLock<ModelHost>,
     table: SharedTable,
     vm: Arc<VmFd>,
     /// The trapped flow's routes: GSI → its irqfd.
@@ -186,12 +250,25 @@ impl HostSink {
     /// `table`; `plain` is the plain irqfd.
     pub fn new(host: ModelHost, table: SharedTable, vm: Arc<VmFd>, plain: EventFd) -> Self {
         HostSink {
-            host,
+            host: RwLock::new(host),
             table,
             vm,
             vmm_routes: Mutex::default(),
             plain,
         }
+    }
+
+    /// The host the VM runs on.
+    pub fn host(&self) -> ModelHost {
+        self.host
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// From now on the device's interrupts go through `host` (the VM migrated there).
+    pub(super) fn set_host(&self, host: ModelHost) {
+        *self.host.write().unwrap_or_else(PoisonError::into_inner) = host;
     }
 
     fn routes(&self) -> MutexGuard<'_, HashMap<u32, EventFd>> {
@@ -211,8 +288,12 @@ fn dest_of(message: MsiMessage) -> Option<GuestDest> {
 }
 
 impl InterruptSink for HostSink {
-    fn fire(&self, requester_id: u16, message: MsiMessage) -> bool {
-        self.host.fire(requester_id, message).is_ok()
+    fn fire(&self, requester_id: u16, pasid: Option<u32>, message: MsiMessage) -> bool {
+        self.host
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fire_tagged(requester_id, pasid, message)
+            .is_ok()
     }
 
     /// What an emulated MSI-X table does at unmask: a route for the entry (a new GSI and

@@ -69,6 +69,16 @@ pub const BOOT_MODE: u64 = 0x2_2000;
 /// The TSC frequency in kHz, one `u32`, written by the VMM before the guest starts (the
 /// guest's timeouts; every figure is reported in cycles and converted by the VMM).
 pub const TSC_KHZ: u64 = 0x2_2004;
+/// The VM's vCPU count, one `u32`, written by the VMM before the guest starts.
+pub const VCPU_COUNT: u64 = 0x2_2008;
+/// vCPU `n`'s APIC ID, one `u32` per vCPU index in index order, written by the VMM before
+/// the guest starts: what a firmware's MADT tells a guest kernel. A version-1 target names a
+/// vCPU index and the guest finds the APIC ID its interrupt arrives on here; with `APIC_ID`
+/// targets name the APIC ID itself.
+pub const VCPU_APIC_IDS: u64 = 0x2_2100;
+/// The largest APIC ID the guest supports: it runs its local APIC in xAPIC mode, where
+/// physical destination 0xFF is the broadcast, and counts by APIC ID below 256.
+pub const MAX_APIC_ID: u32 = 0xFE;
 /// Interrupt counters: `u32` at `COUNTERS + (apic_id * 256 + vector) * 4`, for every APIC ID
 /// up to 255, so the handler needs no bounds check.
 pub const COUNTERS: u64 = 0x4_0000;
@@ -126,6 +136,15 @@ pub const fn ready_flag(apic_id: u8) -> u64 {
 pub const fn last_tsc(apic_id: u8) -> u64 {
     LAST_TSC + apic_id as u64 * 8
 }
+
+/// Address of the APIC ID of vCPU `index` (below [`MAX_VCPUS`]).
+pub const fn vcpu_apic_id(index: usize) -> u64 {
+    VCPU_APIC_IDS + index as u64 * 4
+}
+
+// The vCPU table fits below the counters and past the boot words.
+const _: () = assert!(VCPU_APIC_IDS + MAX_VCPUS as u64 * 4 <= COUNTERS);
+const _: () = assert!(VCPU_COUNT + 4 <= VCPU_APIC_IDS);
 
 /// What the bootstrap vCPU does once its descriptor tables and APIC are up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,8 +15,8 @@
 //! 16       REPORT_SEQ   SEQ of the command this report answers (guest)
 //! 17       STATUS       Status
 //! 18..48   RESULTS      results, per Op
-//! 0x400..  IN_LIST      input list (targets: vcpu, vector pairs), LIST_WORDS words
-//! 0x2000.. OUT_LIST     output list (grants: index, addr_lo, addr_hi, data; or counts)
+//! 0x400..  IN_LIST      input list (targets: vcpu, vector pairs; indices), LIST_WORDS words
+//! 0x2000.. OUT_LIST     output list (grants, counters or events), LIST_WORDS words
 //! ```
 
 /// Word: command sequence number.
@@ -41,9 +41,45 @@ pub const IN_LIST: usize = 0x400;
 pub const OUT_LIST: usize = 0x2000;
 /// Words in each list.
 pub const LIST_WORDS: usize = 0x1C00;
-/// The most grants (4 words each) one report lists, and so the most vectors one command
-/// asks for.
-pub const MAX_LIST_GRANTS: usize = LIST_WORDS / 4;
+/// Words per grant in an output list: index, address low, address high, data, then
+/// [`grant_flags`] (delivery mode, parked, PASID valid) and the PASID.
+pub const GRANT_WORDS: usize = 6;
+/// The most grants one report lists, and so the most vectors one command asks for.
+pub const MAX_LIST_GRANTS: usize = LIST_WORDS / GRANT_WORDS;
+/// Words per event in an output list: the 32-byte event record as the device wrote it
+/// (eight little-endian words), then 1 if the guest applied it to its table, else 0.
+pub const EVENT_WORDS: usize = 9;
+/// The most events one report lists.
+pub const MAX_LIST_EVENTS: usize = LIST_WORDS / EVENT_WORDS;
+/// The most indices a FREE or RETARGET by list names (as many as one ALLOC grants): its
+/// input list holds the indices and, for RETARGET with targets, a (vcpu, vector) pair for
+/// each after them.
+pub const MAX_LIST_INDICES: usize = MAX_LIST_GRANTS;
+
+/// Alloc `a[2]`: at any indices.
+pub const INDEX_ANY: u32 = 0;
+/// Alloc `a[2]`: from index `a[3]`.
+pub const INDEX_AT: u32 = 1;
+/// Alloc `a[2]`: any run of consecutive indices (`CONTIGUOUS`).
+pub const INDEX_ANY_CONTIGUOUS: u32 = 2;
+/// Alloc `a[10]`: one target per vector, in order.
+pub const TARGETING_PER_VECTOR: u32 = 0;
+/// Alloc `a[10]`: the granted vectors spread over the targets (`SPREAD`).
+pub const TARGETING_SPREAD: u32 = 1;
+/// Alloc `a[10]`: no targets, parked (`PARKED`).
+pub const TARGETING_PARKED: u32 = 2;
+
+/// Grant flags word: the delivery mode's wire value in bits 7:0.
+pub const GRANT_MODE_MASK: u32 = 0xFF;
+/// Grant flags word: the grant is parked.
+pub const GRANT_PARKED: u32 = 1 << 8;
+/// Grant flags word: the PASID word is valid.
+pub const GRANT_PASID: u32 = 1 << 9;
+
+/// The flags word of a grant in `mode` (its wire value), parked or not, with a PASID or not.
+pub const fn grant_flags(mode: u8, parked: bool, pasid: bool) -> u32 {
+    mode as u32 | if parked { GRANT_PARKED } else { 0 } | if pasid { GRANT_PASID } else { 0 }
+}
 /// Words in the mailbox.
 pub const WORDS: usize = 0x4000;
 
@@ -55,17 +91,24 @@ pub const WORDS: usize = 0x4000;
 pub enum Op {
     /// Nothing yet: the report the guest writes when it has booted.
     Boot = 0,
-    /// Bring the pvirq channel up (virtio init). `a[0]` features mask low, `a[1]` high.
-    /// `r[0..5]` = num_devices, vm_quota, num_vcpus, max_batch, features low.
+    /// Bring the pvirq channel up (virtio init): the features the guest asks for, `a[0]`
+    /// low and `a[1]` high (0: version 1's); with `EVENTS` the event queue is set up and
+    /// its buffers made available. `r[0..4]` = num_devices, vm_quota, num_vcpus, max_batch,
+    /// `r[4..6]` the negotiated features (low, high).
     Init = 1,
-    /// QUERY device `a[0]`. `r[0]` granted, `r[1]` available.
+    /// QUERY device `a[0]`. `r[0]` granted, `r[1]` available; `r[2]` 1 when the reply had
+    /// `INFO`'s extension, then `r[3]` segment, `r[4]` bus, `r[5]` devfn, `r[6]` requester
+    /// ID, `r[7]` message format (wire), `r[8]` can post, `r[9]` 1 = PASID `r[10]`,
+    /// `r[11]` share, `r[12]` MSI-X free run, `r[13]` IMS free run, `r[14]` parked drops.
     Query = 2,
-    /// ALLOC for device `a[0]`: `a[1]` kind (0 MSI, 1 MSI-X, 2 IMS), `a[2]` 1 = at index
-    /// `a[3]` (else any), `a[4]` min, `a[5]` max, `a[6]` 1 = PASID `a[7]`, `a[8]` 1 = fall
-    /// back as Linux does, `a[9]` number of targets in the input list. On success the
-    /// guest programs every grant into its slot and unmasks it.
+    /// ALLOC for device `a[0]`: `a[1]` kind (0 MSI, 1 MSI-X, 2 IMS), `a[2]` index
+    /// ([`INDEX_ANY`], [`INDEX_AT`] `a[3]`, [`INDEX_ANY_CONTIGUOUS`]), `a[4]` min, `a[5]`
+    /// max, `a[6]` 1 = PASID `a[7]`, `a[8]` 1 = fall back as Linux does, `a[9]` number of
+    /// targets in the input list, `a[10]` targeting ([`TARGETING_PER_VECTOR`],
+    /// [`TARGETING_SPREAD`], [`TARGETING_PARKED`]). On success the guest programs every
+    /// grant into its slot and unmasks it; a parked grant stays masked until activated.
     /// `r[0]` granted count, `r[1]` attempts, `r[2..5]` first refusal (status, detail,
-    /// info; status 0 = none). Output list: `count` × (index, addr_lo, addr_hi, data).
+    /// info; status 0 = none). Output list: `count` × [`GRANT_WORDS`].
     Alloc = 3,
     /// FREE device `a[0]`, kind `a[1]`, first `a[2]`, count `a[3]`; the guest masks the
     /// slots first, unless `a[4]` = 1 (a careless guest that leaves them programmed).
@@ -78,15 +121,16 @@ pub enum Op {
     ResetDevice = 6,
     /// virtio reset: the driver goes away and comes back. `r[0]` vectors the guest held.
     ResetVirtio = 7,
-    /// Ring the doorbell of every slot device `a[0]` holds (and, when `a[1]` = 1, of every
-    /// slot it freed, with the stale message written back and unmasked), then wait until
-    /// each expected interrupt arrived or the wait runs out. `r[0]` doorbells rung, `r[1]`
-    /// interrupts that arrived where the guest expected them, `r[2]` interrupts at a vector
-    /// the guest expected none on, `r[3]` expected interrupts that never arrived.
-    /// Output list: (vcpu, vector, count) for every counter that moved.
+    /// Ring the doorbell of every slot device `a[0]` holds with a target (parked slots stay
+    /// masked and unrung; and, when `a[1]` = 1, of every slot it freed or that was revoked,
+    /// with the stale message written back and unmasked), then wait until each expected
+    /// interrupt arrived or the wait runs out. `r[0]` doorbells rung, `r[1]` interrupts
+    /// that arrived where the guest expected them, `r[2]` interrupts at a vector the guest
+    /// expected none on, `r[3]` expected interrupts that never arrived. `r[4]` entries in
+    /// the output list: (APIC ID, vector, count) for every counter that moved.
     Fire = 8,
     /// Program MSI-X entry (`a[1]` = 0) or IMS slot (`a[1]` = 1) `a[2]` of device `a[0]`
-    /// with a message the guest was never granted (compatibility format to vCPU `a[3]`,
+    /// with a message the guest was never granted (compatibility format to APIC ID `a[3]`,
     /// vector `a[4]`), unmask it and ring its doorbell. `r[0]` interrupts that arrived.
     FireUngranted = 9,
     /// Pending-bit check on granted slot (`a[1]` kind as in Alloc, `a[2]` index) of device
@@ -116,6 +160,23 @@ pub enum Op {
     BenchFire = 15,
     /// Stop: the guest writes the stop port.
     Shutdown = 16,
+    /// FREE by list: device `a[0]`, kind `a[1]`, `a[2]` indices in the input list (any
+    /// order, distinct). The guest masks them first (unless `a[3]` = 1, a careless guest)
+    /// and sends one FREE with the list (`INDEX_LIST`), or one per run without it.
+    /// `r[0]` freed, `r[1]` requests sent.
+    FreeList = 17,
+    /// RETARGET by list: device `a[0]`, kind `a[1]`, `a[2]` = n indices in the input list;
+    /// `a[3]` 0 parks them (PARK: the guest masks them first), 1 gives them the n
+    /// (vcpu, vector) pairs that follow the indices (activating parked grants, which the
+    /// guest then unmasks, or moving active ones). Pairs travel with their index, in any
+    /// order. `r[0]` moved.
+    RetargetList = 18,
+    /// Poll the event queue: the guest takes each event in order, applies a REPROGRAM to
+    /// its MSI-X entry or IMS slot (mask, program, unmask, replay) and forgets a revoked
+    /// vector (mask), opens a device added and drops one removed. `r[0]` events handled,
+    /// `r[1]` replays (vectors that may have lost an interrupt). Output list: `r[0]` ×
+    /// [`EVENT_WORDS`]; the rest waits for the next command once the list is full.
+    Events = 19,
 }
 
 impl Op {
@@ -140,6 +201,9 @@ impl Op {
             BenchBareExit,
             BenchFire,
             Shutdown,
+            FreeList,
+            RetargetList,
+            Events,
         ]
         .into_iter()
         .find(|op| *op as u32 == word)
@@ -211,12 +275,25 @@ impl DriverError {
     }
 }
 
-// The regions must not overlap and must fit the mailbox page.
+// The regions must not overlap and must fit the mailbox page; every list a command may
+// carry fits its region.
 const _: () = {
     assert!(RESULTS + RESULT_WORDS <= IN_LIST);
     assert!(IN_LIST + LIST_WORDS <= OUT_LIST);
     assert!(OUT_LIST + LIST_WORDS <= WORDS);
     assert!(WORDS * 4 == crate::layout::MAILBOX_SIZE as usize);
+    // Alloc: targets in, grants out.
+    assert!(2 * MAX_LIST_GRANTS <= LIST_WORDS);
+    assert!(GRANT_WORDS * MAX_LIST_GRANTS <= LIST_WORDS);
+    // Retarget by list: indices and their pairs in.
+    assert!(3 * MAX_LIST_INDICES <= LIST_WORDS);
+    assert!(EVENT_WORDS * MAX_LIST_EVENTS <= LIST_WORDS);
+    // An event record is eight words.
+    assert!(EVENT_WORDS == 32 / 4 + 1);
+    // The query results stay clear of the refusal words.
+    assert!(15 <= RESULT_WORDS - 3);
+    // The flags word holds a mode byte below its flag bits.
+    assert!(GRANT_MODE_MASK < GRANT_PARKED && GRANT_PARKED < GRANT_PASID);
 };
 
 /// A `u64` result split over two words (low first).
@@ -236,16 +313,25 @@ mod tests {
 
     #[test]
     fn every_op_and_status_round_trips_through_its_word() {
-        for w in 0..=16 {
+        for w in 0..=19 {
             assert_eq!(Op::from_word(w).map(|op| op as u32), Some(w));
         }
-        assert_eq!(Op::from_word(17), None);
+        assert_eq!(Op::from_word(20), None);
         for w in 0..=4 {
             assert_eq!(Status::from_word(w).map(|s| s as u32), Some(w));
         }
         assert_eq!(Status::from_word(5), None);
         assert_eq!(DriverError::from_word(3), DriverError::Timeout);
         assert_eq!(DriverError::from_word(99), DriverError::Other);
+    }
+
+    #[test]
+    fn grant_flags_keep_mode_parked_and_pasid_apart() {
+        assert_eq!(grant_flags(1, false, false), 1);
+        let f = grant_flags(0, true, true);
+        assert_eq!(f & GRANT_MODE_MASK, 0);
+        assert!(f & GRANT_PARKED != 0 && f & GRANT_PASID != 0);
+        assert_eq!(grant_flags(1, false, true) & GRANT_PARKED, 0);
     }
 
     #[test]
