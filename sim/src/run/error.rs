@@ -27,16 +27,6 @@ pub enum RunError {
         /// Why.
         source: SimError,
     },
-    /// The backend's guests cannot do a step of the scenario yet (refused before the run).
-    #[error("step {step} (line {line}): the guest image cannot do {what} yet (issue 13)")]
-    Unsupported {
-        /// 1-based step.
-        step: usize,
-        /// Line of the step.
-        line: usize,
-        /// The kind of step.
-        what: &'static str,
-    },
     /// A destination host could not be set up with its tenants.
     #[error("destination {name:?}: {source}")]
     Destination {
