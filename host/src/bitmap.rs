@@ -284,6 +284,70 @@ impl IndexBitmap {
         true
     }
 
+    /// Takes the `n` lowest free indices (all of them if fewer are free), appending them
+    /// to `out` lowest first; how many it took. One leaf-word update per word touched
+    /// rather than one per index: a batch of 256 costs 4 summary updates, not 256.
+    pub fn take_lowest(&mut self, n: u32, out: &mut Vec<u32>) -> u32 {
+        let mut taken = 0;
+        while taken < n {
+            let Some(first) = self.first_free() else {
+                break;
+            };
+            let w = first as usize / 64;
+            let word = self.leaves.get(w).copied().unwrap_or(0);
+            let mut left = word;
+            while left != 0 && taken < n {
+                out.push((w * 64) as u32 + left.trailing_zeros());
+                left &= left - 1;
+                taken += 1;
+            }
+            let took = word & !left;
+            self.set_word(w, left);
+            self.free -= took.count_ones();
+        }
+        taken
+    }
+
+    /// Marks every index of `indices` free, one leaf-word update per run of indices in the
+    /// same word; how many were used before (indices already free or past the end are
+    /// skipped, as [`IndexBitmap::put`] does).
+    pub fn put_all(&mut self, indices: impl IntoIterator<Item = u32>) -> u32 {
+        let mut put = 0;
+        let mut pending: Option<(usize, u64)> = None;
+        for index in indices {
+            if index >= self.len {
+                continue;
+            }
+            let w = index as usize / 64;
+            let bit = 1u64 << (index % 64);
+            let mask = match pending {
+                Some((pw, mask)) if pw == w => mask,
+                other => {
+                    if let Some((pw, mask)) = other {
+                        put += self.release_word(pw, mask);
+                    }
+                    0
+                }
+            };
+            pending = Some((w, mask | bit));
+        }
+        if let Some((pw, mask)) = pending {
+            put += self.release_word(pw, mask);
+        }
+        put
+    }
+
+    /// Frees the bits of `mask` in leaf word `w` that are used; how many that was.
+    fn release_word(&mut self, w: usize, mask: u64) -> u32 {
+        let word = self.leaves.get(w).copied().unwrap_or(0);
+        let freed = mask & !word;
+        if freed != 0 {
+            self.set_word(w, word | freed);
+            self.free += freed.count_ones();
+        }
+        freed.count_ones()
+    }
+
     /// The free indices, lowest first.
     pub fn free_indices(&self) -> impl Iterator<Item = u32> + '_ {
         // The single-index summary marks the leaf words with a free index: skip the rest.
@@ -511,6 +575,38 @@ mod tests {
         fn block_classes_agree_with_block_starts(word in any::<u64>()) {
             for class in 0..CLASSES {
                 prop_assert_eq!(block_classes(word) & (1 << class) != 0, block_starts(word, class) != 0);
+            }
+        }
+
+        /// A batch take and a batch put do what as many single takes and puts do.
+        #[test]
+        fn batches_agree_with_single_operations(len in 1u32..3000, used in prop::collection::vec(0u32..3000, 0..300), n in 0u32..400, back in prop::collection::vec(0u32..3100, 0..300), singles in any::<bool>()) {
+            let fresh = |len| if singles { IndexBitmap::singles(len) } else { IndexBitmap::new(len) };
+            let (mut batch, mut single) = (fresh(len), fresh(len));
+            for i in &used {
+                batch.take(i % len);
+                single.take(i % len);
+            }
+            let mut taken = Vec::new();
+            let count = batch.take_lowest(n, &mut taken);
+            let mut expected = Vec::new();
+            while expected.len() < n as usize {
+                let Some(i) = single.first_free() else { break };
+                single.take(i);
+                expected.push(i);
+            }
+            prop_assert_eq!(count as usize, taken.len());
+            prop_assert_eq!(&taken, &expected);
+            let mut order = back.clone();
+            order.sort_unstable();
+            let put = batch.put_all(order.iter().copied());
+            let single_put = order.iter().filter(|i| single.put(**i)).count();
+            prop_assert_eq!(put as usize, single_put);
+            prop_assert_eq!(batch.free_count(), single.free_count());
+            prop_assert_eq!(batch.free_indices().collect::<Vec<_>>(), single.free_indices().collect::<Vec<_>>());
+            for size in [1u32, 2, 4, 8, 16, 32] {
+                prop_assert_eq!(batch.first_free_block(size), single.first_free_block(size));
+                prop_assert_eq!(batch.has_free_block(size), single.has_free_block(size));
             }
         }
 

@@ -2,13 +2,18 @@
 //! hashing, no per-entry key, memory that follows the indices in use (an IMS table may
 //! have a million slots and a few grants).
 //!
-//! A page that empties is freed, except the last one to empty, kept for reuse, so that
-//! taking and giving back one index over and over does not allocate each time. Each page
+//! A page that empties is freed, except the last [`SPARE_PAGES`] to empty, kept for reuse,
+//! so that taking and giving back the same indices over and over (one index, or a batch of
+//! up to 256) does not allocate each time. Each page
 //! keeps a mask of its occupied slots, so that walking every value (what the invariant
 //! checks do after every request) costs the values held, not the pages' 32 slots each.
 
 /// Entries per page.
 const PAGE: usize = 32;
+
+/// Empty pages kept for reuse: a batch of 256 indices' worth, what one request of the
+/// largest usual table (a 256-vector ALLOC, then its FREE) empties and fills again.
+const SPARE_PAGES: usize = 8;
 
 #[derive(Debug)]
 struct Page<T> {
@@ -45,7 +50,7 @@ impl<T> Page<T> {
 #[derive(Debug)]
 pub(crate) struct PagedMap<T> {
     pages: Vec<Option<Box<Page<T>>>>,
-    spare: Option<Box<Page<T>>>,
+    spare: Vec<Box<Page<T>>>,
     len: u32,
 }
 
@@ -53,7 +58,7 @@ impl<T> Default for PagedMap<T> {
     fn default() -> Self {
         PagedMap {
             pages: Vec::new(),
-            spare: None,
+            spare: Vec::new(),
             len: 0,
         }
     }
@@ -96,7 +101,7 @@ impl<T> PagedMap<T> {
         let page = self
             .pages
             .get_mut(p)?
-            .get_or_insert_with(|| spare.take().unwrap_or_else(Page::empty));
+            .get_or_insert_with(|| spare.pop().unwrap_or_else(Page::empty));
         let previous = page.slots.get_mut(at)?.replace(value);
         if previous.is_none() {
             page.used |= 1 << at;
@@ -113,11 +118,11 @@ impl<T> PagedMap<T> {
         let value = page.slots.get_mut(at)?.take()?;
         page.used &= !(1 << at);
         self.len -= 1;
-        if page.used == 0 {
-            let empty = entry.take();
-            if self.spare.is_none() {
-                self.spare = empty;
-            }
+        if page.used == 0
+            && let Some(empty) = entry.take()
+            && self.spare.len() < SPARE_PAGES
+        {
+            self.spare.push(empty);
         }
         Some(value)
     }
@@ -141,7 +146,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn values_by_index_across_pages_with_the_last_empty_page_kept() {
+    fn values_by_index_across_pages_with_the_last_empty_pages_kept() {
         let mut map = PagedMap::default();
         assert_eq!(map.insert(70, 'a'), None);
         assert_eq!(map.insert(3, 'b'), None);
@@ -157,10 +162,30 @@ mod tests {
         assert_eq!(map.remove(&3), Some('c'));
         assert_eq!(map.len(), 0);
         assert_eq!(map.iter().count(), 0);
-        // The page emptied last is kept and reused.
-        assert!(map.spare.is_some());
+        // The pages emptied last are kept and reused.
+        assert_eq!(map.spare.len(), 2);
         assert_eq!(map.insert(40, 'e'), None);
-        assert!(map.spare.is_none());
+        assert_eq!(map.spare.len(), 1);
         assert_eq!(map.keys().collect::<Vec<_>>(), [40]);
+    }
+
+    #[test]
+    fn at_most_a_batch_of_empty_pages_is_kept() {
+        let mut map = PagedMap::default();
+        let indices = 0..(PAGE * (SPARE_PAGES + 3)) as u32;
+        for i in indices.clone() {
+            map.insert(i, i);
+        }
+        assert_eq!(map.pages.iter().flatten().count(), SPARE_PAGES + 3);
+        for i in indices.clone() {
+            assert_eq!(map.remove(&i), Some(i));
+        }
+        assert_eq!(map.spare.len(), SPARE_PAGES);
+        assert_eq!(map.pages.iter().flatten().count(), 0);
+        // Filling again takes the spares first.
+        for i in indices.take(PAGE * SPARE_PAGES) {
+            map.insert(i, i);
+        }
+        assert!(map.spare.is_empty());
     }
 }

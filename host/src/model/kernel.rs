@@ -325,14 +325,16 @@ impl Kernel {
             DeviceRemap::Vtd { unit } => (remap, *unit),
             DeviceRemap::Amd { table } => (table, 0),
         };
+        let mut irtes = Vec::with_capacity(indices.len());
         for index in indices {
             if let Some(vector) = device.vectors.remove((kind, *index)) {
-                table.free(unit, vector.irte);
+                irtes.push(vector.irte);
                 if let Some(hv) = vector.host_vector {
                     matrix.free(hv);
                 }
             }
         }
+        table.free_all(unit, irtes.iter().copied());
     }
 
     /// A vector's guest destination changed: a posted IRTE points at the new vCPU, or at
@@ -471,16 +473,8 @@ fn reserve_irtes(
         return Ok((0..n).map(|i| base.wrapping_add(i as u16)).collect());
     }
     let mut list = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        match table.alloc(unit, rid) {
-            Some(irte) => list.push(irte),
-            None => {
-                for irte in &list {
-                    table.free(unit, *irte);
-                }
-                return Err(short(i));
-            }
-        }
+    if !table.alloc_lowest(unit, n, rid, &mut list) {
+        return Err(short(table.free_entries(unit).min(n)));
     }
     Ok(list)
 }

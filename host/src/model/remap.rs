@@ -175,6 +175,33 @@ impl RemapUnits {
         u.claim(index, 1, source_id)
     }
 
+    /// Reserves the `n` lowest free entries of `unit` for `source_id`, or none of them if
+    /// fewer than `n` are free; their indices appended to `out`, lowest first. The
+    /// free-entry bitmap is updated a word at a time.
+    pub fn alloc_lowest(&mut self, unit: u16, n: u32, source_id: u16, out: &mut Vec<u16>) -> bool {
+        let Some(u) = self.unit_mut(unit) else {
+            return false;
+        };
+        if u.free.free_count() < n {
+            return false;
+        }
+        let mut taken = Vec::with_capacity(n as usize);
+        u.free.take_lowest(n, &mut taken);
+        out.reserve(taken.len());
+        for index in taken {
+            if let Some(slot) = u.entries.get_mut(index as usize) {
+                *slot = Some(Irte {
+                    source_id,
+                    dest: None,
+                    owner: None,
+                });
+            }
+            // Entries lie below 65,536 (checked at construction).
+            out.push(index as u16);
+        }
+        true
+    }
+
     /// Reserves exactly `first..first + count` for `source_id`, if all are free (and, for a
     /// block, `first` is aligned to `count`); its base.
     pub fn alloc_at(&mut self, unit: u16, first: u32, count: u32, source_id: u16) -> Option<u16> {
@@ -209,6 +236,21 @@ impl RemapUnits {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Releases the entries of `indices` (free ones are skipped), best given ascending: the
+    /// bitmap is updated once per run of indices in the same word.
+    pub fn free_all(&mut self, unit: u16, indices: impl IntoIterator<Item = u16> + Clone) {
+        if let Some(u) = self.unit_mut(unit) {
+            for index in indices.clone() {
+                if !u.free.is_free(u32::from(index))
+                    && let Some(slot) = u.entries.get_mut(usize::from(index))
+                {
+                    *slot = None;
+                }
+            }
+            u.free.put_all(indices.into_iter().map(u32::from));
         }
     }
 
