@@ -13,8 +13,8 @@ use crate::grants::GrantRecord;
 use crate::routes::RouteBatch;
 use crate::state::VmState;
 use pvirq_proto::{
-    Alloc, Field, Grant, GrantInfo, GrantMode, GrantSlice, Outcome, Refusal, Resource, Status,
-    feature,
+    Alloc, Field, Grant, GrantInfo, GrantMode, GrantSlice, Kind, Outcome, Refusal, Resource,
+    Status, feature,
 };
 
 pub(super) fn alloc(
@@ -109,6 +109,16 @@ pub(super) fn alloc(
     };
     if let Err(e) = dev.backend.enable(&request, &mut enabled) {
         return ctx.refuse(backend_refusal(&e));
+    }
+    // An MSI block is a power of two (spec §4.5). A backend may back another count (VFIO
+    // halving a refused run keeps every part that fitted): the largest power of two of it
+    // is granted and the rest given back.
+    if a.kind == Kind::Msi && enabled.len() > 1 && enabled.len() <= setups.len() {
+        let block = 1 << enabled.len().ilog2();
+        if let Some(extra) = indices.get(block..enabled.len()) {
+            dev.backend.disable(a.kind, extra);
+        }
+        enabled.truncate(block);
     }
     let granted = enabled.len();
     let posted_unasked = !allow_posted && enabled.iter().any(|e| e.mode == GrantMode::Posted);
