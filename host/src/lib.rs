@@ -71,6 +71,7 @@
 
 pub mod backend;
 mod bitmap;
+#[cfg(any(test, feature = "test-utils"))]
 mod check_set;
 pub mod config;
 pub mod device;
