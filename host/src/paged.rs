@@ -4,9 +4,9 @@
 //!
 //! A page that empties is freed, except the last [`SPARE_PAGES`] to empty, kept for reuse,
 //! so that taking and giving back the same indices over and over (one index, or a batch of
-//! up to 256) does not allocate each time. Each page
-//! keeps a mask of its occupied slots, so that walking every value (what the invariant
-//! checks do after every request) costs the values held, not the pages' 32 slots each.
+//! up to 256) does not allocate each time. Each page keeps a mask of its occupied slots,
+//! so that walking every value (what the invariant checks do after every request) costs
+//! the values held, not the pages' 32 slots each.
 
 /// Entries per page.
 const PAGE: usize = 32;
