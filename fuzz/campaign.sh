@@ -31,6 +31,10 @@ done
 shift $((OPTIND - 1))
 
 fuzz_dir=$(cd "$(dirname "$0")" && pwd)
+# -o is relative to where the script was called from, not to fuzz/.
+if [ -n "$out" ]; then
+    out=$(realpath -m "$out")
+fi
 cd "$fuzz_dir"
 out=${out:-$fuzz_dir/campaigns/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out"

@@ -339,9 +339,9 @@ fn kvm_bringup(c: &mut Criterion) {
     let ns = |d: Duration| d.as_nanos() as f64;
     for _ in 0..ROUNDS {
         // Each timed run follows an untimed run of the same flow, so that every flow is
-        // timed warm and after the same predecessor: whatever ran before leaves its own
-        // state behind (caches, and the kernel freeing replaced routing tables after the
-        // ioctl returned, far more after 256 commits than after one).
+        // timed warm and after the same predecessor: a routing commit right after 256
+        // others was measured 2-4x slower than one after its own kind (caches, and what
+        // the kernel still does after 256 table swaps, are the likely causes).
         protocol.batched();
         samples[0].push(ns(protocol.batched()));
         table.run();
