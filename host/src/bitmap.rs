@@ -284,10 +284,10 @@ impl IndexBitmap {
         true
     }
 
-    /// Takes the `n` lowest free indices (all of them if fewer are free), appending them
-    /// to `out` lowest first; how many it took. One leaf-word update per word touched
+    /// Takes the `n` lowest free indices (all of them if fewer are free), handing each to
+    /// `taken_index` lowest first; how many it took. One leaf-word update per word touched
     /// rather than one per index: a batch of 256 costs 4 summary updates, not 256.
-    pub fn take_lowest(&mut self, n: u32, out: &mut Vec<u32>) -> u32 {
+    pub fn take_lowest(&mut self, n: u32, mut taken_index: impl FnMut(u32)) -> u32 {
         let mut taken = 0;
         while taken < n {
             let Some(first) = self.first_free() else {
@@ -297,7 +297,7 @@ impl IndexBitmap {
             let word = self.leaves.get(w).copied().unwrap_or(0);
             let mut left = word;
             while left != 0 && taken < n {
-                out.push((w * 64) as u32 + left.trailing_zeros());
+                taken_index((w * 64) as u32 + left.trailing_zeros());
                 left &= left - 1;
                 taken += 1;
             }
@@ -588,7 +588,7 @@ mod tests {
                 single.take(i % len);
             }
             let mut taken = Vec::new();
-            let count = batch.take_lowest(n, &mut taken);
+            let count = batch.take_lowest(n, |i| taken.push(i));
             let mut expected = Vec::new();
             while expected.len() < n as usize {
                 let Some(i) = single.first_free() else { break };

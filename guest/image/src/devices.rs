@@ -91,28 +91,31 @@ impl Device {
     /// Writes `message` into `slot` while it stays masked, then unmasks it — the order a
     /// driver uses. `pasid` applies to IMS slots only. False for a slot the device lacks.
     pub fn program(&self, slot: Slot, message: MsiMessage, pasid: Option<u32>) -> bool {
-        let Some(at) = self.entry(slot) else {
-            return false;
-        };
-        let ctrl = match (slot, pasid) {
-            (Slot::Ims(_), Some(p)) => IMS_PASID_ENABLE | (p << IMS_PASID_SHIFT),
-            _ => 0,
-        };
-        write32(at + 12, ctrl | CTRL_MASK);
-        write32(at, message.address as u32);
-        write32(at + 4, (message.address >> 32) as u32);
-        write32(at + 8, message.data);
-        write32(at + 12, ctrl);
-        true
+        match self.write_masked(slot, message, pasid) {
+            Some((at, ctrl)) => {
+                write32(at + 12, ctrl);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Writes `message` into `slot` and leaves it masked: a parked grant, programmed at
     /// once (its message is final) and unmasked when it is activated. `pasid` as in
     /// [`Device::program`].
     pub fn program_masked(&self, slot: Slot, message: MsiMessage, pasid: Option<u32>) -> bool {
-        let Some(at) = self.entry(slot) else {
-            return false;
-        };
+        self.write_masked(slot, message, pasid).is_some()
+    }
+
+    /// Masks `slot`, then writes `message` into it: the entry's address and its unmasked
+    /// control word (with `pasid` for IMS), or `None` for a slot the device lacks.
+    fn write_masked(
+        &self,
+        slot: Slot,
+        message: MsiMessage,
+        pasid: Option<u32>,
+    ) -> Option<(u64, u32)> {
+        let at = self.entry(slot)?;
         let ctrl = match (slot, pasid) {
             (Slot::Ims(_), Some(p)) => IMS_PASID_ENABLE | (p << IMS_PASID_SHIFT),
             _ => 0,
@@ -121,7 +124,7 @@ impl Device {
         write32(at, message.address as u32);
         write32(at + 4, (message.address >> 32) as u32);
         write32(at + 8, message.data);
-        true
+        Some((at, ctrl))
     }
 
     /// Writes `message`'s address and data into `slot`, leaving its control word (mask,

@@ -334,7 +334,7 @@ impl Kernel {
                 }
             }
         }
-        table.free_all(unit, irtes.iter().copied());
+        table.free_all(unit, &irtes);
     }
 
     /// A vector's guest destination changed: a posted IRTE points at the new vCPU, or at

@@ -185,11 +185,10 @@ impl RemapUnits {
         if u.free.free_count() < n {
             return false;
         }
-        let mut taken = Vec::with_capacity(n as usize);
-        u.free.take_lowest(n, &mut taken);
-        out.reserve(taken.len());
-        for index in taken {
-            if let Some(slot) = u.entries.get_mut(index as usize) {
+        out.reserve(n as usize);
+        let entries = &mut u.entries;
+        u.free.take_lowest(n, |index| {
+            if let Some(slot) = entries.get_mut(index as usize) {
                 *slot = Some(Irte {
                     source_id,
                     dest: None,
@@ -198,7 +197,7 @@ impl RemapUnits {
             }
             // Entries lie below 65,536 (checked at construction).
             out.push(index as u16);
-        }
+        });
         true
     }
 
@@ -241,16 +240,16 @@ impl RemapUnits {
 
     /// Releases the entries of `indices` (free ones are skipped), best given ascending: the
     /// bitmap is updated once per run of indices in the same word.
-    pub fn free_all(&mut self, unit: u16, indices: impl IntoIterator<Item = u16> + Clone) {
+    pub fn free_all(&mut self, unit: u16, indices: &[u16]) {
         if let Some(u) = self.unit_mut(unit) {
-            for index in indices.clone() {
-                if !u.free.is_free(u32::from(index))
-                    && let Some(slot) = u.entries.get_mut(usize::from(index))
+            for index in indices {
+                if !u.free.is_free(u32::from(*index))
+                    && let Some(slot) = u.entries.get_mut(usize::from(*index))
                 {
                     *slot = None;
                 }
             }
-            u.free.put_all(indices.into_iter().map(u32::from));
+            u.free.put_all(indices.iter().map(|i| u32::from(*i)));
         }
     }
 
